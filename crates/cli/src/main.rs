@@ -1,0 +1,2 @@
+//! The `morphogen` command line.
+fn main() {}

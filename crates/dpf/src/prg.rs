@@ -31,9 +31,8 @@ pub(crate) enum Purpose {
 pub(crate) fn chacha12_block(input: [u32; 16]) -> [u32; 16] {
     let mut x = input;
     // Unrolled by hand rather than looped: a loop here would be the innermost
-    // loop of the callers' loops over nodes, and the compiler only vectorizes
-    // innermost loops (measured: 10.1 ms looped, 7.7 ms unrolled, see
-    // docs/PERFORMANCE.md).
+    // loop inside the callers' loops over nodes, and the compiler vectorizes
+    // only innermost loops, so the node loops would stay scalar.
     double_round(&mut x);
     double_round(&mut x);
     double_round(&mut x);

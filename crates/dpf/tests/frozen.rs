@@ -58,8 +58,8 @@ fn expansion_of_frozen_keys_is_unchanged() {
     for (index, case) in cases().iter().enumerate() {
         let keys = case.keys.each_ref().map(|bytes| Key::from_bytes(bytes).unwrap());
         let expansions = keys.each_ref().map(Key::expand_full);
-        for party in 0..2 {
-            assert_eq!(digest(&expansions[party]), case.digests[party], "party {party} of case {index}");
+        for (party, (expansion, expected)) in expansions.iter().zip(&case.digests).enumerate() {
+            assert_eq!(&digest(expansion), expected, "party {party} of case {index}");
         }
         // The frozen keys are still a correct point function.
         for (i, (x, y)) in expansions[0].iter().zip(&expansions[1]).enumerate() {

@@ -181,7 +181,7 @@ impl Layout {
 
 /// Maps a uniform 64-bit hash to `0..n` without modulo bias worth measuring:
 /// the high half of the 128-bit product (Lemire's reduction).
-fn reduce(hash: u64, n: u64) -> u64 {
+pub(crate) fn reduce(hash: u64, n: u64) -> u64 {
     ((u128::from(hash) * u128::from(n)) >> 64) as u64
 }
 

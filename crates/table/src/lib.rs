@@ -7,11 +7,15 @@
 //! for all `k` candidates, so every lookup looks the same to the servers.
 //! [`Layout`] holds the public parameters and the client-side helpers.
 
+mod build;
 mod layout;
+mod table;
 
+pub use build::{BuildOptions, Record, RecordSource, TARGET_LOAD, build};
 pub use layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };
+pub use table::Table;
 
 /// Errors of the table crate. Messages name parameters, files and line
 /// numbers, never keys or values.
@@ -41,5 +45,48 @@ pub enum Error {
         expected: u32,
         /// Length given.
         actual: usize,
+    },
+    /// A record's key is empty or longer than 64 bytes.
+    #[error("line {line}: key is {len} bytes, keys must be 1 to 64 bytes")]
+    KeyLength {
+        /// Where the record came from.
+        line: u64,
+        /// Length of its key.
+        len: usize,
+    },
+    /// A record's value is longer than the value size.
+    #[error("line {line}: value is {len} bytes, longer than the value size {value_size}")]
+    ValueTooLong {
+        /// Where the record came from.
+        line: u64,
+        /// Length of its value.
+        len: usize,
+        /// The table's value size.
+        value_size: u32,
+    },
+    /// Two records have the same key.
+    #[error("duplicate key on lines {first_line} and {second_line}")]
+    DuplicateKey {
+        /// Where the key first appears.
+        first_line: u64,
+        /// Where it appears again.
+        second_line: u64,
+    },
+    /// No value size was given and every value is empty.
+    #[error("cannot infer the value size: the input has no non-empty value; give one explicitly")]
+    UnknownValueSize,
+    /// More records than a table can hold.
+    #[error("{0} records are more than one table can hold")]
+    TooManyRecords(u64),
+    /// The record source gave different records on its second reading.
+    #[error("the input changed while the table was being built")]
+    SourceChanged,
+    /// A page buffer does not match the layout.
+    #[error("pages are {actual} bytes, the layout needs {expected}")]
+    PagesLength {
+        /// Bytes the layout needs.
+        expected: u64,
+        /// Bytes given.
+        actual: u64,
     },
 }

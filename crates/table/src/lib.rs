@@ -8,14 +8,38 @@
 //! [`Layout`] holds the public parameters and the client-side helpers.
 
 mod build;
+mod file;
 mod layout;
 mod table;
 
+use std::path::{Path, PathBuf};
+
 pub use build::{BuildOptions, Record, RecordSource, TARGET_LOAD, build};
+pub use file::{FORMAT_VERSION, HEADER_LEN, MAGIC, Verify};
 pub use layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };
-pub use table::Table;
+pub use table::{Table, digest_pages};
+
+/// Progress of long work (building, verifying), for a progress bar. Calls
+/// come from the working thread.
+pub trait Progress {
+    /// A phase of `total` units (records or bytes) begins.
+    fn start(&self, phase: &str, total: u64);
+    /// `done` more units of the current phase are done.
+    fn advance(&self, done: u64);
+    /// The current phase is over.
+    fn finish(&self);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
 
 /// Errors of the table crate. Messages name parameters, files and line
 /// numbers, never keys or values.
@@ -89,4 +113,46 @@ pub enum Error {
         /// Bytes given.
         actual: u64,
     },
+    /// A file operation failed.
+    #[error("cannot {action} {}: {message}", path.display())]
+    Io {
+        /// What was being done: open, read, write, sync, rename, map.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The kind of failure.
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        message: String,
+    },
+    /// A table file is not as long as its header says (truncated or extended).
+    #[error("{} is {actual} bytes, but its header describes {expected}: the file is truncated or damaged", path.display())]
+    FileLength {
+        /// The file.
+        path: PathBuf,
+        /// Length the header describes.
+        expected: u64,
+        /// Length on disk.
+        actual: u64,
+    },
+    /// A table file's header is not valid.
+    #[error("{} is not a valid table: {problem}", path.display())]
+    InvalidHeader {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A table file's pages do not hash to the digest in its header.
+    #[error("{}: the pages do not match the digest in the header: the file is corrupt", path.display())]
+    DigestMismatch {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: &Path, error: &std::io::Error) -> Error {
+        Error::Io { action, path: path.into(), kind: error.kind(), message: error.to_string() }
+    }
 }

@@ -1,14 +1,44 @@
-//! A built table in memory: its layout, its record count and its pages.
+//! A table: its layout, its record count, its pages and their digest, held in
+//! memory after a build or memory-mapped from a `.mgdb` file.
+
+use std::ops::Deref;
 
 use crate::Error;
-use crate::layout::Layout;
+use crate::layout::{KeyDigest, Layout};
 
-/// A table: the layout and `total_pages` pages of `page_size` bytes, sub-table
-/// after sub-table.
+/// A table: the layout and `total_pages` pages of `page_size` bytes,
+/// sub-table after sub-table.
 pub struct Table {
     layout: Layout,
     records: u64,
-    pages: Vec<u8>,
+    pages: Pages,
+    digest: [u8; 32],
+}
+
+/// Where the pages live.
+pub(crate) enum Pages {
+    /// Built in memory.
+    Owned(Vec<u8>),
+    /// Mapped from a file; the pages start `offset` bytes into it.
+    Mapped { map: memmap2::Mmap, offset: usize },
+}
+
+impl Deref for Pages {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Pages::Owned(bytes) => bytes,
+            Pages::Mapped { map, offset } => &map[*offset..],
+        }
+    }
+}
+
+/// BLAKE3 of the pages: the digest both servers must agree on.
+pub fn digest_pages(pages: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(pages);
+    *hasher.finalize().as_bytes()
 }
 
 impl std::fmt::Debug for Table {
@@ -21,13 +51,16 @@ impl std::fmt::Debug for Table {
 }
 
 impl Table {
-    /// A table over `pages`, which must hold exactly the layout's pages.
+    /// A table over `pages`, which must hold exactly the layout's pages; computes their digest.
     pub fn new(layout: Layout, records: u64, pages: Vec<u8>) -> Result<Table, Error> {
-        let expected = layout.total_pages() * u64::from(layout.page_size());
-        if pages.len() as u64 != expected {
-            return Err(Error::PagesLength { expected, actual: pages.len() as u64 });
-        }
-        Ok(Table { layout, records, pages })
+        check_length(&layout, pages.len() as u64)?;
+        let digest = digest_pages(&pages);
+        Ok(Table { layout, records, pages: Pages::Owned(pages), digest })
+    }
+
+    /// A table over pages whose length and digest the caller has checked.
+    pub(crate) fn from_checked_parts(layout: Layout, records: u64, pages: Pages, digest: [u8; 32]) -> Table {
+        Table { layout, records, pages, digest }
     }
 
     /// The public parameters.
@@ -38,6 +71,11 @@ impl Table {
     /// Number of records stored.
     pub fn records(&self) -> u64 {
         self.records
+    }
+
+    /// BLAKE3 digest of the pages.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 
     /// Share of the rows in use.
@@ -61,10 +99,19 @@ impl Table {
     /// Looks `key` up directly, as a client would after retrieving its pages
     /// privately: the value of the candidate row whose tag matches.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let digest = crate::KeyDigest::of(key);
+        let digest = KeyDigest::of(key);
         let candidates = self.layout.locate(&digest);
         candidates.as_slice().iter().enumerate().find_map(|(sub_table, &page)| {
             self.layout.find(self.page(sub_table as u8, page), &digest).expect("pages have the page size")
         })
     }
+}
+
+/// Checks that `len` bytes are exactly the layout's pages.
+pub(crate) fn check_length(layout: &Layout, len: u64) -> Result<(), Error> {
+    let expected = layout.total_pages() * u64::from(layout.page_size());
+    if len != expected {
+        return Err(Error::PagesLength { expected, actual: len });
+    }
+    Ok(())
 }

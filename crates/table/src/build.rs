@@ -10,7 +10,7 @@
 use siphasher::sip::SipHasher13;
 
 use crate::layout::{CHOICES, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, TAG_LEN, reduce};
-use crate::{Error, Table};
+use crate::{Error, Progress, Table};
 
 /// One input record. `line` says where it came from, for error messages (the
 /// 1-based line of a CSV file, the 1-based position of an in-memory record).
@@ -79,11 +79,15 @@ const SEED_CONTEXT: &str = "morphogen 2026-11 default table seed v1";
 const WALK_CONTEXT: &str = "morphogen 2026-11 cuckoo walk v1";
 
 /// Builds a table from `source`.
-pub fn build<S: RecordSource + ?Sized>(source: &S, options: &BuildOptions) -> Result<Table, Error> {
+pub fn build<S: RecordSource + ?Sized>(
+    source: &S,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Table, Error> {
     // Parameters that do not depend on the input are checked before reading it.
     Layout::new(options.page_size, options.value_size.unwrap_or(1), options.choices, 1, [0; 16])?;
 
-    let (mut keys, longest_value) = first_pass(source, options.value_size)?;
+    let (mut keys, longest_value) = first_pass(source, options.value_size, progress)?;
     keys.sort_unstable();
     if let Some(pair) = keys.windows(2).find(|pair| pair[0].0 == pair[1].0) {
         return Err(Error::DuplicateKey { first_line: pair[0].1, second_line: pair[1].1 });
@@ -104,10 +108,12 @@ pub fn build<S: RecordSource + ?Sized>(source: &S, options: &BuildOptions) -> Re
         if pages_per_table > MAX_PAGES_PER_TABLE {
             return Err(Error::TooManyRecords(digests.len() as u64));
         }
+        // Each attempt starts the phase over.
+        progress.start("placing records", digests.len() as u64);
         let attempt_seed = (u128::from_le_bytes(seed).wrapping_add(attempt)).to_le_bytes();
         let layout =
             Layout::new(options.page_size, value_size, options.choices, pages_per_table, attempt_seed)?;
-        if let Some(pages) = place(&layout, &digests) {
+        if let Some(pages) = place(&layout, &digests, progress) {
             break (layout, pages);
         }
         attempt += 1;
@@ -116,7 +122,8 @@ pub fn build<S: RecordSource + ?Sized>(source: &S, options: &BuildOptions) -> Re
         }
     };
 
-    second_pass(source, &layout, &mut pages, digests.len() as u64)?;
+    progress.finish();
+    second_pass(source, &layout, &mut pages, digests.len() as u64, progress)?;
     Table::new(layout, digests.len() as u64, pages)
 }
 
@@ -124,7 +131,9 @@ pub fn build<S: RecordSource + ?Sized>(source: &S, options: &BuildOptions) -> Re
 fn first_pass<S: RecordSource + ?Sized>(
     source: &S,
     value_size: Option<u32>,
+    progress: &dyn Progress,
 ) -> Result<(Vec<(KeyDigest, u64)>, usize), Error> {
+    progress.start("reading records", 0);
     let mut keys = Vec::new();
     let mut longest_value = 0;
     source.for_each_record(&mut |record| {
@@ -141,8 +150,10 @@ fn first_pass<S: RecordSource + ?Sized>(
         }
         longest_value = longest_value.max(record.value.len());
         keys.push((KeyDigest::of(record.key), record.line));
+        tick(progress, keys.len() as u64);
         Ok(())
     })?;
+    progress.finish();
     Ok((keys, longest_value))
 }
 
@@ -159,7 +170,7 @@ fn default_seed(sorted: &[KeyDigest]) -> [u8; 16] {
 /// pages, evicting along a random walk when all candidates are full, and
 /// writes the tags. Returns the pages, or `None` if this seed fails: a walk
 /// too long, or two keys with the same tag in one page.
-fn place(layout: &Layout, digests: &[KeyDigest]) -> Option<Vec<u8>> {
+fn place(layout: &Layout, digests: &[KeyDigest], progress: &dyn Progress) -> Option<Vec<u8>> {
     let rows = layout.rows_per_page() as usize;
     let pages_per_table = layout.pages_per_table() as usize;
     let total_pages = layout.total_pages() as usize;
@@ -177,6 +188,7 @@ fn place(layout: &Layout, digests: &[KeyDigest]) -> Option<Vec<u8>> {
     let k = usize::from(layout.choices());
 
     for index in 0..digests.len() {
+        tick(progress, index as u64 + 1);
         let mut current = index;
         let mut came_from = usize::MAX;
         for step in 0..=MAX_WALK {
@@ -232,7 +244,9 @@ fn second_pass<S: RecordSource + ?Sized>(
     layout: &Layout,
     pages: &mut [u8],
     expected: u64,
+    progress: &dyn Progress,
 ) -> Result<(), Error> {
+    progress.start("writing values", expected);
     let (page_size, row_size) = (layout.page_size() as usize, layout.row_size() as usize);
     let mut seen = 0u64;
     source.for_each_record(&mut |record| {
@@ -250,12 +264,24 @@ fn second_pass<S: RecordSource + ?Sized>(
         let value_at = at + TAG_LEN as usize;
         pages[value_at..value_at + record.value.len()].copy_from_slice(record.value);
         seen += 1;
+        tick(progress, seen);
         Ok(())
     })?;
+    progress.finish();
     if seen != expected {
         return Err(Error::SourceChanged);
     }
     Ok(())
+}
+
+/// Records between two progress reports.
+const PROGRESS_STEP: u64 = 1 << 16;
+
+/// Reports progress once every `PROGRESS_STEP` records (`done` counts from 1).
+fn tick(progress: &dyn Progress, done: u64) {
+    if done.is_multiple_of(PROGRESS_STEP) {
+        progress.advance(PROGRESS_STEP);
+    }
 }
 
 /// The random choices of the cuckoo walk: SipHash of a counter under a key

@@ -10,6 +10,7 @@
 mod build;
 mod file;
 mod layout;
+mod sources;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -19,12 +20,13 @@ pub use file::{FORMAT_VERSION, HEADER_LEN, MAGIC, Verify};
 pub use layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };
+pub use sources::{CsvFile, Synthetic};
 pub use table::{Table, digest_pages};
 
 /// Progress of long work (building, verifying), for a progress bar. Calls
 /// come from the working thread.
 pub trait Progress {
-    /// A phase of `total` units (records or bytes) begins.
+    /// A phase of `total` units (records or bytes) begins; 0 if unknown.
     fn start(&self, phase: &str, total: u64);
     /// `done` more units of the current phase are done.
     fn advance(&self, done: u64);
@@ -69,6 +71,14 @@ pub enum Error {
         expected: u32,
         /// Length given.
         actual: usize,
+    },
+    /// A line of the input is malformed.
+    #[error("line {line}: {problem}")]
+    Input {
+        /// The 1-based line.
+        line: u64,
+        /// What is wrong, without quoting the data.
+        problem: String,
     },
     /// A record's key is empty or longer than 64 bytes.
     #[error("line {line}: key is {len} bytes, keys must be 1 to 64 bytes")]

@@ -1,7 +1,7 @@
 //! The builder: every record findable where a client looks, nothing else
 //! found, the same bytes whatever the input order, and clear errors.
 
-use morphogen_table::{BuildOptions, Error, KeyDigest, Table, build};
+use morphogen_table::{BuildOptions, Error, KeyDigest, NoProgress, Table, build};
 use proptest::prelude::*;
 
 type Records = Vec<(Vec<u8>, Vec<u8>)>;
@@ -56,7 +56,7 @@ fn every_record_is_found_in_exactly_one_candidate_page() {
         [(1, 4096, 2, 32), (5000, 4096, 2, 32), (3000, 512, 3, 100), (2000, 1024, 4, 7), (400, 512, 2, 250)]
     {
         let records = records(n, max_value);
-        let table = build(records.as_slice(), &options(page_size, choices)).unwrap();
+        let table = build(records.as_slice(), &options(page_size, choices), &NoProgress).unwrap();
         assert_eq!(table.records(), u64::from(n));
         assert_lookups_right(&table, &records);
     }
@@ -67,7 +67,7 @@ fn one_row_per_page_still_builds() {
     // 256-byte values in 512-byte pages: one row a page, where two-choice
     // cuckoo hashing tops out near 50% load.
     let records: Records = (0u32..300).map(|i| (i.to_le_bytes().to_vec(), vec![i as u8; 256])).collect();
-    let table = build(records.as_slice(), &options(512, 2)).unwrap();
+    let table = build(records.as_slice(), &options(512, 2), &NoProgress).unwrap();
     assert_eq!(table.layout().rows_per_page(), 1);
     assert_lookups_right(&table, &records);
 }
@@ -75,23 +75,26 @@ fn one_row_per_page_still_builds() {
 #[test]
 fn large_tables_reach_95_percent_load() {
     let records: Records = (0u32..200_000).map(|i| (i.to_le_bytes().to_vec(), vec![7; 32])).collect();
-    let table = build(records.as_slice(), &options(4096, 2)).unwrap();
+    let table = build(records.as_slice(), &options(4096, 2), &NoProgress).unwrap();
     assert!(table.load_factor() >= 0.95, "load factor {}", table.load_factor());
 }
 
 #[test]
 fn the_value_size_defaults_to_the_longest_value() {
     let records: Records = vec![(b"a".to_vec(), vec![1; 3]), (b"b".to_vec(), vec![2; 17])];
-    let table = build(records.as_slice(), &BuildOptions::default()).unwrap();
+    let table = build(records.as_slice(), &BuildOptions::default(), &NoProgress).unwrap();
     assert_eq!(table.layout().value_size(), 17);
     assert_eq!(table.get(b"a").unwrap(), [&[1u8; 3][..], &[0; 14]].concat());
 }
 
 #[test]
 fn an_empty_input_with_a_value_size_gives_an_empty_table() {
-    let table =
-        build(Records::new().as_slice(), &BuildOptions { value_size: Some(32), ..BuildOptions::default() })
-            .unwrap();
+    let table = build(
+        Records::new().as_slice(),
+        &BuildOptions { value_size: Some(32), ..BuildOptions::default() },
+        &NoProgress,
+    )
+    .unwrap();
     assert_eq!((table.records(), table.layout().pages_per_table()), (0, 1));
     assert!(table.pages().iter().all(|&b| b == 0));
 }
@@ -105,7 +108,7 @@ proptest! {
         let mut shuffled = records.clone();
         // A deterministic shuffle driven by the case's seed.
         shuffled.sort_by_key(|(key, _)| blake3::hash(&[key.as_slice(), &seed.to_le_bytes()].concat()).as_bytes()[..8].to_vec());
-        let (a, b) = (build(records.as_slice(), &options(1024, 2)).unwrap(), build(shuffled.as_slice(), &options(1024, 2)).unwrap());
+        let (a, b) = (build(records.as_slice(), &options(1024, 2), &NoProgress).unwrap(), build(shuffled.as_slice(), &options(1024, 2), &NoProgress).unwrap());
         prop_assert_eq!(a.layout().seed(), b.layout().seed());
         prop_assert!(a.pages() == b.pages(), "pages differ");
     }
@@ -114,8 +117,9 @@ proptest! {
 #[test]
 fn an_explicit_seed_is_used_and_changes_the_table() {
     let records = records(1000, 32);
-    let with =
-        |seed| build(records.as_slice(), &BuildOptions { seed: Some(seed), ..BuildOptions::default() });
+    let with = |seed| {
+        build(records.as_slice(), &BuildOptions { seed: Some(seed), ..BuildOptions::default() }, &NoProgress)
+    };
     let (a, b) = (with([1; 16]).unwrap(), with([2; 16]).unwrap());
     assert_eq!(a.layout().seed(), [1; 16]);
     assert!(a.pages() != b.pages());
@@ -126,7 +130,7 @@ fn an_explicit_seed_is_used_and_changes_the_table() {
 fn rejects_an_empty_key() {
     let records: Records = vec![(b"a".to_vec(), vec![1]), (vec![], vec![1])];
     assert_eq!(
-        build(records.as_slice(), &BuildOptions::default()).unwrap_err(),
+        build(records.as_slice(), &BuildOptions::default(), &NoProgress).unwrap_err(),
         Error::KeyLength { line: 2, len: 0 }
     );
 }
@@ -134,7 +138,7 @@ fn rejects_an_empty_key() {
 #[test]
 fn rejects_a_key_longer_than_64_bytes() {
     let records: Records = vec![(vec![1; 65], vec![1])];
-    let err = build(records.as_slice(), &BuildOptions::default()).unwrap_err();
+    let err = build(records.as_slice(), &BuildOptions::default(), &NoProgress).unwrap_err();
     assert_eq!(err, Error::KeyLength { line: 1, len: 65 });
     assert_eq!(err.to_string(), "line 1: key is 65 bytes, keys must be 1 to 64 bytes");
 }
@@ -144,7 +148,7 @@ fn rejects_a_value_longer_than_the_value_size() {
     let records: Records = vec![(b"a".to_vec(), vec![1; 4]), (b"b".to_vec(), vec![1; 9])];
     let options = BuildOptions { value_size: Some(8), ..BuildOptions::default() };
     assert_eq!(
-        build(records.as_slice(), &options).unwrap_err(),
+        build(records.as_slice(), &options, &NoProgress).unwrap_err(),
         Error::ValueTooLong { line: 2, len: 9, value_size: 8 }
     );
 }
@@ -157,20 +161,23 @@ fn rejects_duplicate_keys_naming_both_lines() {
         (b"c".to_vec(), vec![3]),
         (b"b".to_vec(), vec![4]),
     ];
-    let err = build(records.as_slice(), &BuildOptions::default()).unwrap_err();
+    let err = build(records.as_slice(), &BuildOptions::default(), &NoProgress).unwrap_err();
     assert_eq!(err, Error::DuplicateKey { first_line: 2, second_line: 4 });
 }
 
 #[test]
 fn rejects_inferring_the_value_size_from_empty_values() {
     let records: Records = vec![(b"a".to_vec(), vec![])];
-    assert_eq!(build(records.as_slice(), &BuildOptions::default()).unwrap_err(), Error::UnknownValueSize);
+    assert_eq!(
+        build(records.as_slice(), &BuildOptions::default(), &NoProgress).unwrap_err(),
+        Error::UnknownValueSize
+    );
 }
 
 #[test]
 fn rejects_bad_parameters_before_reading_the_input() {
     let records = records(10, 8);
-    let bad = |o: BuildOptions| build(records.as_slice(), &o).unwrap_err();
+    let bad = |o: BuildOptions| build(records.as_slice(), &o, &NoProgress).unwrap_err();
     assert_eq!(bad(options(1000, 2)), Error::PageSize(1000));
     assert_eq!(bad(options(4096, 5)), Error::Choices(5));
     assert_eq!(

@@ -9,7 +9,8 @@ use morphogen_table::{BuildOptions, Error, HEADER_LEN, NoProgress, Table, Verify
 fn table() -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0u32..3000).map(|i| (i.to_le_bytes().to_vec(), (i * 7).to_le_bytes().to_vec())).collect();
-    build(records.as_slice(), &BuildOptions { page_size: 1024, ..BuildOptions::default() }).unwrap()
+    build(records.as_slice(), &BuildOptions { page_size: 1024, ..BuildOptions::default() }, &NoProgress)
+        .unwrap()
 }
 
 /// A written table file in a fresh directory.

@@ -50,6 +50,15 @@ fn builds_a_csv_and_every_record_reads_back() {
 }
 
 #[test]
+fn accepts_crlf_line_ends_and_spaced_header_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = build_csv(dir.path(), " key , value \r\n0a,0b\r\n0c,0d\r\n", &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = Table::open(&dir.path().join("t.mgdb"), Verify::Digest, &NoProgress).unwrap();
+    assert_eq!((table.get(&[0x0a]).unwrap(), table.get(&[0x0c]).unwrap()), (&[0x0b][..], &[0x0d][..]));
+}
+
+#[test]
 fn shuffled_inputs_build_identical_files() {
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = (0u32..2000).map(|i| format!("{:08x},{:04x}\n", i * 7919, i)).collect();

@@ -25,7 +25,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::layout::Layout;
-use crate::table::{Pages, Table, check_length};
+use crate::table::{Pages, Table};
 use crate::{Error, Progress};
 
 /// The file's first 8 bytes. The `\r\n` and `\x1a` catch text-mode transfers.
@@ -101,8 +101,8 @@ impl Table {
         // open, and operators must do the same (docs/FORMAT.md).
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("map", path, &e))?;
+        // The file length check above makes these exactly the layout's pages.
         let pages = Pages::Mapped { map, offset: HEADER_LEN };
-        check_length(&header.layout, pages.len() as u64)?;
 
         if verify == Verify::Digest {
             progress.start("verifying", pages.len() as u64);

@@ -108,7 +108,7 @@ impl Table {
 }
 
 /// Checks that `len` bytes are exactly the layout's pages.
-pub(crate) fn check_length(layout: &Layout, len: u64) -> Result<(), Error> {
+fn check_length(layout: &Layout, len: u64) -> Result<(), Error> {
     let expected = layout.total_pages() * u64::from(layout.page_size());
     if len != expected {
         return Err(Error::PagesLength { expected, actual: len });

@@ -247,16 +247,16 @@ fn second_pass<S: RecordSource + ?Sized>(
     progress: &dyn Progress,
 ) -> Result<(), Error> {
     progress.start("writing values", expected);
-    let (page_size, row_size) = (layout.page_size() as usize, layout.row_size() as usize);
+    let row_size = layout.row_size() as usize;
     let mut seen = 0u64;
     source.for_each_record(&mut |record| {
         let digest = KeyDigest::of(record.key);
-        let tag = layout.tag(&digest).to_le_bytes();
-        let row = layout.locate(&digest).as_slice().iter().enumerate().find_map(|(sub_table, page)| {
-            let start = (sub_table as u64 * layout.pages_per_table() + page) as usize * page_size;
-            (0..layout.rows_per_page() as usize)
-                .map(|row| start + row * row_size)
-                .find(|&at| pages[at..at + TAG_LEN as usize] == tag)
+        let tag = layout.tag(&digest);
+        // The client's search (`Layout::rows`), turned into a byte offset to write at.
+        let row = layout.locate(&digest).as_slice().iter().enumerate().find_map(|(sub_table, &page)| {
+            let range = layout.page_range(sub_table as u8, page);
+            let index = layout.rows(&pages[range.clone()]).ok()?.position(|(row_tag, _)| row_tag == tag)?;
+            Some(range.start + index * row_size)
         });
         let (Some(at), true) = (row, record.value.len() <= layout.value_size() as usize) else {
             return Err(Error::SourceChanged);

@@ -25,7 +25,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::layout::Layout;
-use crate::table::{Pages, Table};
+use crate::table::{Pages, Table, digest_pages};
 use crate::{Error, Progress};
 
 /// The file's first 8 bytes. The `\r\n` and `\x1a` catch text-mode transfers.
@@ -37,8 +37,6 @@ pub const HEADER_LEN: usize = 4096;
 
 /// Bytes covered by the header checksum.
 const CHECKED_LEN: usize = 96;
-/// Pages hashed between two progress reports while verifying.
-const VERIFY_STEP: usize = 64 << 20;
 
 /// Whether opening a file re-hashes its pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,17 +102,8 @@ impl Table {
         // The file length check above makes these exactly the layout's pages.
         let pages = Pages::Mapped { map, offset: HEADER_LEN };
 
-        if verify == Verify::Digest {
-            progress.start("verifying", pages.len() as u64);
-            let mut hasher = blake3::Hasher::new();
-            for chunk in pages.chunks(VERIFY_STEP) {
-                hasher.update(chunk);
-                progress.advance(chunk.len() as u64);
-            }
-            progress.finish();
-            if *hasher.finalize().as_bytes() != header.digest {
-                return Err(Error::DigestMismatch { path: path.into() });
-            }
+        if verify == Verify::Digest && digest_pages(&pages, progress) != header.digest {
+            return Err(Error::DigestMismatch { path: path.into() });
         }
         Ok(Table::from_checked_parts(header.layout, header.records, pages, header.digest))
     }

@@ -144,6 +144,14 @@ impl Layout {
         self.total_pages() * u64::from(self.rows_per_page())
     }
 
+    /// Byte range of page `page` of sub-table `sub_table` within the pages
+    /// (which run sub-table after sub-table).
+    pub fn page_range(&self, sub_table: u8, page: u64) -> std::ops::Range<usize> {
+        let index = u64::from(sub_table) * self.pages_per_table + page;
+        let start = index as usize * self.page_size as usize;
+        start..start + self.page_size as usize
+    }
+
     /// The candidate page of a key in each sub-table.
     pub fn locate(&self, key: &KeyDigest) -> Candidates {
         let mut candidates = Candidates { pages: [0; *CHOICES.end() as usize], len: self.choices };

@@ -21,7 +21,7 @@ pub use layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };
 pub use sources::{CsvFile, Synthetic};
-pub use table::{Table, digest_pages};
+pub use table::Table;
 
 /// Progress of long work (building, verifying), for a progress bar. Calls
 /// come from the working thread.

@@ -3,8 +3,8 @@
 
 use std::ops::Deref;
 
-use crate::Error;
 use crate::layout::{KeyDigest, Layout};
+use crate::{Error, NoProgress, Progress};
 
 /// A table: the layout and `total_pages` pages of `page_size` bytes,
 /// sub-table after sub-table.
@@ -34,10 +34,18 @@ impl Deref for Pages {
     }
 }
 
+/// Pages hashed between two progress reports.
+const DIGEST_STEP: usize = 64 << 20;
+
 /// BLAKE3 of the pages: the digest both servers must agree on.
-pub fn digest_pages(pages: &[u8]) -> [u8; 32] {
+pub(crate) fn digest_pages(pages: &[u8], progress: &dyn Progress) -> [u8; 32] {
+    progress.start("hashing pages", pages.len() as u64);
     let mut hasher = blake3::Hasher::new();
-    hasher.update(pages);
+    for chunk in pages.chunks(DIGEST_STEP) {
+        hasher.update(chunk);
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
     *hasher.finalize().as_bytes()
 }
 
@@ -54,7 +62,7 @@ impl Table {
     /// A table over `pages`, which must hold exactly the layout's pages; computes their digest.
     pub fn new(layout: Layout, records: u64, pages: Vec<u8>) -> Result<Table, Error> {
         check_length(&layout, pages.len() as u64)?;
-        let digest = digest_pages(&pages);
+        let digest = digest_pages(&pages, &NoProgress);
         Ok(Table { layout, records, pages: Pages::Owned(pages), digest })
     }
 
@@ -91,9 +99,7 @@ impl Table {
     /// Page `page` (0-based) of sub-table `sub_table`.
     pub fn page(&self, sub_table: u8, page: u64) -> &[u8] {
         assert!(sub_table < self.layout.choices() && page < self.layout.pages_per_table());
-        let size = self.layout.page_size() as usize;
-        let index = u64::from(sub_table) * self.layout.pages_per_table() + page;
-        &self.pages[index as usize * size..][..size]
+        &self.pages[self.layout.page_range(sub_table, page)]
     }
 
     /// Looks `key` up directly, as a client would after retrieving its pages

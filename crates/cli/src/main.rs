@@ -1,6 +1,8 @@
 //! The `morphogen` command line: a thin layer over the library crates.
 
+mod bench;
 mod demo;
+mod engine;
 mod progress;
 mod table_cmds;
 
@@ -23,6 +25,8 @@ enum Command {
     Build(table_cmds::BuildArgs),
     /// Describe a table file: parameters, records, load factor, digest.
     Inspect(table_cmds::InspectArgs),
+    /// Time an engine's passes over a table (no HTTP), next to a plain read of every page.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Build(args) => table_cmds::build_command(&args),
         Command::Inspect(args) => table_cmds::inspect_command(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 

@@ -1,0 +1,164 @@
+//! Scan engines: answer a batch of private queries with one pass over a table.
+//!
+//! A query holds one DPF key per sub-table. A server's answer to it is, for
+//! each sub-table, the XOR of the pages its key selects; the XOR of the two
+//! servers' answers is the page the client wanted. Every engine computes the
+//! same bytes: [`ReferenceEngine`] plainly, [`CpuEngine`] fast, and tests
+//! compare the two.
+
+mod cpu;
+mod reference;
+
+use morphogen_dpf::Key;
+use morphogen_table::Layout;
+
+pub use cpu::{CpuEngine, read_every_page};
+pub use reference::ReferenceEngine;
+
+/// One private lookup as a server sees it: one DPF key per sub-table, in
+/// sub-table order.
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// Key `j` selects pages of sub-table `j`.
+    pub keys: Vec<Key>,
+}
+
+/// The answers to a batch: for each query, one page per sub-table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Answers {
+    page_size: usize,
+    choices: usize,
+    bytes: Vec<u8>,
+}
+
+impl Answers {
+    /// All-zero answers for `queries` queries.
+    pub fn zeroed(layout: &Layout, queries: usize) -> Answers {
+        let page_size = layout.page_size() as usize;
+        let choices = usize::from(layout.choices());
+        Answers { page_size, choices, bytes: vec![0; queries * choices * page_size] }
+    }
+
+    /// Number of queries answered.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / (self.page_size * self.choices)
+    }
+
+    /// Whether no query was answered.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The answer to query `query`: its pages for sub-tables 0, 1, … in a row.
+    pub fn query(&self, query: usize) -> &[u8] {
+        let len = self.page_size * self.choices;
+        &self.bytes[query * len..(query + 1) * len]
+    }
+
+    /// The answer page of query `query` for sub-table `sub_table`.
+    pub fn page_mut(&mut self, query: usize, sub_table: usize) -> &mut [u8] {
+        let start = (query * self.choices + sub_table) * self.page_size;
+        &mut self.bytes[start..start + self.page_size]
+    }
+
+    /// All answers, query after query, each `choices` pages long.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes are a server's share of a private answer: not for logs.
+        f.debug_struct("Answers").field("queries", &self.len()).finish_non_exhaustive()
+    }
+}
+
+/// An engine answers batches of queries against one table.
+pub trait Engine: Send {
+    /// Short name: `reference`, `cpu`, `cuda`.
+    fn name(&self) -> &'static str;
+
+    /// What it runs on, for logs and benchmark reports.
+    fn device(&self) -> String;
+
+    /// The layout of the table it answers from.
+    fn layout(&self) -> &Layout;
+
+    /// Answers `queries` in one pass over the table, in request order.
+    fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error>;
+}
+
+/// Checks that every query has one key per sub-table and that each key's
+/// domain is the sub-table's page count.
+pub fn validate(layout: &Layout, queries: &[Query]) -> Result<(), Error> {
+    if queries.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
+    let choices = usize::from(layout.choices());
+    for (query, q) in queries.iter().enumerate() {
+        if q.keys.len() != choices {
+            return Err(Error::KeyCount { query, expected: choices, actual: q.keys.len() });
+        }
+        for (sub_table, key) in q.keys.iter().enumerate() {
+            if key.domain() != layout.pages_per_table() {
+                return Err(Error::Domain {
+                    query,
+                    sub_table,
+                    expected: layout.pages_per_table(),
+                    actual: key.domain(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// XORs `src` into `dst`; they have the same length. Written over 64-bit
+/// words in fixed blocks so that the compiler emits wide SIMD loads.
+pub(crate) fn xor_into(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
+    let mut dst_blocks = dst.chunks_exact_mut(64);
+    let mut src_blocks = src.chunks_exact(64);
+    for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
+        for (d, s) in d.iter_mut().zip(s) {
+            *d ^= s;
+        }
+    }
+    for (d, s) in dst_blocks.into_remainder().iter_mut().zip(src_blocks.remainder()) {
+        *d ^= s;
+    }
+}
+
+/// Errors of the scan engines. They describe the batch, never key material.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A batch must hold at least one query.
+    #[error("the batch holds no queries")]
+    EmptyBatch,
+    /// A query does not have one key per sub-table.
+    #[error("query {query} has {actual} keys, the table has {expected} sub-tables")]
+    KeyCount {
+        /// Index of the query in the batch.
+        query: usize,
+        /// Number of sub-tables.
+        expected: usize,
+        /// Keys given.
+        actual: usize,
+    },
+    /// A key's domain is not its sub-table's page count.
+    #[error("query {query}, sub-table {sub_table}: key is for {actual} pages, the sub-table has {expected}")]
+    Domain {
+        /// Index of the query in the batch.
+        query: usize,
+        /// Sub-table of the key.
+        sub_table: usize,
+        /// Pages in each sub-table.
+        expected: u64,
+        /// The key's domain.
+        actual: u64,
+    },
+    /// The engine failed for a reason of its own (for example a device error).
+    #[error("engine fault: {0}")]
+    Fault(String),
+}

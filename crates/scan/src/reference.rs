@@ -1,0 +1,52 @@
+//! The oracle: evaluates every key at every page, one point at a time, and
+//! XORs the selected pages. Slow and plainly right.
+
+use std::sync::Arc;
+
+use morphogen_table::{Layout, Table};
+
+use crate::{Answers, Engine, Error, Query, validate, xor_into};
+
+/// Answers queries by point evaluation, page by page, query by query.
+pub struct ReferenceEngine {
+    table: Arc<Table>,
+}
+
+impl ReferenceEngine {
+    /// An engine over `table`.
+    pub fn new(table: Arc<Table>) -> ReferenceEngine {
+        ReferenceEngine { table }
+    }
+}
+
+impl Engine for ReferenceEngine {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+
+    fn device(&self) -> String {
+        "one CPU thread".to_string()
+    }
+
+    fn layout(&self) -> &Layout {
+        self.table.layout()
+    }
+
+    fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error> {
+        let layout = self.table.layout();
+        validate(layout, queries)?;
+        let mut answers = Answers::zeroed(layout, queries.len());
+        for (q, query) in queries.iter().enumerate() {
+            for (sub_table, key) in query.keys.iter().enumerate() {
+                let answer = answers.page_mut(q, sub_table);
+                for page in 0..layout.pages_per_table() {
+                    // validate() checked the domain, so every page is a valid point.
+                    if key.eval_point(page).map_err(|e| Error::Fault(e.to_string()))? {
+                        xor_into(answer, self.table.page(sub_table as u8, page));
+                    }
+                }
+            }
+        }
+        Ok(answers)
+    }
+}

@@ -63,6 +63,16 @@ pub struct Layout {
     hashers: Vec<SipHasher13>,
 }
 
+/// Two layouts are equal when their parameters are: the hashers follow from the seed.
+impl PartialEq for Layout {
+    fn eq(&self, other: &Layout) -> bool {
+        (self.page_size, self.value_size, self.choices, self.pages_per_table, self.seed)
+            == (other.page_size, other.value_size, other.choices, other.pages_per_table, other.seed)
+    }
+}
+
+impl Eq for Layout {}
+
 /// Context string of the BLAKE3 key derivation from the table seed to the
 /// SipHash keys; changing it changes every table.
 const HASH_KEY_CONTEXT: &str = "morphogen 2026-11 table hash keys v1";

@@ -1,0 +1,313 @@
+//! The morphogen client: looks keys up in a table held by two servers
+//! without either server learning which keys they were.
+//!
+//! For each key it finds the key's candidate page in every sub-table, makes
+//! a DPF key pair per page, sends one key of each pair to each server, and
+//! XORs the two answers back into the pages, where it finds the key's row.
+//! Both servers must publish the same table (digest, parameters, epoch).
+
+use std::time::Duration;
+
+use morphogen_dpf::{Key, generate};
+use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Meta, PROTOCOL_VERSION, Request, Response};
+use morphogen_table::{KeyDigest, Layout, MAX_KEY_LEN};
+use reqwest::Url;
+
+/// How long a request may take unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of two servers holding the same table.
+pub struct Client {
+    http: reqwest::Client,
+    servers: [Url; 2],
+    meta: Meta,
+    layout: Layout,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("servers", &self.servers)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to two servers (base URLs such as `http://127.0.0.1:8080`)
+    /// with [`DEFAULT_TIMEOUT`], reads both servers' metadata and checks that
+    /// they serve the same table.
+    pub async fn new(url_a: &str, url_b: &str) -> Result<Client, Error> {
+        Client::with_timeout(url_a, url_b, DEFAULT_TIMEOUT).await
+    }
+
+    /// Like [`Client::new`], with a time limit for every request.
+    pub async fn with_timeout(url_a: &str, url_b: &str, timeout: Duration) -> Result<Client, Error> {
+        let servers = [parse_url(url_a)?, parse_url(url_b)?];
+        let http =
+            reqwest::Client::builder().timeout(timeout).build().map_err(|e| Error::Setup(e.to_string()))?;
+        let (meta_a, meta_b) =
+            tokio::try_join!(fetch_meta(&http, &servers[0]), fetch_meta(&http, &servers[1]))?;
+        check_same_table(&meta_a, &meta_b)?;
+        let layout = layout_of(&meta_a)
+            .map_err(|message| Error::Protocol { server: servers[0].to_string(), message })?;
+        let meta = Meta { max_batch: meta_a.max_batch.min(meta_b.max_batch), ..meta_a };
+        Ok(Client { http, servers, meta, layout })
+    }
+
+    /// The servers' common metadata (`max_batch` is the smaller of the two).
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Looks one key up: its value (`value_size` bytes, zero-padded) or `None`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.get_many(&[key]).await?.pop().flatten())
+    }
+
+    /// Looks keys up, in one request per server for every `max_batch` keys;
+    /// results are in the order of `keys`.
+    pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let mut values = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(self.meta.max_batch.max(1)) {
+            values.extend(self.lookup_batch(batch).await?);
+        }
+        Ok(values)
+    }
+
+    async fn lookup_batch<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let mut digests = Vec::with_capacity(keys.len());
+        let (mut queries_a, mut queries_b) = (Vec::new(), Vec::new());
+        {
+            // The random generator is not Send: it lives only in this block, before any await.
+            let mut rng = rand::rng();
+            for (index, key) in keys.iter().enumerate() {
+                let key = key.as_ref();
+                if key.is_empty() || key.len() > MAX_KEY_LEN {
+                    return Err(Error::KeyLength { index, len: key.len() });
+                }
+                let digest = KeyDigest::of(key);
+                let (keys_a, keys_b): (Vec<Key>, Vec<Key>) = self
+                    .layout
+                    .locate(&digest)
+                    .as_slice()
+                    .iter()
+                    .map(|&page| generate(self.layout.pages_per_table(), page, &mut rng))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Setup(e.to_string()))?
+                    .into_iter()
+                    .unzip();
+                queries_a.push(keys_a);
+                queries_b.push(keys_b);
+                digests.push(digest);
+            }
+        }
+        let epoch = Epoch::Exact(self.meta.epoch);
+        let body_a =
+            Request { epoch, queries: queries_a }.encode().map_err(|e| Error::Setup(e.to_string()))?;
+        let body_b =
+            Request { epoch, queries: queries_b }.encode().map_err(|e| Error::Setup(e.to_string()))?;
+        let (answer_a, answer_b) =
+            tokio::try_join!(self.query(0, body_a, keys.len()), self.query(1, body_b, keys.len()))?;
+        if answer_a.epoch != answer_b.epoch {
+            return Err(Error::Mismatch("epoch of the answers"));
+        }
+
+        let page_size = self.layout.page_size() as usize;
+        let mut page = vec![0u8; page_size];
+        let mut values = Vec::with_capacity(keys.len());
+        for (q, digest) in digests.iter().enumerate() {
+            let (a, b) = (answer_a.answer(q), answer_b.answer(q));
+            let mut value = None;
+            for sub_table in 0..usize::from(self.layout.choices()) {
+                let range = sub_table * page_size..(sub_table + 1) * page_size;
+                for ((p, x), y) in page.iter_mut().zip(&a[range.clone()]).zip(&b[range]) {
+                    *p = x ^ y;
+                }
+                if let Some(found) = self.layout.find(&page, digest).expect("pages have the page size") {
+                    value = Some(found.to_vec());
+                    break;
+                }
+            }
+            values.push(value);
+        }
+        Ok(values)
+    }
+
+    /// Sends one request to server `index` and checks the shape of its answer.
+    async fn query(&self, index: usize, body: Vec<u8>, queries: usize) -> Result<Response, Error> {
+        let server = &self.servers[index];
+        let url = server.join("v1/query").expect("a fixed relative path");
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(server, e))?;
+        let bytes = success_body(server, response).await?;
+        let answer = Response::decode(&bytes)
+            .map_err(|e| Error::Protocol { server: server.to_string(), message: e.to_string() })?;
+        let expected = (queries, usize::from(self.layout.choices()), self.layout.page_size() as usize);
+        if (answer.queries, answer.choices, answer.page_size) != expected {
+            return Err(Error::Protocol {
+                server: server.to_string(),
+                message: format!(
+                    "answered {} queries of {} pages of {} bytes, expected {} of {} of {}",
+                    answer.queries, answer.choices, answer.page_size, expected.0, expected.1, expected.2
+                ),
+            });
+        }
+        Ok(answer)
+    }
+}
+
+fn parse_url(text: &str) -> Result<Url, Error> {
+    let with_slash = if text.ends_with('/') { text.to_string() } else { format!("{text}/") };
+    let url =
+        Url::parse(&with_slash).map_err(|e| Error::Url { url: text.to_string(), message: e.to_string() })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::Url {
+            url: text.to_string(),
+            message: "the scheme must be http or https".to_string(),
+        });
+    }
+    Ok(url)
+}
+
+async fn fetch_meta(http: &reqwest::Client, server: &Url) -> Result<Meta, Error> {
+    let url = server.join("v1/meta").expect("a fixed relative path");
+    let response = http.get(url).send().await.map_err(|e| transport_error(server, e))?;
+    let bytes = success_body(server, response).await?;
+    let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+        server: server.to_string(),
+        message: format!("unreadable metadata: {e}"),
+    })?;
+    if meta.protocol_version != PROTOCOL_VERSION {
+        return Err(Error::Protocol {
+            server: server.to_string(),
+            message: format!(
+                "speaks protocol version {}, this client {PROTOCOL_VERSION}",
+                meta.protocol_version
+            ),
+        });
+    }
+    Ok(meta)
+}
+
+/// The body of a 2xx answer, or the server's error.
+async fn success_body(server: &Url, response: reqwest::Response) -> Result<Vec<u8>, Error> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| transport_error(server, e))?;
+    if status.is_success() {
+        return Ok(bytes.to_vec());
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => (body.code, body.error),
+        Err(_) => ("unknown".to_string(), String::from_utf8_lossy(&bytes).chars().take(200).collect()),
+    };
+    Err(Error::Server { server: server.to_string(), status: status.as_u16(), code, message })
+}
+
+fn transport_error(server: &Url, error: reqwest::Error) -> Error {
+    let message = if error.is_timeout() {
+        "timed out".to_string()
+    } else if error.is_connect() {
+        "could not connect".to_string()
+    } else {
+        error.to_string()
+    };
+    Error::Unreachable { server: server.to_string(), message }
+}
+
+/// Refuses two servers that do not serve the very same table.
+fn check_same_table(a: &Meta, b: &Meta) -> Result<(), Error> {
+    let checks = [
+        (a.digest == b.digest, "table digest"),
+        (a.epoch == b.epoch, "epoch"),
+        (a.page_size == b.page_size, "page size"),
+        (a.row_size == b.row_size, "row size"),
+        (a.value_size == b.value_size, "value size"),
+        (a.sub_tables == b.sub_tables, "sub-table sizes"),
+        (a.hash_seed == b.hash_seed, "hash seed"),
+    ];
+    match checks.iter().find(|(same, _)| !same) {
+        Some(&(_, what)) => Err(Error::Mismatch(what)),
+        None => Ok(()),
+    }
+}
+
+/// The layout a server's metadata describes.
+fn layout_of(meta: &Meta) -> Result<Layout, String> {
+    let seed: [u8; 16] = hex::decode(&meta.hash_seed)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or("the hash seed is not 16 bytes of hex")?;
+    let choices = u8::try_from(meta.sub_tables.len()).map_err(|_| "too many sub-tables")?;
+    let pages = meta.sub_tables.first().copied().unwrap_or(0);
+    if meta.sub_tables.iter().any(|&p| p != pages) {
+        return Err("sub-tables of different sizes are not supported".to_string());
+    }
+    let layout =
+        Layout::new(meta.page_size, meta.value_size, choices, pages, seed).map_err(|e| e.to_string())?;
+    if layout.row_size() != meta.row_size {
+        return Err(format!("row size {} does not match the layout's {}", meta.row_size, layout.row_size()));
+    }
+    Ok(layout)
+}
+
+/// Why a lookup failed. Messages name servers and parameters, never keys or values.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A server URL is malformed.
+    #[error("server URL {url:?}: {message}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A server could not be reached or did not answer in time.
+    #[error("server {server}: {message}")]
+    Unreachable {
+        /// The server's URL.
+        server: String,
+        /// What happened.
+        message: String,
+    },
+    /// A server answered with an error.
+    #[error("server {server} answered {status} ({code}): {message}")]
+    Server {
+        /// The server's URL.
+        server: String,
+        /// HTTP status.
+        status: u16,
+        /// The server's error code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// A server's answer does not follow the protocol.
+    #[error("server {server}: {message}")]
+    Protocol {
+        /// The server's URL.
+        server: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The two servers do not serve the same table.
+    #[error("the two servers disagree on the {0}; they must serve the same table")]
+    Mismatch(&'static str),
+    /// A key to look up is empty or too long.
+    #[error("key {index} is {len} bytes; keys are 1 to 64 bytes")]
+    KeyLength {
+        /// Position of the key in the request.
+        index: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// The client could not be set up or could not form a request.
+    #[error("client setup: {0}")]
+    Setup(String),
+}

@@ -1,0 +1,72 @@
+//! Every error answer has one shape, `{"error": "...", "code": "..."}`:
+//! client mistakes get a 4xx that says what was wrong; internal faults get a
+//! 500 whose details go to the log only.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use morphogen_protocol::ErrorBody;
+
+/// An error answer: status, a stable code for programs, a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable snake_case code.
+    pub code: &'static str,
+    /// What was wrong; never quotes key material.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A client error.
+    pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// An internal fault: logged in full here, reported to the client only as such.
+    pub fn internal(details: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%details, "internal error while answering a request");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "internal error; see the server's log".to_string(),
+        }
+    }
+}
+
+impl From<morphogen_protocol::Error> for ApiError {
+    fn from(error: morphogen_protocol::Error) -> ApiError {
+        use morphogen_protocol::Error as E;
+        let code = match &error {
+            E::Version(_) => "bad_version",
+            E::TooManyQueries { count: 0, .. } => "empty_batch",
+            E::TooManyQueries { .. } => "batch_too_large",
+            E::Choices(_) | E::MixedChoices { .. } => "wrong_key_count",
+            E::MixedDomains { .. } => "wrong_domain",
+            E::Key { .. } => "bad_key",
+            E::BodyLength { .. } | E::QueryCount(_) => "bad_body",
+        };
+        ApiError::client(StatusCode::BAD_REQUEST, code, error.to_string())
+    }
+}
+
+impl From<morphogen_scan::Error> for ApiError {
+    fn from(error: morphogen_scan::Error) -> ApiError {
+        use morphogen_scan::Error as E;
+        let code = match &error {
+            E::EmptyBatch => "empty_batch",
+            E::KeyCount { .. } => "wrong_key_count",
+            E::Domain { .. } => "wrong_domain",
+            E::Fault(_) => return ApiError::internal(error),
+        };
+        ApiError::client(StatusCode::BAD_REQUEST, code, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.message, code: self.code.to_string() };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics of one server. Each server has its own recorder, so
+//! two servers in one process (the demo, the tests) keep separate counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Recorder, counter, histogram, with_local_recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Seconds: from half a millisecond to ten seconds.
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Queries per pass.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The server's recorder and the handle that renders it.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), SECONDS_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("morphogen_batch_size".to_string()), BATCH_BUCKETS)
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let metrics = Metrics { recorder: Arc::new(recorder), handle };
+        metrics.describe();
+        metrics
+    }
+
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        with_local_recorder(&*self.recorder as &dyn Recorder, f)
+    }
+
+    fn describe(&self) {
+        self.with(|| {
+            metrics::describe_counter!(
+                "morphogen_requests_total",
+                "Query requests by outcome (ok or an error code)."
+            );
+            metrics::describe_histogram!(
+                "morphogen_request_duration_seconds",
+                "Time to answer a query request."
+            );
+            metrics::describe_histogram!(
+                "morphogen_pass_duration_seconds",
+                "Time of one engine pass over the table."
+            );
+            metrics::describe_histogram!("morphogen_batch_size", "Queries answered by one pass.");
+        });
+    }
+
+    /// Counts a query request and, if it was answered, its duration.
+    pub(crate) fn request(&self, outcome: &'static str, duration: Duration) {
+        self.with(|| {
+            counter!("morphogen_requests_total", "outcome" => outcome).increment(1);
+            histogram!("morphogen_request_duration_seconds").record(duration.as_secs_f64());
+        });
+    }
+
+    /// Records one engine pass.
+    pub(crate) fn pass(&self, queries: usize, duration: Duration) {
+        self.with(|| {
+            histogram!("morphogen_pass_duration_seconds").record(duration.as_secs_f64());
+            histogram!("morphogen_batch_size").record(queries as f64);
+        });
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+
+    /// Folds histogram samples into buckets now and then, so that memory
+    /// stays bounded between scrapes.
+    pub(crate) async fn upkeep(self) {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            every.tick().await;
+            self.handle.run_upkeep();
+        }
+    }
+}

@@ -1,91 +1,132 @@
-//! `morphogen demo`: the DPF step of a private lookup, run and checked on a
-//! built-in example. Tables, servers and the client join it as they land.
+//! `morphogen demo`: the whole system on one machine. Builds a sample table,
+//! starts two servers on loopback, looks keys up privately through the
+//! client and checks every answer against the source records.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use morphogen_dpf::{Key, MAX_DOMAIN, generate};
-
-/// 2^24 pages: a 64 GiB table of 4 KiB pages.
-const DEFAULT_PAGES: u64 = 1 << 24;
+use morphogen_client::Client;
+use morphogen_scan::CpuEngine;
+use morphogen_server::{Config, Server};
+use morphogen_table::{BuildOptions, NoProgress, Synthetic, Table, Verify, build};
+use rand::RngExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Number of pages in the (imaginary) table, 1 to 2^32.
-    #[arg(long, default_value_t = DEFAULT_PAGES, value_parser = clap::value_parser!(u64).range(1..=MAX_DOMAIN))]
-    pages: u64,
+    /// Records in the sample table.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    records: u64,
+    /// Private lookups to perform; one in ten is of a key that is not in the table.
+    #[arg(long, value_name = "N", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    lookups: u64,
 }
 
-pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let n = args.pages;
-    println!("morphogen demo: the distributed point function behind a private lookup");
-    println!("table: {n} pages (server-side tables, servers and the client are not built yet)\n");
+/// Sizes of the sample records.
+const KEY_SIZE: usize = 32;
+const VALUE_SIZE: usize = 32;
 
-    // The client: a secret page, two keys. The page is never printed.
-    let secret = rand::random_range(0..n);
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    println!("morphogen demo: private lookups through two servers on this machine\n");
+    let dir = tempfile::tempdir().context("making a temporary directory")?;
+    let path = dir.path().join("demo.mgdb");
+    let source = Synthetic { count: args.records, key_size: KEY_SIZE, value_size: VALUE_SIZE };
     let started = Instant::now();
-    let (key_a, key_b) = generate(n, secret, &mut rand::rng()).context("generating keys")?;
-    let gen_time = started.elapsed();
+    let options = BuildOptions { value_size: Some(VALUE_SIZE as u32), ..BuildOptions::default() };
+    build(&source, &options, &NoProgress)?.write(&path)?;
+    // Each server opens the file itself, as two separate machines would.
+    let tables = [(); 2].map(|()| Table::open(&path, Verify::Digest, &NoProgress).map(Arc::new));
+    let [table_a, table_b] = tables;
+    let (table_a, table_b) = (table_a?, table_b?);
     println!(
-        "client: picked a secret page and made two keys of {} bytes each in {gen_time:.1?}",
-        key_a.to_bytes().len()
+        "table: {} records of {KEY_SIZE}-byte keys and {VALUE_SIZE}-byte values, {} pages of {} bytes, built in {:.1?}",
+        table_a.records(),
+        table_a.layout().total_pages(),
+        table_a.layout().page_size(),
+        started.elapsed()
     );
 
-    // Each server, on its own: expand its key to one bit per page.
-    let selections = [("A", &key_a), ("B", &key_b)].map(|(name, key)| expand(name, key));
-    let (a, b) = (&selections[0], &selections[1]);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime.block_on(async {
+        let (url_a, stop_a, server_a) = start(&table_a).await?;
+        let (url_b, stop_b, server_b) = start(&table_b).await?;
+        println!("servers: A at {url_a}, B at {url_b} (engine cpu)");
+        let report = lookups(&url_a, &url_b, &source, args.lookups).await;
+        // Stop both servers and wait until they have.
+        let _ = (stop_a.send(()), stop_b.send(()));
+        server_a.await??;
+        server_b.await??;
+        report
+    })?;
 
-    // What the two servers never compute alone: where their selections differ.
-    let differing: Vec<u64> = differences(a, b).collect();
-    ensure!(differing == [secret], "the two selections do not differ in exactly the secret page");
-    println!("\nthe selections differ in exactly one page, the client's secret page: checked");
-    println!("each server reads only the pages it selected; XORing both answers leaves that page alone.");
+    let (p50, p99) = (percentile(&report.latencies, 50.0), percentile(&report.latencies, 99.0));
+    println!(
+        "lookups: {} ({} present, {} absent), mismatches: {}, latency p50 {p50:.2?}, p99 {p99:.2?}",
+        report.latencies.len(),
+        report.present,
+        report.latencies.len() as u64 - report.present,
+        report.mismatches
+    );
+    ensure!(report.mismatches == 0, "{} lookups gave a wrong answer", report.mismatches);
+    println!("every answer matched the source records; neither server saw which keys were read.");
     Ok(())
 }
 
-fn expand(name: &str, key: &Key) -> Vec<u128> {
-    let started = Instant::now();
-    let bits = key.expand_full();
-    let selected: u64 = bits.iter().map(|block| u64::from(block.count_ones())).sum();
-    println!(
-        "server {name}: expanded its key over all {} pages in {:.1?}; it selects {selected} ({:.2}%)",
-        key.domain(),
-        started.elapsed(),
-        100.0 * selected as f64 / key.domain() as f64,
-    );
-    bits
+type Stop = oneshot::Sender<()>;
+type Serving = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Starts a server over `table` on a loopback port chosen by the system.
+async fn start(table: &Arc<Table>) -> anyhow::Result<(String, Stop, Serving)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = Server::new(table, Box::new(CpuEngine::new(table.clone())), Config::default())?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Ok((url, stop, serving))
 }
 
-/// Indices of the points where two expansions differ.
-fn differences<'a>(a: &'a [u128], b: &'a [u128]) -> impl Iterator<Item = u64> + 'a {
-    a.iter().zip(b).enumerate().flat_map(|(block, (x, y))| {
-        let mut diff = x ^ y;
-        std::iter::from_fn(move || {
-            (diff != 0).then(|| {
-                let bit = diff.trailing_zeros();
-                diff &= diff - 1;
-                block as u64 * 128 + u64::from(bit)
-            })
-        })
-    })
+struct Report {
+    latencies: Vec<Duration>,
+    present: u64,
+    mismatches: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn differences_lists_every_differing_point() {
-        let a = [0b1011u128, 0, 1 << 127];
-        let b = [0b0001u128, 0, 0];
-        assert_eq!(differences(&a, &b).collect::<Vec<_>>(), [1, 3, 2 * 128 + 127]);
-    }
-
-    #[test]
-    fn demo_runs_on_small_and_odd_tables() {
-        for pages in [1, 129, 100_003] {
-            run(&DemoArgs { pages }).unwrap();
+/// Looks `count` keys up one at a time: nine in ten drawn from the table,
+/// one in ten from beyond it (absent).
+async fn lookups(url_a: &str, url_b: &str, source: &Synthetic, count: u64) -> anyhow::Result<Report> {
+    let client = Client::new(url_a, url_b).await?;
+    let mut report = Report { latencies: Vec::new(), present: 0, mismatches: 0 };
+    let mut record = Vec::new();
+    for lookup in 0..count {
+        let present = lookup % 10 != 9;
+        let index = if present {
+            rand::rng().random_range(0..source.count)
+        } else {
+            source.count + rand::rng().random_range(0..u64::from(u32::MAX))
+        };
+        source.record(index, &mut record);
+        let (key, value) = record.split_at(KEY_SIZE);
+        let started = Instant::now();
+        let answer = client.get(key).await?;
+        report.latencies.push(started.elapsed());
+        let expected = present.then_some(value);
+        if answer.as_deref() != expected {
+            report.mismatches += 1;
         }
+        report.present += u64::from(present);
     }
+    Ok(report)
+}
+
+/// The `p`-th percentile (nearest rank) of `samples`.
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }

@@ -3,7 +3,9 @@
 mod bench;
 mod demo;
 mod engine;
+mod get;
 mod progress;
+mod serve;
 mod table_cmds;
 
 use clap::{Parser, Subcommand};
@@ -19,23 +21,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the core step of a private lookup on a built-in example and check it.
+    /// See it work: build a sample table, start two servers on this machine,
+    /// look keys up privately through them and check every answer.
     Demo(demo::DemoArgs),
     /// Build a table file (.mgdb) from a CSV of hex key,value records.
     Build(table_cmds::BuildArgs),
     /// Describe a table file: parameters, records, load factor, digest.
     Inspect(table_cmds::InspectArgs),
+    /// Serve a table: answer private lookups over HTTP.
+    Serve(serve::ServeArgs),
+    /// Look keys up privately through two servers.
+    Get(get::GetArgs),
     /// Time an engine's passes over a table (no HTTP), next to a plain read of every page.
     Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // The server reports what it does; other commands only warnings.
+    init_logging(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Build(args) => table_cmds::build_command(&args),
         Command::Inspect(args) => table_cmds::inspect_command(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Get(args) => get::run(&args),
     }
+}
+
+/// Logs to standard error at `default_level`, or as `RUST_LOG` says.
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// Writes `text` to standard output. A reader that went away (`| head`) is

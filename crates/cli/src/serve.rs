@@ -1,0 +1,82 @@
+//! `morphogen serve`: answer private lookups over one table through HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use clap::builder::TypedValueParser;
+use morphogen_server::{Config, DEFAULT_MAX_BATCH, Server};
+use morphogen_table::{Table, Verify};
+use tokio::net::TcpListener;
+
+use crate::engine::{self, EngineChoice};
+use crate::progress::Bar;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The table file (.mgdb) to serve. Its pages are hashed and checked
+    /// against the digest in its header before the server starts.
+    #[arg(long, value_name = "FILE")]
+    db: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Engine that scans the table.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    engine: EngineChoice,
+    /// Most queries one request may hold.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    max_batch: usize,
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let table = Arc::new(
+        Table::open(&args.db, Verify::Digest, &Bar::new())
+            .with_context(|| format!("opening {}", args.db.display()))?,
+    );
+    let engine = engine::open(args.engine, table.clone());
+    tracing::info!(
+        engine = engine.name(),
+        device = %engine.device(),
+        records = table.records(),
+        pages = table.layout().total_pages(),
+        digest = %hex::encode(table.digest()),
+        "table loaded"
+    );
+    let server = Server::new(&table, engine, Config { max_batch: args.max_batch })?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener =
+            TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(address = %listener.local_addr()?, "serving");
+        server.serve(listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

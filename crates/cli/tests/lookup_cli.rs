@@ -1,0 +1,147 @@
+//! `morphogen demo`, `serve`, `get` and `bench` from the outside: real
+//! processes on loopback, exit codes and output.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+fn morphogen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_morphogen")).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn demo_looks_keys_up_through_two_servers_without_mismatches() {
+    let output = morphogen(&["demo", "--records", "3000", "--lookups", "200"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
+    assert!(stdout.contains("lookups: 200 (180 present, 20 absent), mismatches: 0"), "{stdout}");
+}
+
+/// A `morphogen serve` process on a loopback port of the system's choice; killed when dropped.
+struct Serving {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(table: &Path, engine: &str) -> Serving {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_morphogen"))
+        .args(["serve", "--db", table.to_str().unwrap(), "--listen", "127.0.0.1:0", "--engine", engine])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("the server exits before it serves").unwrap();
+        if let Some((_, address)) = line.split_once("serving address=") {
+            break address.trim().to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Serving { child, url: format!("http://{address}") }
+}
+
+#[test]
+fn serve_and_get_find_present_keys_and_report_absent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, table) = (dir.path().join("in.csv"), dir.path().join("t.mgdb"));
+    let mut records = String::from("key,value\n");
+    for i in 0..500u32 {
+        records += &format!("{:08x},{:016x}\n", i * 2, u64::from(i) * 7 + 1);
+    }
+    fs::write(&csv, records).unwrap();
+    let built = morphogen(&[
+        "build",
+        "--input",
+        csv.to_str().unwrap(),
+        "--output",
+        table.to_str().unwrap(),
+        "--page-size",
+        "512",
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+
+    // The two servers may run different engines: they hold the same table.
+    let (a, b) = (serve(&table, "cpu"), serve(&table, "reference"));
+    let output =
+        morphogen(&["get", "--server", &a.url, "--server", &b.url, "00000000", "0x000003e6", "00000001"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        format!("00000000 {:016x}\n000003e6 {:016x}\n00000001 not found\n", 1, 499 * 7 + 1)
+    );
+
+    let json = morphogen(&["get", "--server", &a.url, "--server", &b.url, "--json", "00000002", "00000003"]);
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!([{"key": "00000002", "value": format!("{:016x}", 8)}, {"key": "00000003", "value": null}])
+    );
+}
+
+#[test]
+fn get_needs_two_reachable_servers_and_hex_keys() {
+    let output = morphogen(&["get", "--server", "http://127.0.0.1:9", "01"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("exactly two --server"), "{}", text(&output.stderr));
+
+    let output =
+        morphogen(&["get", "--server", "http://127.0.0.1:9", "--server", "http://127.0.0.1:9", "01"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("could not connect"), "{}", text(&output.stderr));
+
+    let output = morphogen(&["get", "--server", "a", "--server", "b", "xyz"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("hex"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn serve_refuses_a_missing_table() {
+    let output = morphogen(&["serve", "--db", "/nonexistent/t.mgdb", "--listen", "127.0.0.1:0"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("t.mgdb"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn bench_reports_json_with_verified_answers() {
+    let output = morphogen(&[
+        "bench",
+        "--pages",
+        "300",
+        "--engine",
+        "cpu",
+        "--batch",
+        "1,3",
+        "--iterations",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        "-",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["engine"], "cpu");
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["pages"], 300);
+    assert_eq!(report["table_bytes"], 300 * 4096);
+    assert!(report["read_pass_ms"].as_f64().unwrap() > 0.0);
+    let batches: Vec<u64> =
+        report["results"].as_array().unwrap().iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 3]);
+    for field in ["pass_ms", "pass_ms_min", "per_query_ms", "qps", "effective_gbps"] {
+        assert!(report["results"][0][field].as_f64().unwrap() > 0.0, "{field}");
+    }
+}

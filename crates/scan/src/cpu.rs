@@ -4,12 +4,13 @@
 //!
 //! Two things keep the work per page small on a machine whose cores, not
 //! its memory, are the limit:
-//! * Queries go in groups of [`GROUP`]. A selected page is XORed into one
-//!   of 2^GROUP buckets per group, chosen by which of the group's queries
-//!   select it, instead of into every selecting query's accumulator. At the
-//!   end of a chunk each query's accumulator takes the XOR of the buckets
-//!   whose index has its bit (the "four Russians" trick for this GF(2)
-//!   matrix product): a batch of 8 costs 2 page XORs per page, not about 4.
+//! * Queries go in groups of g (8 for 4-KiB pages; see [`group_size`]). A
+//!   selected page is XORed into one of 2^g buckets per group, chosen by
+//!   which of the group's queries select it, instead of into every
+//!   selecting query's accumulator. At the end of a chunk each query's
+//!   accumulator takes the XOR of the buckets whose index has its bit (the
+//!   "four Russians" trick for this GF(2) matrix product): a batch of 8
+//!   costs one page XOR per page, not about 4.
 //! * Selected pages are XORed [`PAGES_AT_ONCE`] at a time, stripe by stripe,
 //!   so that several pages stream from memory together.
 
@@ -22,16 +23,24 @@ use rayon::prelude::*;
 
 use crate::{Answers, Engine, Error, Query, validate, xor_into};
 
-/// DPF leaves (of 128 pages each) per unit of work: 1,024 pages, 4 MiB of
-/// 4-KiB pages. Large enough that expanding the keys and folding the buckets
-/// cost little next to the scan, small enough to share the table evenly.
-const CHUNK_LEAVES: u64 = 8;
+/// DPF leaves (of 128 pages each) per unit of work: 8,192 pages, 32 MiB of
+/// 4-KiB pages. Large enough that folding the buckets (g·2^(g-1) page XORs
+/// per group, 1,024 for g = 8) costs little next to the scan, small enough
+/// to share a table of a gigabyte evenly between cores.
+const CHUNK_LEAVES: u64 = 64;
 
-/// Queries per bucket group: 16 buckets, 64 KiB of 4-KiB pages, stay in cache.
-const GROUP: usize = 4;
+/// Most queries per bucket group: a bucket index is a byte.
+const MAX_GROUP: u32 = 8;
 
-/// Buckets per group; bucket 0 (selected by none of the group) is never written.
-const BUCKETS: usize = 1 << GROUP;
+/// Bytes of buckets per group: about what a core's L2 cache holds.
+const GROUP_BUCKET_BYTES: usize = 1 << 20;
+
+/// Queries per bucket group for pages of `page_size` bytes: as many as let
+/// the group's 2^g buckets fit in [`GROUP_BUCKET_BYTES`], from 1 to 8.
+pub(crate) fn group_size(page_size: usize) -> usize {
+    let fitting = (GROUP_BUCKET_BYTES / page_size).max(2).ilog2();
+    fitting.min(MAX_GROUP) as usize
+}
 
 /// Selected pages XORed together in one sweep.
 const PAGES_AT_ONCE: usize = 8;
@@ -56,7 +65,8 @@ struct Scratch {
     expander: Expander,
     /// `bits[q * CHUNK_LEAVES + i]`: query q's selection bits for leaf i of the chunk.
     bits: Vec<u128>,
-    /// `BUCKETS` pages per query group, all zero between chunks.
+    /// 2^g pages per query group, all zero between chunks. Bucket 0 (pages
+    /// selected by none of the group) is never written.
     buckets: Vec<u8>,
     answers: Answers,
 }
@@ -80,11 +90,12 @@ impl Engine for CpuEngine {
         let leaves = leaf_count(layout.pages_per_table()).map_err(|e| Error::Fault(e.to_string()))?;
         let chunks_per_table = leaves.div_ceil(CHUNK_LEAVES);
         let chunks = u64::from(layout.choices()) * chunks_per_table;
-        let groups = queries.len().div_ceil(GROUP);
+        let page_size = layout.page_size() as usize;
+        let groups = queries.len().div_ceil(group_size(page_size));
         let new_scratch = || Scratch {
             expander: Expander::new(),
             bits: vec![0; queries.len() * CHUNK_LEAVES as usize],
-            buckets: vec![0; groups * BUCKETS * layout.page_size() as usize],
+            buckets: vec![0; groups * (page_size << group_size(page_size))],
             answers: Answers::zeroed(layout, queries.len()),
         };
         (0..chunks)
@@ -125,7 +136,8 @@ fn scan_chunk(
             .expand_leaves(&query.keys[usize::from(sub_table)], leaves.clone(), bits)
             .map_err(|e| Error::Fault(e.to_string()))?;
     }
-    let group_buckets = BUCKETS * page_size;
+    let group = group_size(page_size);
+    let group_buckets = page_size << group;
     for leaf in 0..count {
         let bits_of = |q: usize| scratch.bits[q * stride + leaf];
         // Pages selected by at least one query; bits past the table's end are clear.
@@ -144,8 +156,8 @@ fn scan_chunk(
             let pages: [&[u8]; PAGES_AT_ONCE] = std::array::from_fn(|i| {
                 offsets.get(i).map_or(&[][..], |&o| table.page(sub_table, first_page + u64::from(o)))
             });
-            for (group, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
-                let members = group * GROUP..((group + 1) * GROUP).min(queries.len());
+            for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
+                let members = index * group..((index + 1) * group).min(queries.len());
                 let mut patterns = [0u8; PAGES_AT_ONCE];
                 for (pattern, &offset) in patterns.iter_mut().zip(offsets) {
                     for (slot, q) in members.clone().enumerate() {
@@ -157,10 +169,10 @@ fn scan_chunk(
         }
     }
     // Fold each group's buckets into its queries' accumulators and clear them.
-    for (group, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
+    for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
         for (pattern, bucket) in buckets.chunks_exact_mut(page_size).enumerate().skip(1) {
-            for slot in (0..GROUP).filter(|slot| pattern >> slot & 1 == 1) {
-                let q = group * GROUP + slot;
+            for slot in (0..group).filter(|slot| pattern >> slot & 1 == 1) {
+                let q = index * group + slot;
                 if q < queries.len() {
                     xor_into(scratch.answers.page_mut(q, usize::from(sub_table)), bucket);
                 }
@@ -169,6 +181,22 @@ fn scan_chunk(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_buckets_fit_the_budget() {
+        assert_eq!(group_size(512), 8);
+        assert_eq!(group_size(4096), 8);
+        assert_eq!(group_size(16384), 6);
+        assert_eq!(group_size(65536), 4);
+        for shift in 9..=16 {
+            assert!((1usize << shift) << group_size(1 << shift) <= GROUP_BUCKET_BYTES);
+        }
+    }
 }
 
 /// XORs page `i` into bucket `patterns[i]` (0: into none), one stripe of

@@ -183,22 +183,6 @@ fn scan_chunk(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_buckets_fit_the_budget() {
-        assert_eq!(group_size(512), 8);
-        assert_eq!(group_size(4096), 8);
-        assert_eq!(group_size(16384), 6);
-        assert_eq!(group_size(65536), 4);
-        for shift in 9..=16 {
-            assert!((1usize << shift) << group_size(1 << shift) <= GROUP_BUCKET_BYTES);
-        }
-    }
-}
-
 /// XORs page `i` into bucket `patterns[i]` (0: into none), one stripe of
 /// all pages at a time. When every page goes to the same bucket (always so
 /// for a batch of one) the stripes are summed in registers first.
@@ -248,4 +232,20 @@ pub fn read_every_page(pages: &[u8], page_size: usize) -> Vec<u8> {
                 a
             },
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_buckets_fit_the_budget() {
+        assert_eq!(group_size(512), 8);
+        assert_eq!(group_size(4096), 8);
+        assert_eq!(group_size(16384), 6);
+        assert_eq!(group_size(65536), 4);
+        for shift in 9..=16 {
+            assert!((1usize << shift) << group_size(1 << shift) <= GROUP_BUCKET_BYTES);
+        }
+    }
 }

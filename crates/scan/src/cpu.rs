@@ -65,6 +65,8 @@ struct Scratch {
     expander: Expander,
     /// `bits[q * CHUNK_LEAVES + i]`: query q's selection bits for leaf i of the chunk.
     bits: Vec<u128>,
+    /// Queries per bucket group, g.
+    group: usize,
     /// 2^g pages per query group, all zero between chunks. Bucket 0 (pages
     /// selected by none of the group) is never written.
     buckets: Vec<u8>,
@@ -91,11 +93,14 @@ impl Engine for CpuEngine {
         let chunks_per_table = leaves.div_ceil(CHUNK_LEAVES);
         let chunks = u64::from(layout.choices()) * chunks_per_table;
         let page_size = layout.page_size() as usize;
-        let groups = queries.len().div_ceil(group_size(page_size));
+        // No more queries per group than the batch has: a batch of one needs two buckets.
+        let group = group_size(page_size).min(queries.len());
+        let groups = queries.len().div_ceil(group);
         let new_scratch = || Scratch {
             expander: Expander::new(),
             bits: vec![0; queries.len() * CHUNK_LEAVES as usize],
-            buckets: vec![0; groups * (page_size << group_size(page_size))],
+            group,
+            buckets: vec![0; groups * (page_size << group)],
             answers: Answers::zeroed(layout, queries.len()),
         };
         (0..chunks)
@@ -136,7 +141,7 @@ fn scan_chunk(
             .expand_leaves(&query.keys[usize::from(sub_table)], leaves.clone(), bits)
             .map_err(|e| Error::Fault(e.to_string()))?;
     }
-    let group = group_size(page_size);
+    let group = scratch.group;
     let group_buckets = page_size << group;
     for leaf in 0..count {
         let bits_of = |q: usize| scratch.bits[q * stride + leaf];
@@ -169,13 +174,12 @@ fn scan_chunk(
         }
     }
     // Fold each group's buckets into its queries' accumulators and clear them.
+    // A last group with fewer members only ever wrote the buckets its members name.
     for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
-        for (pattern, bucket) in buckets.chunks_exact_mut(page_size).enumerate().skip(1) {
-            for slot in (0..group).filter(|slot| pattern >> slot & 1 == 1) {
-                let q = index * group + slot;
-                if q < queries.len() {
-                    xor_into(scratch.answers.page_mut(q, usize::from(sub_table)), bucket);
-                }
+        let members = group.min(queries.len() - index * group);
+        for (pattern, bucket) in buckets.chunks_exact_mut(page_size).enumerate().take(1 << members).skip(1) {
+            for slot in (0..members).filter(|slot| pattern >> slot & 1 == 1) {
+                xor_into(scratch.answers.page_mut(index * group + slot, usize::from(sub_table)), bucket);
             }
             bucket.fill(0);
         }

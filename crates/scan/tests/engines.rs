@@ -128,3 +128,15 @@ fn rejects_a_key_for_another_domain() {
     assert_eq!(CpuEngine::new(table.clone()).pass(&batch).unwrap_err(), expected);
     assert_eq!(ReferenceEngine::new(table).pass(&batch).unwrap_err(), expected);
 }
+
+#[test]
+fn cpu_engine_equals_reference_for_large_pages() {
+    // 16-KiB and 64-KiB pages put fewer queries in a bucket group (6 and 4).
+    for (page_size, seed) in [(16384, 20), (65536, 21)] {
+        let table = random_table(page_size, 2, 37, seed);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (batch, _, _) = random_batch(table.layout(), 13, &mut rng);
+        let expected = ReferenceEngine::new(table.clone()).pass(&batch).unwrap();
+        assert!(CpuEngine::new(table).pass(&batch).unwrap() == expected, "{page_size}-byte pages");
+    }
+}

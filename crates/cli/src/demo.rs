@@ -38,9 +38,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let options = BuildOptions { value_size: Some(VALUE_SIZE as u32), ..BuildOptions::default() };
     build(&source, &options, &NoProgress)?.write(&path)?;
     // Each server opens the file itself, as two separate machines would.
-    let tables = [(); 2].map(|()| Table::open(&path, Verify::Digest, &NoProgress).map(Arc::new));
-    let [table_a, table_b] = tables;
-    let (table_a, table_b) = (table_a?, table_b?);
+    let open = || Table::open(&path, Verify::Digest, &NoProgress).map(Arc::new);
+    let (table_a, table_b) = (open()?, open()?);
     println!(
         "table: {} records of {KEY_SIZE}-byte keys and {VALUE_SIZE}-byte values, {} pages of {} bytes, built in {:.1?}",
         table_a.records(),

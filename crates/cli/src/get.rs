@@ -24,8 +24,7 @@ pub struct GetArgs {
 }
 
 fn parse_hex_key(text: &str) -> Result<Vec<u8>, String> {
-    let digits = text.strip_prefix("0x").unwrap_or(text);
-    let bytes = hex::decode(digits).map_err(|_| "a key must be hex digits".to_string())?;
+    let bytes = crate::parse_hex_arg(text, "a key")?;
     if bytes.is_empty() || bytes.len() > morphogen_table::MAX_KEY_LEN {
         return Err(format!("a key is 1 to {} bytes", morphogen_table::MAX_KEY_LEN));
     }

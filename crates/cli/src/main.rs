@@ -50,6 +50,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Decodes a hex command-line argument, with or without `0x`; `what` names
+/// it in the error ("the seed", "a key").
+fn parse_hex_arg(text: &str, what: &str) -> Result<Vec<u8>, String> {
+    hex::decode(text.strip_prefix("0x").unwrap_or(text)).map_err(|_| format!("{what} must be hex digits"))
+}
+
 /// Logs to standard error at `default_level`, or as `RUST_LOG` says.
 fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -48,8 +48,7 @@ const SYNTHETIC_VALUE_SIZE: u32 = 32;
 const SYNTHETIC_KEY_SIZE: usize = 32;
 
 fn parse_seed(text: &str) -> Result<[u8; 16], String> {
-    let digits = text.strip_prefix("0x").unwrap_or(text);
-    let bytes = hex::decode(digits).map_err(|_| "the seed must be hex".to_string())?;
+    let bytes = crate::parse_hex_arg(text, "the seed")?;
     bytes.try_into().map_err(|_| "the seed must be 16 bytes (32 hex digits)".to_string())
 }
 

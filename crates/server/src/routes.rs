@@ -121,6 +121,7 @@ async fn answer(
         .await
         .map_err(|_| ApiError::internal("the scan thread has stopped"))?;
     let answers = answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))??;
-    Response::encode(epoch, state.meta.sub_tables.len(), state.meta.page_size as usize, answers.as_bytes())
+    let layout = &state.layout;
+    Response::encode(epoch, usize::from(layout.choices()), layout.page_size() as usize, answers.as_bytes())
         .map_err(ApiError::internal)
 }

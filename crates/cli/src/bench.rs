@@ -1,6 +1,7 @@
 //! `morphogen bench`: times an engine's passes over a table, without HTTP,
 //! next to a plain read of every page measured in the same run.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,14 +9,14 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use morphogen_dpf::generate;
-use morphogen_scan::{Engine, Query, ReferenceEngine, read_every_page};
-use morphogen_table::{Layout, Table, Verify};
+use morphogen_scan::{Engine, Query, ReferenceEngine};
+use morphogen_table::{Layout, Table, Verify, fill_synthetic};
 use rand::rngs::StdRng;
-use rand::{Rng, RngExt, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::engine::{self, EngineChoice};
+use crate::engine::{self, EngineChoice, TableSource};
 use crate::progress::Bar;
 
 #[derive(Args)]
@@ -24,8 +25,10 @@ pub struct BenchArgs {
     /// A table file to scan.
     #[arg(long, value_name = "FILE")]
     db: Option<PathBuf>,
-    /// Instead of --db, a table of N random 4-KiB pages in two sub-tables,
-    /// generated in memory (N = 262144 is 1 GiB).
+    /// Instead of --db, a table of N pseudorandom 4-KiB pages in two
+    /// sub-tables, generated where the engine keeps its table: in host
+    /// memory, or in GPU memory for the CUDA engine (N = 262144 is 1 GiB,
+    /// N = 16777216 is 64 GiB).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
     pages: Option<u64>,
     /// Engine to time.
@@ -49,6 +52,9 @@ pub struct BenchArgs {
 /// Page size of tables made with --pages.
 const SYNTHETIC_PAGE_SIZE: u32 = 4096;
 
+/// Seed of the synthetic page stream of tables made with --pages.
+const SYNTHETIC_SEED: u64 = 1;
+
 #[derive(Serialize)]
 struct Report {
     engine: &'static str,
@@ -69,20 +75,29 @@ struct BatchResult {
     per_query_ms: f64,
     qps: f64,
     effective_gbps: f64,
+    /// Mean time of each pass phase, for engines that time them on their device.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    phases_ms: BTreeMap<&'static str, f64>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let table = Arc::new(match (&args.db, args.pages) {
-        (Some(path), _) => Table::open(path, Verify::Trust, &Bar::new())
-            .with_context(|| format!("opening {}", path.display()))?,
-        (None, Some(pages)) => synthetic_table(pages)?,
+    let source = match (&args.db, args.pages) {
+        (Some(path), _) => TableSource::Host(Arc::new(
+            Table::open(path, Verify::Trust, &Bar::new())
+                .with_context(|| format!("opening {}", path.display()))?,
+        )),
+        (None, Some(pages)) => TableSource::Synthetic {
+            layout: Layout::new(SYNTHETIC_PAGE_SIZE, 32, 2, pages / 2, [0; 16])?,
+            seed: SYNTHETIC_SEED,
+        },
         (None, None) => bail!("give --db or --pages"),
-    });
-    let layout = table.layout().clone();
+    };
+    let layout = source.layout().clone();
     let page_size = layout.page_size();
-    let table_bytes = table.pages().len() as u64;
-    let mut engine = engine::open(args.engine, table.clone());
-    let mut reference = ReferenceEngine::new(table.clone());
+    let table_bytes = layout.total_pages() * u64::from(page_size);
+    let max_batch = args.batch.iter().copied().max().unwrap_or(1) as usize;
+    let mut engine = engine::open(args.engine, &source, max_batch)?;
+    let mut oracle = Oracle::new(&source);
     // Human-readable lines go to stderr when the JSON goes to stdout.
     let to_stdout = args.json.as_deref() != Some(std::path::Path::new("-"));
     let say = |line: String| if to_stdout { println!("{line}") } else { eprintln!("{line}") };
@@ -95,15 +110,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         table_bytes as f64 / (1u64 << 30) as f64
     ));
 
-    let read_pass_ms = time_passes(args.warmup, args.iterations, || {
-        std::hint::black_box(read_every_page(table.pages(), page_size as usize));
-        Ok(())
-    })?
-    .0;
-    say(format!("plain read of every page: {read_pass_ms:.2} ms"));
+    let read = time_passes(args.warmup, args.iterations, || Ok(engine.plain_read_seconds()?))?;
+    let read_pass_ms = read.mean_ms;
+    say(format!("plain read of every page: {read_pass_ms:.2} ms (min {:.2})", read.min_ms));
     say(format!(
-        "{:>6} {:>10} {:>10} {:>13} {:>10} {:>8} {:>9}",
-        "batch", "pass ms", "min ms", "per query ms", "queries/s", "GB/s", "× read"
+        "{:>6} {:>10} {:>10} {:>13} {:>10} {:>8} {:>9}  {}",
+        "batch", "pass ms", "min ms", "per query ms", "queries/s", "GB/s", "× read", "phases ms"
     ));
 
     let mut rng = StdRng::seed_from_u64(1);
@@ -112,36 +124,50 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for &batch in &args.batch {
         let queries = random_queries(&layout, batch as usize, &mut rng)?;
         let mut last = None;
-        let (pass_ms, pass_ms_min) = time_passes(args.warmup, args.iterations, || {
-            last = Some(engine.pass(&queries)?);
-            Ok(())
+        let mut phases_ms = BTreeMap::<&'static str, f64>::new();
+        let timing = time_passes(args.warmup, args.iterations, || {
+            let started = Instant::now();
+            let answers = engine.pass(&queries)?;
+            let seconds = started.elapsed().as_secs_f64();
+            last = Some(answers);
+            for phase in engine.last_pass_phases() {
+                *phases_ms.entry(phase.name).or_default() += phase.seconds * 1000.0;
+            }
+            Ok(seconds)
         })?;
+        // The phases were summed over warm-up and timed passes alike.
+        let passes = f64::from(args.warmup + args.iterations);
+        phases_ms.values_mut().for_each(|ms| *ms /= passes);
         // One sampled query per batch size, checked against the oracle.
         let sample = rng.random_range(0..queries.len());
-        let expected = reference.pass(std::slice::from_ref(&queries[sample]))?;
         let answers = last.expect("at least one timed pass");
-        verified &= answers.query(sample) == expected.query(0);
+        verified &= answers.query(sample) == oracle.answer(&queries[sample])?;
+        let pass_ms = timing.mean_ms;
         let result = BatchResult {
             batch,
             pass_ms,
-            pass_ms_min,
+            pass_ms_min: timing.min_ms,
             per_query_ms: pass_ms / f64::from(batch),
             qps: f64::from(batch) * 1000.0 / pass_ms,
             effective_gbps: table_bytes as f64 / (pass_ms / 1000.0) / 1e9,
+            phases_ms,
         };
+        let phases: Vec<String> =
+            result.phases_ms.iter().map(|(name, ms)| format!("{name} {ms:.2}")).collect();
         say(format!(
-            "{:>6} {:>10.2} {:>10.2} {:>13.3} {:>10.1} {:>8.2} {:>9.2}",
+            "{:>6} {:>10.2} {:>10.2} {:>13.3} {:>10.1} {:>8.2} {:>9.2}  {}",
             batch,
             result.pass_ms,
             result.pass_ms_min,
             result.per_query_ms,
             result.qps,
             result.effective_gbps,
-            result.pass_ms / read_pass_ms
+            result.pass_ms / read_pass_ms,
+            phases.join(", ")
         ));
         results.push(result);
     }
-    say(format!("verified against the reference engine: {verified}"));
+    say(format!("verified against {}: {verified}", oracle.name()));
 
     let report = Report {
         engine: engine.name(),
@@ -161,28 +187,91 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    ensure!(verified, "the engine's answers differ from the reference engine's");
+    ensure!(verified, "the engine's answers differ from the oracle's");
     Ok(())
 }
 
-/// Runs `pass` `warmup` times untimed, then `iterations` times timed; returns
-/// the mean and the minimum in milliseconds.
+/// Where the expected answers come from.
+enum Oracle {
+    /// The reference engine over the table in host memory.
+    Reference(ReferenceEngine),
+    /// The synthetic page stream, recomputed on the host for the pages the
+    /// query's keys select (`expand_full`, then the plainest XOR): a
+    /// reference for tables that exist only on the GPU. Too big a table for
+    /// the reference engine's page-by-page evaluation.
+    Synthetic { layout: Layout, seed: u64 },
+}
+
+impl Oracle {
+    fn new(source: &TableSource) -> Oracle {
+        match source {
+            TableSource::Host(table) => Oracle::Reference(ReferenceEngine::new(table.clone())),
+            TableSource::Synthetic { layout, seed } => {
+                Oracle::Synthetic { layout: layout.clone(), seed: *seed }
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Oracle::Reference(_) => "the reference engine",
+            Oracle::Synthetic { .. } => "the synthetic pages recomputed on the host",
+        }
+    }
+
+    /// The expected answer bytes of one query: one page per sub-table.
+    fn answer(&mut self, query: &Query) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Oracle::Reference(engine) => Ok(engine.pass(std::slice::from_ref(query))?.query(0).to_vec()),
+            Oracle::Synthetic { layout, seed } => {
+                let page_size = layout.page_size() as usize;
+                let mut out = Vec::with_capacity(query.keys.len() * page_size);
+                for (sub_table, key) in query.keys.iter().enumerate() {
+                    let bits = key.expand_full();
+                    let first_page = sub_table as u64 * layout.pages_per_table();
+                    let selected = |page: &u64| (bits[(page / 128) as usize] >> (page % 128)) & 1 == 1;
+                    let zero = || (vec![0u8; page_size], vec![0u8; page_size]);
+                    let (answer, _) = (0..layout.pages_per_table())
+                        .into_par_iter()
+                        .filter(selected)
+                        .fold(zero, |(mut answer, mut page), p| {
+                            fill_synthetic(*seed, (first_page + p) * page_size as u64, &mut page);
+                            answer.iter_mut().zip(&page).for_each(|(a, b)| *a ^= b);
+                            (answer, page)
+                        })
+                        .reduce(zero, |(mut a, page), (b, _)| {
+                            a.iter_mut().zip(&b).for_each(|(a, b)| *a ^= b);
+                            (a, page)
+                        });
+                    out.extend_from_slice(&answer);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Mean and minimum of timed runs, in milliseconds.
+struct Timing {
+    mean_ms: f64,
+    min_ms: f64,
+}
+
+/// Runs `measure` `warmup` times untimed, then `iterations` times; each run
+/// returns the seconds it measured.
 fn time_passes(
     warmup: u32,
     iterations: u32,
-    mut pass: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<(f64, f64)> {
+    mut measure: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<Timing> {
     for _ in 0..warmup {
-        pass()?;
+        measure()?;
     }
-    let mut times = Vec::with_capacity(iterations as usize);
-    for _ in 0..iterations {
-        let started = Instant::now();
-        pass()?;
-        times.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    Ok((mean, times.iter().copied().fold(f64::INFINITY, f64::min)))
+    let times: Vec<f64> = (0..iterations).map(|_| Ok(measure()? * 1000.0)).collect::<anyhow::Result<_>>()?;
+    Ok(Timing {
+        mean_ms: times.iter().sum::<f64>() / times.len() as f64,
+        min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+    })
 }
 
 /// Lookups of random pages, as one party's queries.
@@ -198,14 +287,4 @@ fn random_queries(layout: &Layout, count: usize, rng: &mut StdRng) -> anyhow::Re
             Ok(Query { keys })
         })
         .collect()
-}
-
-/// A table of `pages` deterministic random pages in two sub-tables.
-fn synthetic_table(pages: u64) -> anyhow::Result<Table> {
-    let layout = Layout::new(SYNTHETIC_PAGE_SIZE, 32, 2, pages / 2, [0; 16])?;
-    let mut bytes = vec![0u8; (layout.total_pages() * u64::from(SYNTHETIC_PAGE_SIZE)) as usize];
-    bytes.par_chunks_mut(1 << 20).enumerate().for_each(|(i, chunk)| {
-        StdRng::seed_from_u64(i as u64).fill_bytes(chunk);
-    });
-    Ok(Table::new(layout, 0, bytes)?)
 }

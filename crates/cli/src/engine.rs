@@ -1,27 +1,99 @@
-//! Choosing a scan engine on the command line.
+//! Choosing a scan engine on the command line, and opening it over a table.
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::ValueEnum;
 use morphogen_scan::{CpuEngine, Engine, ReferenceEngine};
-use morphogen_table::Table;
+use morphogen_table::{Layout, Table, fill_synthetic};
+use rayon::prelude::*;
 
 /// Which engine answers queries.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EngineChoice {
-    /// The fastest engine this machine can run.
+    /// The GPU when this build has the CUDA engine and a GPU is present,
+    /// otherwise all CPU cores.
     Auto,
+    /// The first NVIDIA GPU (builds with the `cuda` feature).
+    Cuda,
     /// All CPU cores.
     Cpu,
     /// Point-by-point evaluation on one thread: slow, the test oracle.
     Reference,
 }
 
-/// Opens the chosen engine over `table`.
-pub fn open(choice: EngineChoice, table: Arc<Table>) -> Box<dyn Engine> {
-    match choice {
-        // The CUDA engine (issue 5) will be tried first here.
-        EngineChoice::Auto | EngineChoice::Cpu => Box::new(CpuEngine::new(table)),
-        EngineChoice::Reference => Box::new(ReferenceEngine::new(table)),
+/// The pages an engine answers from.
+pub enum TableSource {
+    /// A table in host memory or mapped from a file.
+    Host(Arc<Table>),
+    /// The synthetic byte stream for `seed` (`morphogen_table::fill_synthetic`)
+    /// in the shape of `layout`, made where the engine keeps its table: on
+    /// the GPU for the CUDA engine, in host memory for the others.
+    Synthetic { layout: Layout, seed: u64 },
+}
+
+impl TableSource {
+    pub fn layout(&self) -> &Layout {
+        match self {
+            TableSource::Host(table) => table.layout(),
+            TableSource::Synthetic { layout, .. } => layout,
+        }
     }
+
+    /// The pages in host memory, generating them if they are synthetic.
+    pub fn host_table(&self) -> anyhow::Result<Arc<Table>> {
+        match self {
+            TableSource::Host(table) => Ok(table.clone()),
+            TableSource::Synthetic { layout, seed } => {
+                let len = layout.total_pages() * u64::from(layout.page_size());
+                let len =
+                    usize::try_from(len).context("the table does not fit in this machine's address space")?;
+                let mut bytes = vec![0u8; len];
+                const STEP: usize = 1 << 20;
+                bytes.par_chunks_mut(STEP).enumerate().for_each(|(i, chunk)| {
+                    fill_synthetic(*seed, (i * STEP) as u64, chunk);
+                });
+                Ok(Arc::new(Table::new(layout.clone(), 0, bytes)?))
+            }
+        }
+    }
+}
+
+/// Opens the chosen engine over `source`, sized for passes of up to
+/// `max_batch` queries, and logs which engine it is in one line.
+pub fn open(choice: EngineChoice, source: &TableSource, max_batch: usize) -> anyhow::Result<Box<dyn Engine>> {
+    let engine: Box<dyn Engine> = match choice {
+        EngineChoice::Cuda => open_cuda(source, max_batch)?,
+        EngineChoice::Auto => match open_cuda(source, max_batch) {
+            Ok(engine) => engine,
+            Err(reason) => {
+                let engine = CpuEngine::new(source.host_table()?);
+                tracing::info!(engine = "cpu", device = %engine.device(), reason = %reason, "scan engine: no GPU engine, using the CPU");
+                return Ok(Box::new(engine));
+            }
+        },
+        EngineChoice::Cpu => Box::new(CpuEngine::new(source.host_table()?)),
+        EngineChoice::Reference => Box::new(ReferenceEngine::new(source.host_table()?)),
+    };
+    tracing::info!(engine = engine.name(), device = %engine.device(), "scan engine");
+    Ok(engine)
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(source: &TableSource, max_batch: usize) -> anyhow::Result<Box<dyn Engine>> {
+    use crate::progress::Bar;
+    use morphogen_cuda::{CudaEngine, Options};
+    let options = Options { max_batch };
+    let engine = match source {
+        TableSource::Host(table) => CudaEngine::new(table, options, &Bar::new())?,
+        TableSource::Synthetic { layout, seed } => {
+            CudaEngine::synthetic(layout.clone(), *seed, options, &Bar::new())?
+        }
+    };
+    Ok(Box::new(engine))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(_: &TableSource, _: usize) -> anyhow::Result<Box<dyn Engine>> {
+    anyhow::bail!("this build has no CUDA engine (build with `--features cuda`)")
 }

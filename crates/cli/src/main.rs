@@ -5,6 +5,7 @@ mod demo;
 mod engine;
 mod get;
 mod progress;
+mod selftest;
 mod serve;
 mod table_cmds;
 
@@ -34,6 +35,9 @@ enum Command {
     Get(get::GetArgs),
     /// Time an engine's passes over a table (no HTTP), next to a plain read of every page.
     Bench(bench::BenchArgs),
+    /// Check an engine against the reference engine on random tables of
+    /// awkward shapes; exits non-zero on any difference.
+    Selftest(selftest::SelftestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Get(args) => get::run(&args),
+        Command::Selftest(args) => selftest::run(&args),
     }
 }
 

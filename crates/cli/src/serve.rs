@@ -11,7 +11,7 @@ use morphogen_server::{Config, DEFAULT_MAX_BATCH, Server};
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
-use crate::engine::{self, EngineChoice};
+use crate::engine::{self, EngineChoice, TableSource};
 use crate::progress::Bar;
 
 #[derive(Args)]
@@ -37,10 +37,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         Table::open(&args.db, Verify::Digest, &Bar::new())
             .with_context(|| format!("opening {}", args.db.display()))?,
     );
-    let engine = engine::open(args.engine, table.clone());
+    let engine = engine::open(args.engine, &TableSource::Host(table.clone()), args.max_batch)?;
     tracing::info!(
-        engine = engine.name(),
-        device = %engine.device(),
         records = table.records(),
         pages = table.layout().total_pages(),
         digest = %hex::encode(table.digest()),

@@ -82,6 +82,24 @@ impl Key {
         self.levels.len() as u32
     }
 
+    /// The root seed. With [`Key::level_corrections`] and
+    /// [`Key::leaf_correction`] it lets another implementation of the
+    /// expansion (a GPU kernel) walk the same tree. Key material: never log it.
+    pub fn root_seed(&self) -> u128 {
+        self.root
+    }
+
+    /// Each level's correction, top down: the seed correction and the
+    /// control-bit corrections for the left and right child (0 or 1).
+    pub fn level_corrections(&self) -> impl ExactSizeIterator<Item = (u128, [u8; 2])> + '_ {
+        self.levels.iter().map(|level| (level.seed, level.bits))
+    }
+
+    /// The correction of the leaves' output blocks.
+    pub fn leaf_correction(&self) -> u128 {
+        self.leaf
+    }
+
     /// Length in bytes of the encoding of a key over `n` points.
     pub fn encoded_len(n: u64) -> Result<usize, Error> {
         Ok(HEADER_LEN + LEVEL_LEN * depth_for(n)? as usize + 16)

@@ -21,7 +21,7 @@ use morphogen_dpf::{Expander, POINTS_PER_LEAF, leaf_count};
 use morphogen_table::{Layout, Table};
 use rayon::prelude::*;
 
-use crate::{Answers, Engine, Error, Query, validate, xor_into};
+use crate::{Answers, Engine, Error, Query, time_host_read, validate, xor_into};
 
 /// DPF leaves (of 128 pages each) per unit of work: 8,192 pages, 32 MiB of
 /// 4-KiB pages. Large enough that folding the buckets (g·2^(g-1) page XORs
@@ -84,6 +84,10 @@ impl Engine for CpuEngine {
 
     fn layout(&self) -> &Layout {
         self.table.layout()
+    }
+
+    fn plain_read_seconds(&mut self) -> Result<f64, Error> {
+        Ok(time_host_read(self.table.pages(), self.table.layout().page_size() as usize))
     }
 
     fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error> {

@@ -65,6 +65,12 @@ impl Answers {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// All answers, writable: for engines that compute them elsewhere (on a
+    /// GPU) and copy them in whole.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
 }
 
 impl std::fmt::Debug for Answers {
@@ -87,6 +93,34 @@ pub trait Engine: Send {
 
     /// Answers `queries` in one pass over the table, in request order.
     fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error>;
+
+    /// How long the phases of the last pass took, for engines that time
+    /// them on their device (the CUDA engine: expand, scan, reduce, copy).
+    fn last_pass_phases(&self) -> Vec<Phase> {
+        Vec::new()
+    }
+
+    /// Reads every byte of the table once, the plainest way this engine's
+    /// device can, and returns how many seconds it took: the baseline that
+    /// benchmarks put next to a pass.
+    fn plain_read_seconds(&mut self) -> Result<f64, Error>;
+}
+
+/// One timed phase of a pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Phase {
+    /// `expand`, `scan`, `reduce` or `copy`.
+    pub name: &'static str,
+    /// Its duration.
+    pub seconds: f64,
+}
+
+/// Times [`read_every_page`] over `pages`: the plain read of engines that
+/// scan host memory.
+pub fn time_host_read(pages: &[u8], page_size: usize) -> f64 {
+    let started = std::time::Instant::now();
+    std::hint::black_box(read_every_page(pages, page_size));
+    started.elapsed().as_secs_f64()
 }
 
 /// Checks that every query has one key per sub-table and that each key's

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use morphogen_table::{Layout, Table};
 
-use crate::{Answers, Engine, Error, Query, validate, xor_into};
+use crate::{Answers, Engine, Error, Query, time_host_read, validate, xor_into};
 
 /// Answers queries by point evaluation, page by page, query by query.
 pub struct ReferenceEngine {
@@ -30,6 +30,10 @@ impl Engine for ReferenceEngine {
 
     fn layout(&self) -> &Layout {
         self.table.layout()
+    }
+
+    fn plain_read_seconds(&mut self) -> Result<f64, Error> {
+        Ok(time_host_read(self.table.pages(), self.table.layout().page_size() as usize))
     }
 
     fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error> {

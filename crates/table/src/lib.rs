@@ -11,6 +11,7 @@ mod build;
 mod file;
 mod layout;
 mod sources;
+mod synthetic;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };
 pub use sources::{CsvFile, Synthetic};
+pub use synthetic::{SYNTHETIC_GAMMA, fill_synthetic, synthetic_word};
 pub use table::Table;
 
 /// Progress of long work (building, verifying), for a progress bar. Calls

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use clap::Args;
 use morphogen_client::Client;
-use morphogen_scan::CpuEngine;
-use morphogen_server::{Config, Server};
+use morphogen_scan::Engine;
+use morphogen_server::{Config, DEFAULT_MAX_BATCH, Server};
 use morphogen_table::{BuildOptions, NoProgress, Synthetic, Table, Verify, build};
 use rand::RngExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+use crate::engine::{self, EngineChoice, TableSource};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -23,6 +25,9 @@ pub struct DemoArgs {
     /// Private lookups to perform; one in ten is of a key that is not in the table.
     #[arg(long, value_name = "N", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     lookups: u64,
+    /// Engine of both servers; with the GPU engine the two share one GPU.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    engine: EngineChoice,
 }
 
 /// Sizes of the sample records.
@@ -48,11 +53,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         started.elapsed()
     );
 
+    let engine_a = engine::open(args.engine, &TableSource::Host(table_a.clone()), DEFAULT_MAX_BATCH)?;
+    let engine_b = engine::open(args.engine, &TableSource::Host(table_b.clone()), DEFAULT_MAX_BATCH)?;
+    let engine_name = format!("{} on {}", engine_a.name(), engine_a.device());
+
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(async {
-        let (url_a, stop_a, server_a) = start(&table_a).await?;
-        let (url_b, stop_b, server_b) = start(&table_b).await?;
-        println!("servers: A at {url_a}, B at {url_b} (engine cpu)");
+        let (url_a, stop_a, server_a) = start(&table_a, engine_a).await?;
+        let (url_b, stop_b, server_b) = start(&table_b, engine_b).await?;
+        println!("servers: A at {url_a}, B at {url_b} (engine {engine_name})");
         let report = lookups(&url_a, &url_b, &source, args.lookups).await;
         // Stop both servers and wait until they have.
         let _ = (stop_a.send(()), stop_b.send(()));
@@ -78,10 +87,10 @@ type Stop = oneshot::Sender<()>;
 type Serving = tokio::task::JoinHandle<std::io::Result<()>>;
 
 /// Starts a server over `table` on a loopback port chosen by the system.
-async fn start(table: &Arc<Table>) -> anyhow::Result<(String, Stop, Serving)> {
+async fn start(table: &Arc<Table>, engine: Box<dyn Engine>) -> anyhow::Result<(String, Stop, Serving)> {
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
     let url = format!("http://{}", listener.local_addr()?);
-    let server = Server::new(table, Box::new(CpuEngine::new(table.clone())), Config::default())?;
+    let server = Server::new(table, engine, Config::default())?;
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;

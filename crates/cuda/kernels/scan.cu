@@ -84,21 +84,139 @@ __device__ __forceinline__ void scan_tile(const uint4* __restrict__ table, const
     }
 }
 
-#define SCAN_KERNEL(TILE)                                                                              \
-    extern "C" __global__ void __launch_bounds__(256) scan_tile_##TILE(                               \
+// The grouped scan, for tiles of 8 or more queries, where nearly every page
+// is selected and XORing each page into each selecting query's accumulator
+// (4 ALU instructions per 16 bytes per query) would bound the pass.
+//
+// Pages go in groups of 4. Each lane writes the 16 XOR combinations of its
+// 16 bytes of the group's pages to shared memory (11 XORs), and each query
+// then XORs in the one combination its 4 selection bits name: one shared
+// load and 4 XORs per query per 4 pages instead of up to 16 XORs (the "four
+// Russians" trick for this GF(2) product). A lane reads only its own
+// combinations, so no barrier is needed for them. Lane j publishes query
+// j's selection bits of 32 pages in the warp's word slots once, and every
+// lane reads them from there (a broadcast) rather than holding 32 in
+// registers. GROUPS_IN_FLIGHT groups are loaded before any is combined.
+#define GROUP_PAGES 4
+#define COMBINATIONS 16
+
+template <int TILE, int GROUPS_IN_FLIGHT>
+__device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, const uint4* __restrict__ bits,
+                                             uint4* __restrict__ partial, u32 page_vecs, u64 pages_per_table,
+                                             u64 leaves, u32 choices, u32 queries, u32 tiles,
+                                             u32 ranges_per_table, u32 leaves_per_range) {
+    // [warp][combination][lane] of uint4, then [warp][lane] words.
+    extern __shared__ uint4 combinations_of_block[];
+    const u32 lane = threadIdx.x & 31u;
+    const u32 warp_in_block = threadIdx.x >> 5;
+    uint4* combination = combinations_of_block + warp_in_block * (COMBINATIONS * 32) + lane;
+    u32* query_word = (u32*)(combinations_of_block + (blockDim.x >> 5) * (COMBINATIONS * 32)) + warp_in_block * 32;
+    combination[0] = make_uint4(0, 0, 0, 0);  // no page of the group selected
+
+    const u64 warp = global_thread() >> 5;
+    const u32 slices = page_vecs >> 5;
+    const u32 slice = (u32)(warp % slices);
+    const u64 rest = warp / slices;
+    const u32 tile = (u32)(rest % tiles);
+    const u64 range = rest / tiles;
+    if (range >= (u64)ranges_per_table * choices) return;  // the whole warp leaves
+    const u32 sub_table = (u32)(range / ranges_per_table);
+    const u64 leaf_begin = (range % ranges_per_table) * (u64)leaves_per_range;
+    const u64 leaf_end = min(leaf_begin + leaves_per_range, leaves);
+
+    const u32 query = tile * TILE + lane;
+    const bool holds_query = lane < TILE && query < queries;
+    const uint4* query_bits = bits + ((u64)(holds_query ? query : 0) * choices + sub_table) * leaves;
+    const uint4* column = table + (u64)sub_table * pages_per_table * page_vecs + slice * 32u + lane;
+
+    uint4 acc[TILE];
+#pragma unroll
+    for (int j = 0; j < TILE; j++) acc[j] = make_uint4(0, 0, 0, 0);
+
+    for (u64 leaf = leaf_begin; leaf < leaf_end; leaf++) {
+        const uint4 b = holds_query ? query_bits[leaf] : make_uint4(0, 0, 0, 0);
+        const u32 words[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const u32 word = words[w];
+            const u32 any = __reduce_or_sync(FULL_WARP, word);
+            if (any == 0) continue;
+            __syncwarp();  // every lane is done with the previous words
+            query_word[lane] = word;
+            __syncwarp();
+            const u64 first_page = leaf * 128 + 32 * w;
+#pragma unroll 1
+            for (u32 at = 0; at < 32; at += GROUP_PAGES * GROUPS_IN_FLIGHT) {
+                const u32 wanted = (any >> at) & ((1u << (GROUP_PAGES * GROUPS_IN_FLIGHT)) - 1);
+                if (wanted == 0) continue;
+                uint4 v[GROUP_PAGES * GROUPS_IN_FLIGHT];
+#pragma unroll
+                for (int i = 0; i < GROUP_PAGES * GROUPS_IN_FLIGHT; i++) {
+                    // A page no query selects counts as zero and is not read.
+                    v[i] = (wanted >> i) & 1u ? __ldg(column + (first_page + at + i) * page_vecs)
+                                              : make_uint4(0, 0, 0, 0);
+                }
+#pragma unroll
+                for (int g = 0; g < GROUPS_IN_FLIGHT; g++) {
+                    const uint4* p = v + GROUP_PAGES * g;
+                    // combination c = XOR of the pages i with bit i of c set.
+                    const uint4 c3 = xor4(p[0], p[1]);
+                    const uint4 c5 = xor4(p[2], p[0]);
+                    const uint4 c6 = xor4(p[2], p[1]);
+                    const uint4 c7 = xor4(p[2], c3);
+                    combination[1 * 32] = p[0];
+                    combination[2 * 32] = p[1];
+                    combination[3 * 32] = c3;
+                    combination[4 * 32] = p[2];
+                    combination[5 * 32] = c5;
+                    combination[6 * 32] = c6;
+                    combination[7 * 32] = c7;
+                    combination[8 * 32] = p[3];
+                    combination[9 * 32] = xor4(p[3], p[0]);
+                    combination[10 * 32] = xor4(p[3], p[1]);
+                    combination[11 * 32] = xor4(p[3], c3);
+                    combination[12 * 32] = xor4(p[3], p[2]);
+                    combination[13 * 32] = xor4(p[3], c5);
+                    combination[14 * 32] = xor4(p[3], c6);
+                    combination[15 * 32] = xor4(p[3], c7);
+                    const u32 shift = at + GROUP_PAGES * g;
+#pragma unroll
+                    for (int j = 0; j < TILE; j++) {
+                        acc[j] = xor4(acc[j], combination[((query_word[j] >> shift) & 15u) * 32]);
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < TILE; j++) {
+        const u32 q = tile * TILE + j;
+        if (q < queries) partial[(range * queries + q) * page_vecs + slice * 32u + lane] = acc[j];
+    }
+}
+
+// Every tile's kernel has the same signature; tiles from 8 up use the
+// grouped scan and COMBINATIONS * 32 * 16 + 32 * 4 bytes of shared memory
+// per warp (scan_shared_bytes in src/geometry.rs).
+#define SCAN_KERNEL(TILE, BODY, MIN_BLOCKS)                                                            \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) scan_tile_##TILE(                   \
         const uint4* __restrict__ table, const uint4* __restrict__ bits, uint4* __restrict__ partial, \
         u32 page_vecs, u64 pages_per_table, u64 leaves, u32 choices, u32 queries, u32 tiles,          \
         u32 ranges_per_table, u32 leaves_per_range) {                                                 \
-        scan_tile<TILE>(table, bits, partial, page_vecs, pages_per_table, leaves, choices, queries,    \
-                        tiles, ranges_per_table, leaves_per_range);                                   \
+        BODY(table, bits, partial, page_vecs, pages_per_table, leaves, choices, queries, tiles,       \
+             ranges_per_table, leaves_per_range);                                                     \
     }
 
-SCAN_KERNEL(1)
-SCAN_KERNEL(2)
-SCAN_KERNEL(4)
-SCAN_KERNEL(8)
-SCAN_KERNEL(16)
-SCAN_KERNEL(32)
+// Two blocks a multiprocessor where the registers allow (at most 128 a
+// thread); the 32-query tile needs more. One group in flight: two spilled
+// the 32-query tile's registers and slowed it.
+SCAN_KERNEL(1, scan_tile<1>, 1)
+SCAN_KERNEL(2, scan_tile<2>, 1)
+SCAN_KERNEL(4, scan_tile<4>, 1)
+SCAN_KERNEL(8, (scan_grouped<8, 1>), 2)
+SCAN_KERNEL(16, (scan_grouped<16, 1>), 2)
+SCAN_KERNEL(32, (scan_grouped<32, 1>), 1)
 
 // answers[(q * choices + j) * page_vecs + v] = XOR over the ranges r of
 // sub-table j of partial[(j * ranges_per_table + r) * queries + q][v].

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice,
     PushKernelArg,
@@ -14,7 +14,8 @@ use morphogen_scan::{Answers, Engine, Phase, Query, validate};
 use morphogen_table::{Layout, Progress, Table};
 
 use crate::geometry::{
-    BLOCK_THREADS, ScanGeometry, TILES, blocks_for, expand_threads, subtree_levels, tile_index,
+    BLOCK_THREADS, ScanGeometry, TILES, blocks_for, expand_threads, scan_shared_bytes, subtree_levels,
+    tile_index,
 };
 use crate::keys::{key_words, pack_queries};
 use crate::{Error, probe};
@@ -143,8 +144,10 @@ impl CudaEngine {
         let sm_count =
             context.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         let mut resident_warps = [0u64; TILES.len()];
-        for (warps, kernel) in resident_warps.iter_mut().zip(&kernels.scan) {
-            let blocks = kernel.occupancy_max_active_blocks_per_multiprocessor(BLOCK_THREADS, 0, None)?;
+        for ((warps, kernel), tile) in resident_warps.iter_mut().zip(&kernels.scan).zip(TILES) {
+            let shared = scan_shared_bytes(tile) as usize;
+            let blocks =
+                kernel.occupancy_max_active_blocks_per_multiprocessor(BLOCK_THREADS, shared, None)?;
             *warps = u64::from(blocks.max(1)) * u64::from(BLOCK_THREADS / 32) * u64::from(sm_count);
         }
 
@@ -239,7 +242,7 @@ impl CudaEngine {
         let config = LaunchConfig {
             grid_dim: (geometry.blocks, 1, 1),
             block_dim: (BLOCK_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: scan_shared_bytes(geometry.tile),
         };
         let mut launch = self.stream.launch_builder(&self.kernels.scan[tile]);
         launch
@@ -317,9 +320,20 @@ impl Kernels {
         let module = context.load_module(ptx)?;
         let scan = TILES.map(|tile| module.load_function(&format!("scan_tile_{tile}")));
         let [s1, s2, s4, s8, s16, s32] = scan;
+        let scan = [s1?, s2?, s4?, s8?, s16?, s32?];
+        for (kernel, tile) in scan.iter().zip(TILES) {
+            let shared = scan_shared_bytes(tile);
+            if shared > 0 {
+                // Above 48 KiB a kernel must ask for its dynamic shared memory.
+                kernel.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared as i32,
+                )?;
+            }
+        }
         Ok(Kernels {
             expand: module.load_function("dpf_expand")?,
-            scan: [s1?, s2?, s4?, s8?, s16?, s32?],
+            scan,
             reduce: module.load_function("reduce_ranges")?,
             fill_synthetic: module.load_function("fill_synthetic")?,
             read_all: module.load_function("read_all")?,

@@ -15,6 +15,19 @@ pub(crate) const SLICE_BYTES: u32 = 512;
 /// holds one query's bits, so a tile has at most 32 queries.
 pub(crate) const TILES: [u32; 6] = [1, 2, 4, 8, 16, 32];
 
+/// Smallest tile served by the grouped scan (`scan_grouped` in scan.cu).
+const GROUPED_FROM: u32 = 8;
+
+/// Combinations of a group of 4 pages the grouped scan keeps per warp.
+const COMBINATIONS: u32 = 16;
+
+/// Dynamic shared memory of one block of the scan kernel for `tile`: the
+/// grouped scan keeps, per warp, 16 combinations of a 512-byte slice and
+/// one 32-bit selection word per lane.
+pub(crate) fn scan_shared_bytes(tile: u32) -> u32 {
+    if tile >= GROUPED_FROM { WARPS_PER_BLOCK as u32 * (COMBINATIONS * SLICE_BYTES + 32 * 4) } else { 0 }
+}
+
 /// Levels of the DPF tree each expansion thread walks depth-first
 /// (`MAX_SUBTREE_LEVELS` in dpf.cu): 32 leaves a thread.
 pub(crate) const SUBTREE_LEVELS: u32 = 5;
@@ -160,6 +173,13 @@ mod tests {
         let tiles: Vec<_> =
             [1, 2, 3, 5, 9, 17, 33].iter().map(|&q| ScanGeometry::new(100, 2, 4096, q, 64).tile).collect();
         assert_eq!(tiles, [1, 2, 4, 8, 16, 32, 32]);
+    }
+
+    #[test]
+    fn grouped_tiles_fit_in_shared_memory() {
+        assert_eq!(TILES.map(scan_shared_bytes), [0, 0, 0, 66560, 66560, 66560]);
+        // Two blocks still fit in the 227 KiB a Hopper multiprocessor offers.
+        assert!(2 * scan_shared_bytes(32) < 227 << 10);
     }
 
     #[test]

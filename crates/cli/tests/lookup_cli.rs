@@ -145,3 +145,26 @@ fn bench_reports_json_with_verified_answers() {
         assert!(report["results"][0][field].as_f64().unwrap() > 0.0, "{field}");
     }
 }
+
+#[test]
+fn selftest_finds_the_cpu_engine_equal_to_the_reference() {
+    let output = morphogen(&["selftest", "--engine", "cpu"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
+    assert!(stdout.contains("ok  1 pages × 2 sub-tables, 512-byte pages, batch 1"), "{stdout}");
+    assert!(stdout.contains("ok  129 pages × 4 sub-tables, 4096-byte pages, batch 33"), "{stdout}");
+    assert!(stdout.contains("selftest passed: 23 cases"), "{stdout}");
+}
+
+#[test]
+fn the_cuda_engine_without_a_gpu_is_a_clear_error_and_auto_falls_back() {
+    // CI machines have no GPU (and test builds may lack the `cuda` feature).
+    let output = morphogen(&["selftest", "--engine", "cuda"]);
+    if !output.status.success() {
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("no usable GPU") || stderr.contains("no CUDA engine"), "{stderr}");
+        let output = morphogen(&["selftest", "--engine", "auto"]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(text(&output.stdout).contains("checking engine cpu on"), "{}", text(&output.stdout));
+    }
+}

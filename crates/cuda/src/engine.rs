@@ -267,7 +267,10 @@ impl CudaEngine {
         // read for keys < queries · choices and leaves < leaves; partial is
         // written at (range · queries + q) · page_vecs + column, below
         // geometry.partial_bytes, which BufferSizes reserved for every
-        // batch up to max_batch.
+        // batch up to max_batch. The grouped kernels (tiles of 8 and more)
+        // get scan_shared_bytes(tile) of dynamic shared memory, the size
+        // the kernel indexes (combinations and words of 8 warps) and the
+        // limit Kernels::compile raised for them.
         unsafe { launch.launch(config) }?;
         self.events[2].record(&self.stream)?;
 

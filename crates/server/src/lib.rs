@@ -130,7 +130,7 @@ fn scan_loop(mut engine: Box<dyn Engine>, mut jobs: mpsc::Receiver<ScanJob>, met
     while let Some(job) = jobs.blocking_recv() {
         let started = Instant::now();
         let result = engine.pass(&job.queries);
-        metrics.pass(job.queries.len(), started.elapsed());
+        metrics.pass(job.queries.len(), started.elapsed(), &engine.last_pass_phases());
         // The requester may have gone away; its answer is then not needed.
         let _ = job.reply.send(result);
     }

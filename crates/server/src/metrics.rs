@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use metrics::{Recorder, counter, histogram, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use morphogen_scan::Phase;
 
 /// Seconds: from half a millisecond to ten seconds.
 const SECONDS_BUCKETS: &[f64] =
@@ -56,6 +57,10 @@ impl Metrics {
                 "Time of one engine pass over the table."
             );
             metrics::describe_histogram!("morphogen_batch_size", "Queries answered by one pass.");
+            metrics::describe_histogram!(
+                "morphogen_pass_phase_duration_seconds",
+                "Time of each phase of a pass (expand, scan, reduce, copy), for engines that time them on their device."
+            );
         });
     }
 
@@ -67,11 +72,15 @@ impl Metrics {
         });
     }
 
-    /// Records one engine pass.
-    pub(crate) fn pass(&self, queries: usize, duration: Duration) {
+    /// Records one engine pass and the phases the engine timed.
+    pub(crate) fn pass(&self, queries: usize, duration: Duration, phases: &[Phase]) {
         self.with(|| {
             histogram!("morphogen_pass_duration_seconds").record(duration.as_secs_f64());
             histogram!("morphogen_batch_size").record(queries as f64);
+            for phase in phases {
+                histogram!("morphogen_pass_phase_duration_seconds", "phase" => phase.name)
+                    .record(phase.seconds);
+            }
         });
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
-use morphogen_server::{Config, DEFAULT_MAX_BATCH, Server};
+use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Server};
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
@@ -26,13 +26,23 @@ pub struct ServeArgs {
     /// Engine that scans the table.
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
     engine: EngineChoice,
-    /// Most queries one request may hold.
+    /// Most queries one pass over the table answers, and so one request
+    /// may hold. Concurrent requests share passes up to this size.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     max_batch: usize,
+    /// Most queries waiting for a pass. A request that does not fit is
+    /// answered 503 with Retry-After, so memory stays bounded under any
+    /// load. At least --max-batch.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_QUEUE,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    max_queue: usize,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.max_queue < args.max_batch {
+        anyhow::bail!("--max-queue ({}) must be at least --max-batch ({})", args.max_queue, args.max_batch);
+    }
     let table = Arc::new(
         Table::open(&args.db, Verify::Digest, &Bar::new())
             .with_context(|| format!("opening {}", args.db.display()))?,
@@ -44,7 +54,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         digest = %hex::encode(table.digest()),
         "table loaded"
     );
-    let server = Server::new(&table, engine, Config { max_batch: args.max_batch })?;
+    let server =
+        Server::new(&table, engine, Config { max_batch: args.max_batch, max_queue: args.max_queue })?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener =

@@ -6,20 +6,28 @@
 //! XORs the two answers back into the pages, where it finds the key's row.
 //! Both servers must publish the same table (digest, parameters, epoch).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use morphogen_dpf::{Key, generate};
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Meta, PROTOCOL_VERSION, Request, Response};
 use morphogen_table::{KeyDigest, Layout, MAX_KEY_LEN};
+use rand::RngExt;
 use reqwest::Url;
+use reqwest::header::RETRY_AFTER;
 
-/// How long a request may take unless told otherwise.
+/// How long a lookup may take, retries included, unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First wait before sending a request again that a server refused as
+/// overloaded; it doubles on every refusal.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait between two tries, whatever the server's Retry-After says:
+/// a pass takes milliseconds, Retry-After counts whole seconds.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A client of two servers holding the same table.
 pub struct Client {
-    http: reqwest::Client,
-    servers: [Url; 2],
+    servers: [Connection; 2],
     meta: Meta,
     layout: Layout,
 }
@@ -27,7 +35,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("servers", &self.servers)
+            .field("servers", &[&self.servers[0].url, &self.servers[1].url])
             .field("meta", &self.meta)
             .finish_non_exhaustive()
     }
@@ -41,18 +49,19 @@ impl Client {
         Client::with_timeout(url_a, url_b, DEFAULT_TIMEOUT).await
     }
 
-    /// Like [`Client::new`], with a time limit for every request.
+    /// Like [`Client::new`], with a time limit for every lookup (retries
+    /// of requests a server refused as overloaded included).
     pub async fn with_timeout(url_a: &str, url_b: &str, timeout: Duration) -> Result<Client, Error> {
-        let servers = [parse_url(url_a)?, parse_url(url_b)?];
-        let http =
-            reqwest::Client::builder().timeout(timeout).build().map_err(|e| Error::Setup(e.to_string()))?;
-        let (meta_a, meta_b) =
-            tokio::try_join!(fetch_meta(&http, &servers[0]), fetch_meta(&http, &servers[1]))?;
-        check_same_table(&meta_a, &meta_b)?;
-        let layout = layout_of(&meta_a)
-            .map_err(|message| Error::Protocol { server: servers[0].to_string(), message })?;
-        let meta = Meta { max_batch: meta_a.max_batch.min(meta_b.max_batch), ..meta_a };
-        Ok(Client { http, servers, meta, layout })
+        let (url_a, url_b) = (parse_url(url_a)?, parse_url(url_b)?);
+        let http = http_client()?;
+        let (a, b) = tokio::try_join!(
+            Connection::open(http.clone(), url_a, timeout),
+            Connection::open(http, url_b, timeout)
+        )?;
+        check_same_table(&a.meta, &b.meta)?;
+        let meta = Meta { max_batch: a.meta.max_batch.min(b.meta.max_batch), ..a.meta.clone() };
+        let layout = a.layout.clone();
+        Ok(Client { servers: [a, b], meta, layout })
     }
 
     /// The servers' common metadata (`max_batch` is the smaller of the two).
@@ -76,39 +85,29 @@ impl Client {
     }
 
     async fn lookup_batch<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let deadline = Instant::now() + self.servers[0].timeout;
         let mut digests = Vec::with_capacity(keys.len());
         let (mut queries_a, mut queries_b) = (Vec::new(), Vec::new());
-        {
-            // The random generator is not Send: it lives only in this block, before any await.
-            let mut rng = rand::rng();
-            for (index, key) in keys.iter().enumerate() {
-                let key = key.as_ref();
-                if key.is_empty() || key.len() > MAX_KEY_LEN {
-                    return Err(Error::KeyLength { index, len: key.len() });
-                }
-                let digest = KeyDigest::of(key);
-                let (keys_a, keys_b): (Vec<Key>, Vec<Key>) = self
-                    .layout
-                    .locate(&digest)
-                    .as_slice()
-                    .iter()
-                    .map(|&page| generate(self.layout.pages_per_table(), page, &mut rng))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Setup(e.to_string()))?
-                    .into_iter()
-                    .unzip();
-                queries_a.push(keys_a);
-                queries_b.push(keys_b);
-                digests.push(digest);
+        for (index, key) in keys.iter().enumerate() {
+            let key = key.as_ref();
+            if key.is_empty() || key.len() > MAX_KEY_LEN {
+                return Err(Error::KeyLength { index, len: key.len() });
             }
+            let digest = KeyDigest::of(key);
+            let (keys_a, keys_b) = key_shares(&self.layout, &digest)?;
+            queries_a.push(keys_a);
+            queries_b.push(keys_b);
+            digests.push(digest);
         }
         let epoch = Epoch::Exact(self.meta.epoch);
         let body_a =
             Request { epoch, queries: queries_a }.encode().map_err(|e| Error::Setup(e.to_string()))?;
         let body_b =
             Request { epoch, queries: queries_b }.encode().map_err(|e| Error::Setup(e.to_string()))?;
-        let (answer_a, answer_b) =
-            tokio::try_join!(self.query(0, body_a, keys.len()), self.query(1, body_b, keys.len()))?;
+        let (answer_a, answer_b) = tokio::try_join!(
+            self.servers[0].query(&body_a, keys.len(), deadline),
+            self.servers[1].query(&body_b, keys.len(), deadline)
+        )?;
         if answer_a.epoch != answer_b.epoch {
             return Err(Error::Mismatch("epoch of the answers"));
         }
@@ -133,21 +132,118 @@ impl Client {
         }
         Ok(values)
     }
+}
 
-    /// Sends one request to server `index` and checks the shape of its answer.
-    async fn query(&self, index: usize, body: Vec<u8>, queries: usize) -> Result<Response, Error> {
-        let server = &self.servers[index];
-        let url = server.join("v1/query").expect("a fixed relative path");
-        let response = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(server, e))?;
-        let bytes = success_body(server, response).await?;
-        let answer = Response::decode(&bytes)
+/// The two servers' DPF keys for `digest`'s candidate pages: one key per
+/// sub-table for each server. Either list alone says nothing of the pages.
+pub fn key_shares(layout: &Layout, digest: &KeyDigest) -> Result<(Vec<Key>, Vec<Key>), Error> {
+    let mut rng = rand::rng();
+    let pairs = layout
+        .locate(digest)
+        .as_slice()
+        .iter()
+        .map(|&page| generate(layout.pages_per_table(), page, &mut rng))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    Ok(pairs.into_iter().unzip())
+}
+
+/// One server: where it is, what its metadata says, and how to send it
+/// queries. [`Client`] holds two; a load test may use one alone to measure
+/// one server's capacity.
+#[derive(Debug)]
+pub struct Connection {
+    http: reqwest::Client,
+    url: Url,
+    meta: Meta,
+    layout: Layout,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Reads the metadata of the server at `url`; `timeout` bounds every
+    /// later request, retries included.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Connection, Error> {
+        Connection::open(http_client()?, parse_url(url)?, timeout).await
+    }
+
+    async fn open(http: reqwest::Client, url: Url, timeout: Duration) -> Result<Connection, Error> {
+        let deadline = Instant::now() + timeout;
+        let meta = fetch_meta(&http, &url, deadline).await?;
+        let layout =
+            layout_of(&meta).map_err(|message| Error::Protocol { server: url.to_string(), message })?;
+        Ok(Connection { http, url, meta, layout, timeout })
+    }
+
+    /// The server's metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The layout of the server's table.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The time limit of one request, retries included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends an encoded request of `queries` queries and checks the shape
+    /// of the answer. A server at capacity (503 `overloaded`) is asked again
+    /// after a growing, jittered wait while `deadline` allows; resending the
+    /// same keys to the same server tells it nothing new.
+    pub async fn query(&self, body: &[u8], queries: usize, deadline: Instant) -> Result<Response, Error> {
+        let url = self.url.join("v1/query").expect("a fixed relative path");
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Unreachable {
+                    server: self.url.to_string(),
+                    message: "timed out".to_string(),
+                });
+            }
+            let response = self
+                .http
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(body.to_vec())
+                .timeout(remaining)
+                .send()
+                .await
+                .map_err(|e| transport_error(&self.url, e))?;
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            match success_body(&self.url, response).await {
+                Ok(bytes) => return self.check_answer(&bytes, queries),
+                // 503 is transient by definition, from the server or a proxy.
+                Err(Error::Server { status: 503, .. }) => {
+                    let cap = retry_after.unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
+                    let wait = backoff.min(cap).mul_f64(rand::rng().random_range(0.5..1.0));
+                    if Instant::now() + wait >= deadline {
+                        return Err(Error::Server {
+                            server: self.url.to_string(),
+                            status: 503,
+                            code: "overloaded".to_string(),
+                            message: "the server stayed at capacity until the deadline".to_string(),
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn check_answer(&self, bytes: &[u8], queries: usize) -> Result<Response, Error> {
+        let server = &self.url;
+        let answer = Response::decode(bytes)
             .map_err(|e| Error::Protocol { server: server.to_string(), message: e.to_string() })?;
         let expected = (queries, usize::from(self.layout.choices()), self.layout.page_size() as usize);
         if (answer.queries, answer.choices, answer.page_size) != expected {
@@ -163,6 +259,10 @@ impl Client {
     }
 }
 
+fn http_client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder().build().map_err(|e| Error::Setup(e.to_string()))
+}
+
 fn parse_url(text: &str) -> Result<Url, Error> {
     let with_slash = if text.ends_with('/') { text.to_string() } else { format!("{text}/") };
     let url =
@@ -176,9 +276,10 @@ fn parse_url(text: &str) -> Result<Url, Error> {
     Ok(url)
 }
 
-async fn fetch_meta(http: &reqwest::Client, server: &Url) -> Result<Meta, Error> {
+async fn fetch_meta(http: &reqwest::Client, server: &Url, deadline: Instant) -> Result<Meta, Error> {
     let url = server.join("v1/meta").expect("a fixed relative path");
-    let response = http.get(url).send().await.map_err(|e| transport_error(server, e))?;
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let response = http.get(url).timeout(timeout).send().await.map_err(|e| transport_error(server, e))?;
     let bytes = success_body(server, response).await?;
     let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
         server: server.to_string(),

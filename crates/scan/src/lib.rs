@@ -165,7 +165,7 @@ pub(crate) fn xor_into(dst: &mut [u8], src: &[u8]) {
 }
 
 /// Errors of the scan engines. They describe the batch, never key material.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// A batch must hold at least one query.
     #[error("the batch holds no queries")]

@@ -16,12 +16,23 @@ pub struct ApiError {
     pub code: &'static str,
     /// What was wrong; never quotes key material.
     pub message: String,
+    /// Seconds to wait before trying again, sent as `Retry-After`.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     /// A client error.
     pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after_secs: None }
+    }
+
+    /// 503 `overloaded`: the request was refused unread because the server
+    /// is at capacity; it may be sent again after `retry_after_secs`.
+    pub fn overloaded(retry_after_secs: u64, message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..ApiError::client(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
     }
 
     /// An internal fault: logged in full here, reported to the client only as such.
@@ -31,6 +42,7 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
             message: "internal error; see the server's log".to_string(),
+            retry_after_secs: None,
         }
     }
 }
@@ -67,6 +79,10 @@ impl From<morphogen_scan::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.message, code: self.code.to_string() };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -12,43 +12,60 @@
 //! Routes: `GET /v1/health`, `GET /v1/meta` (JSON), `POST /v1/query` (binary,
 //! see `docs/PROTOCOL.md`), `GET /metrics` (Prometheus). Scans run on a
 //! thread of their own that owns the engine, never on the async runtime's
-//! workers. Keys and answers are never logged.
+//! workers; concurrent requests share passes through one bounded queue
+//! (continuous batching, see [`batcher`](crate::batcher)). Keys and answers
+//! are never logged.
 
+mod batcher;
 mod errors;
 mod metrics;
 mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use morphogen_dpf::Key;
 use morphogen_protocol::{Meta, PROTOCOL_VERSION};
-use morphogen_scan::{Answers, Engine, Query};
+use morphogen_scan::Engine;
 use morphogen_table::{Layout, Table};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
 
+use batcher::Batcher;
 pub use errors::ApiError;
 
 /// Limits and settings of a server.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Most queries one request may hold.
+    /// Most queries one pass (and so one request) may hold.
     pub max_batch: usize,
+    /// Most queries waiting for a pass; a request that does not fit is
+    /// answered 503 with `Retry-After`. At least `max_batch`.
+    pub max_queue: usize,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { max_batch: DEFAULT_MAX_BATCH }
+        Config { max_batch: DEFAULT_MAX_BATCH, max_queue: DEFAULT_MAX_QUEUE }
     }
 }
 
-/// Queries per request unless configured otherwise.
+/// Queries per pass unless configured otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
-/// Requests waiting for the scan thread; beyond this, senders wait.
-const SCAN_QUEUE: usize = 1024;
+/// Queries waiting for a pass unless configured otherwise: sixteen full
+/// passes, a fraction of a second on a GPU, a few seconds on CPU cores.
+pub const DEFAULT_MAX_QUEUE: usize = 1024;
+
+/// Why a server could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// The scan thread could not be started.
+    #[error("starting the scan thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
 
 /// A server over one table, ready to be bound to a listener.
 pub struct Server {
@@ -62,20 +79,23 @@ pub(crate) struct State {
     /// The largest body a request of `max_batch` queries can need, with room
     /// to spare so that an oversized batch is reported as such.
     max_body_bytes: usize,
-    scans: mpsc::Sender<ScanJob>,
+    batcher: Batcher,
     metrics: metrics::Metrics,
-}
-
-/// One request's queries on their way to the scan thread.
-struct ScanJob {
-    queries: Vec<Query>,
-    reply: oneshot::Sender<Result<Answers, morphogen_scan::Error>>,
 }
 
 impl Server {
     /// A server answering from `table` with `engine`, which must have been
     /// made over the same table. Starts the scan thread.
-    pub fn new(table: &Table, engine: Box<dyn Engine>, config: Config) -> Result<Server, std::io::Error> {
+    pub fn new(table: &Table, engine: Box<dyn Engine>, config: Config) -> Result<Server, Error> {
+        if config.max_batch == 0 {
+            return Err(Error::Config("the batch limit must be at least 1".to_string()));
+        }
+        if config.max_queue < config.max_batch {
+            return Err(Error::Config(format!(
+                "the queue limit ({}) must be at least the batch limit ({})",
+                config.max_queue, config.max_batch
+            )));
+        }
         let layout = table.layout();
         assert_eq!(layout, engine.layout(), "the engine answers from another table");
         let meta = Meta {
@@ -97,12 +117,10 @@ impl Server {
             * (morphogen_protocol::HEADER_LEN + config.max_batch * usize::from(layout.choices()) * key_len)
             + (64 << 10);
         let metrics = metrics::Metrics::new();
-        let (scans, jobs) = mpsc::channel(SCAN_QUEUE);
-        let pass_metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name("morphogen-scan".to_string())
-            .spawn(move || scan_loop(engine, jobs, pass_metrics))?;
-        Ok(Server { state: Arc::new(State { meta, layout: layout.clone(), max_body_bytes, scans, metrics }) })
+        let batcher = Batcher::start(engine, config.max_batch, config.max_queue, metrics.clone())?;
+        Ok(Server {
+            state: Arc::new(State { meta, layout: layout.clone(), max_body_bytes, batcher, metrics }),
+        })
     }
 
     /// The metadata this server publishes at `/v1/meta`.
@@ -121,17 +139,5 @@ impl Server {
         let result = axum::serve(listener, routes::router(self.state)).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
         result
-    }
-}
-
-/// The scan thread: one pass per request, in arrival order, until every
-/// sender is gone.
-fn scan_loop(mut engine: Box<dyn Engine>, mut jobs: mpsc::Receiver<ScanJob>, metrics: metrics::Metrics) {
-    while let Some(job) = jobs.blocking_recv() {
-        let started = Instant::now();
-        let result = engine.pass(&job.queries);
-        metrics.pass(job.queries.len(), started.elapsed(), &engine.last_pass_phases());
-        // The requester may have gone away; its answer is then not needed.
-        let _ = job.reply.send(result);
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Recorder, counter, histogram, with_local_recorder};
+use metrics::{Recorder, counter, gauge, histogram, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use morphogen_scan::Phase;
 
@@ -61,6 +61,19 @@ impl Metrics {
                 "morphogen_pass_phase_duration_seconds",
                 "Time of each phase of a pass (expand, scan, reduce, copy), for engines that time them on their device."
             );
+            metrics::describe_gauge!("morphogen_queue_depth", "Queries waiting for a pass.");
+            metrics::describe_histogram!(
+                "morphogen_queue_wait_seconds",
+                "Time from a request's arrival to the start of the first pass that scans it."
+            );
+            metrics::describe_counter!(
+                "morphogen_lookups_total",
+                "Queries by outcome: answered, rejected (queue full), abandoned (client gone before its pass), failed (engine fault)."
+            );
+            metrics::describe_gauge!(
+                "morphogen_resident_memory_bytes",
+                "Resident memory of the server process (Linux only)."
+            );
         });
     }
 
@@ -84,8 +97,26 @@ impl Metrics {
         });
     }
 
+    /// Sets the number of queries waiting for a pass.
+    pub(crate) fn queue_depth(&self, queries: usize) {
+        self.with(|| gauge!("morphogen_queue_depth").set(queries as f64));
+    }
+
+    /// Records how long a request waited before its first pass.
+    pub(crate) fn queue_wait(&self, wait: Duration) {
+        self.with(|| histogram!("morphogen_queue_wait_seconds").record(wait.as_secs_f64()));
+    }
+
+    /// Counts `queries` lookups that ended in `outcome`.
+    pub(crate) fn lookups(&self, outcome: &'static str, queries: usize) {
+        self.with(|| counter!("morphogen_lookups_total", "outcome" => outcome).increment(queries as u64));
+    }
+
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.with(|| gauge!("morphogen_resident_memory_bytes").set(bytes as f64));
+        }
         self.handle.run_upkeep();
         self.handle.render()
     }
@@ -99,4 +130,13 @@ impl Metrics {
             self.handle.run_upkeep();
         }
     }
+}
+
+/// The process's resident set size, from the `VmRSS` line of
+/// `/proc/self/status` (in kB); None where there is no procfs.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }

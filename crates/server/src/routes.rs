@@ -12,9 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use morphogen_protocol::{CONTENT_TYPE, Epoch, Request, Response};
 use morphogen_scan::{Query, validate};
-use tokio::sync::oneshot;
 
-use crate::{ApiError, ScanJob, State};
+use crate::{ApiError, State};
 
 /// Content types a query body may be sent with.
 const ACCEPTED_TYPES: [&str; 2] = [CONTENT_TYPE, "application/octet-stream"];
@@ -114,14 +113,14 @@ async fn answer(
     let queries: Vec<Query> = request.queries.into_iter().map(|keys| Query { keys }).collect();
     validate(&state.layout, &queries)?;
 
-    let (reply, answer) = oneshot::channel();
-    state
-        .scans
-        .send(ScanJob { queries, reply })
-        .await
-        .map_err(|_| ApiError::internal("the scan thread has stopped"))?;
+    let answer = state.batcher.submit(queries).map_err(|overloaded| {
+        ApiError::overloaded(
+            overloaded.retry_after_secs,
+            "the server's queue is full; try again after the time in Retry-After",
+        )
+    })?;
     let answers = answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))??;
     let layout = &state.layout;
-    Response::encode(epoch, usize::from(layout.choices()), layout.page_size() as usize, answers.as_bytes())
+    Response::encode(epoch, usize::from(layout.choices()), layout.page_size() as usize, &answers)
         .map_err(ApiError::internal)
 }

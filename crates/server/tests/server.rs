@@ -2,11 +2,12 @@
 //! every kind of malformed request answered with its documented error.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use morphogen_client::Client;
 use morphogen_dpf::generate;
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
-use morphogen_scan::CpuEngine;
+use morphogen_scan::{Answers, CpuEngine, Engine, Query};
 use morphogen_server::{Config, Server};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::SeedableRng;
@@ -31,9 +32,13 @@ struct Running {
 }
 
 async fn start(table: &Arc<Table>, config: Config) -> Running {
+    start_with(table, Box::new(CpuEngine::new(table.clone())), config).await
+}
+
+async fn start_with(table: &Arc<Table>, engine: Box<dyn Engine>, config: Config) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = Server::new(table, Box::new(CpuEngine::new(table.clone())), config).unwrap();
+    let server = Server::new(table, engine, config).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;
@@ -50,7 +55,7 @@ fn padded(value: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_through_two_servers_find_present_keys_and_miss_absent_ones() {
     let table = small_table();
-    let config = Config { max_batch: 7 };
+    let config = Config { max_batch: 7, ..Config::default() };
     let (a, b) = (start(&table, config.clone()).await, start(&table, config).await);
     let client = Client::new(&a.url, &b.url).await.unwrap();
     assert_eq!(client.meta().records, 2_000);
@@ -110,7 +115,7 @@ async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, ErrorBody) 
 async fn malformed_requests_get_their_error_and_the_server_keeps_answering() {
     let table = small_table();
     let pages = table.layout().pages_per_table();
-    let a = start(&table, Config { max_batch: 4 }).await;
+    let a = start(&table, Config { max_batch: 4, ..Config::default() }).await;
     let mut rng = StdRng::seed_from_u64(1);
     let mut query = |count: usize, domain: u64| -> Vec<Vec<morphogen_dpf::Key>> {
         (0..count).map(|_| (0..3).map(|_| generate(domain, 0, &mut rng).unwrap().0).collect()).collect()
@@ -199,7 +204,7 @@ fn encode_mixed(queries: Vec<Vec<morphogen_dpf::Key>>) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meta_describes_the_table() {
     let table = small_table();
-    let a = start(&table, Config { max_batch: 9 }).await;
+    let a = start(&table, Config { max_batch: 9, ..Config::default() }).await;
     let meta: morphogen_protocol::Meta = serde_json::from_slice(
         &reqwest::get(format!("{}/v1/meta", a.url)).await.unwrap().bytes().await.unwrap(),
     )
@@ -208,4 +213,128 @@ async fn meta_describes_the_table() {
     assert_eq!(meta.sub_tables, vec![table.layout().pages_per_table(); 3]);
     assert_eq!((meta.page_size, meta.value_size, meta.row_size), (512, 16, 24));
     assert_eq!((meta.epoch, meta.max_batch, meta.engine.as_str()), (0, 9, "cpu"));
+}
+
+/// The CPU engine, made slow: every pass takes at least `pass_time`, so that
+/// concurrent requests queue up behind it as they would behind a large table.
+struct SlowEngine {
+    inner: CpuEngine,
+    pass_time: Duration,
+}
+
+impl Engine for SlowEngine {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn device(&self) -> String {
+        "test".to_string()
+    }
+    fn layout(&self) -> &morphogen_table::Layout {
+        self.inner.layout()
+    }
+    fn pass(&mut self, queries: &[Query]) -> Result<Answers, morphogen_scan::Error> {
+        std::thread::sleep(self.pass_time);
+        self.inner.pass(queries)
+    }
+    fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
+        self.inner.plain_read_seconds()
+    }
+}
+
+async fn start_slow(table: &Arc<Table>, pass_ms: u64, config: Config) -> Running {
+    let engine =
+        SlowEngine { inner: CpuEngine::new(table.clone()), pass_time: Duration::from_millis(pass_ms) };
+    start_with(table, Box::new(engine), config).await
+}
+
+/// The value of an unlabelled metric in a server's /metrics text.
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// `count` lookups of present and absent keys at once, each checked.
+async fn concurrent_lookups(client: &Arc<Client>, count: usize) {
+    let lookups: Vec<_> = (0..count)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let value = client.get(format!("key-{}", 300 + i).as_bytes()).await.unwrap();
+                assert_eq!(
+                    value,
+                    (i % 2 == 0).then(|| padded(&format!("value-{}", 300 + i))),
+                    "key-{}",
+                    300 + i
+                );
+            })
+        })
+        .collect();
+    for lookup in lookups {
+        lookup.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_passes() {
+    let table = small_table();
+    let config = Config { max_batch: 16, ..Config::default() };
+    let (a, b) = (start_slow(&table, 50, config.clone()).await, start_slow(&table, 50, config).await);
+    let client = Arc::new(Client::new(&a.url, &b.url).await.unwrap());
+    concurrent_lookups(&client, 24).await;
+    for server in [&a, &b] {
+        let passes = metric(&server.url, "morphogen_batch_size_count").await;
+        let queries = metric(&server.url, "morphogen_batch_size_sum").await;
+        assert_eq!(queries, 24.0);
+        // Passes take 50 ms and the 24 requests arrive within a few: after
+        // the first pass, the rest wait together and share passes.
+        assert!(passes <= 8.0, "24 concurrent lookups took {passes} passes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after_and_the_client_retries() {
+    let table = small_table();
+    let config = Config { max_batch: 1, max_queue: 2 };
+    let (a, b) = (start_slow(&table, 50, config.clone()).await, start_slow(&table, 50, config).await);
+
+    // Raw requests, all at once: three fit (one in a pass, two queued); the rest are refused.
+    let mut rng = StdRng::seed_from_u64(3);
+    let pages = table.layout().pages_per_table();
+    let body = Request {
+        epoch: Epoch::Latest,
+        queries: vec![(0..3).map(|_| generate(pages, 1, &mut rng).unwrap().0).collect()],
+    }
+    .encode()
+    .unwrap();
+    let http = reqwest::Client::new();
+    let sends: Vec<_> = (0..12)
+        .map(|_| {
+            let request = http
+                .post(format!("{}/v1/query", a.url))
+                .header("content-type", CONTENT_TYPE)
+                .body(body.clone());
+            tokio::spawn(request.send())
+        })
+        .collect();
+    let mut refused = 0;
+    for send in sends {
+        let response = send.await.unwrap().unwrap();
+        if response.status() == 503 {
+            refused += 1;
+            let retry_after = response.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
+            assert!(retry_after >= 1);
+            let error: ErrorBody = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            assert_eq!(error.code, "overloaded");
+        } else {
+            assert_eq!(response.status(), 200);
+        }
+    }
+    assert!(refused > 0, "12 requests at once into a queue of 2 were all accepted");
+    assert_eq!(metric(&a.url, "morphogen_queue_depth").await, 0.0);
+
+    // The client retries refused requests within its deadline: every lookup is answered, and right.
+    let client = Arc::new(Client::with_timeout(&a.url, &b.url, Duration::from_secs(20)).await.unwrap());
+    concurrent_lookups(&client, 12).await;
 }

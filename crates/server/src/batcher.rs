@@ -1,0 +1,431 @@
+//! Continuous batching: one bounded queue in front of the engine.
+//!
+//! Whenever the engine finishes a pass, the scan thread takes every query
+//! waiting, oldest request first, up to the batch limit, for the next pass.
+//! An idle server therefore answers a lone request in a pass of its own, and
+//! a loaded one in passes as large as it allows, with no timer to tune. A
+//! request holding more queries than a pass has room for is split across
+//! passes; its answers are gathered in order and sent back whole.
+//!
+//! The queue is bounded in queries, not requests: when a request does not
+//! fit, [`Batcher::submit`] refuses it at once (the server answers 503), so
+//! memory stays bounded under any load. Requests whose client went away
+//! before their pass are dropped unanswered instead of scanned.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use morphogen_scan::{Engine, Query};
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+
+/// What a request gets back: its queries' answers in order (each `choices`
+/// pages), or why the engine failed.
+pub(crate) type Reply = Result<Vec<u8>, morphogen_scan::Error>;
+
+/// The handlers' side of the queue. Dropping it stops the scan thread once
+/// the requests already queued are answered.
+pub(crate) struct Batcher {
+    shared: Arc<Shared>,
+}
+
+/// A request refused because the queue is full.
+#[derive(Debug)]
+pub(crate) struct Overloaded {
+    /// Seconds after which trying again is likely to succeed (at least 1).
+    pub(crate) retry_after_secs: u64,
+}
+
+struct Shared {
+    intake: Mutex<Intake>,
+    /// Signalled when a request arrives or the batcher closes.
+    wakeup: Condvar,
+    max_queue: usize,
+    max_batch: usize,
+    /// Duration of the latest pass, for the Retry-After estimate.
+    last_pass_nanos: AtomicU64,
+    metrics: Metrics,
+}
+
+struct Intake {
+    /// Requests the scan thread has not yet seen.
+    arrived: Vec<Pending>,
+    /// Queries of every request not yet in a pass, seen by the scan thread or not.
+    queued_queries: usize,
+    closed: bool,
+}
+
+/// A request in the queue.
+struct Pending {
+    /// Its queries not yet scanned; passes take them from the front.
+    queries: VecDeque<Query>,
+    /// Answers of its queries scanned so far, in order.
+    answers: Vec<u8>,
+    arrived: Instant,
+    /// Whether a pass has taken one of its queries (its queue wait is then recorded).
+    started: bool,
+    reply: oneshot::Sender<Reply>,
+}
+
+impl Batcher {
+    /// Starts the scan thread, which owns `engine` from now on.
+    pub(crate) fn start(
+        engine: Box<dyn Engine>,
+        max_batch: usize,
+        max_queue: usize,
+        metrics: Metrics,
+    ) -> std::io::Result<Batcher> {
+        assert!(max_batch >= 1 && max_queue >= max_batch, "the server checks its limits");
+        let shared = Arc::new(Shared {
+            intake: Mutex::new(Intake { arrived: Vec::new(), queued_queries: 0, closed: false }),
+            wakeup: Condvar::new(),
+            max_queue,
+            max_batch,
+            last_pass_nanos: AtomicU64::new(0),
+            metrics,
+        });
+        let scan_side = shared.clone();
+        std::thread::Builder::new()
+            .name("morphogen-scan".to_string())
+            .spawn(move || scan_loop(engine, &scan_side))?;
+        Ok(Batcher { shared })
+    }
+
+    /// Queues a request's queries (at most the batch limit); its answers
+    /// arrive on the returned channel.
+    pub(crate) fn submit(&self, queries: Vec<Query>) -> Result<oneshot::Receiver<Reply>, Overloaded> {
+        debug_assert!(!queries.is_empty() && queries.len() <= self.shared.max_batch);
+        let count = queries.len();
+        let (reply, answer) = oneshot::channel();
+        let mut intake = self.shared.lock();
+        if intake.queued_queries + count > self.shared.max_queue {
+            let queued = intake.queued_queries;
+            drop(intake);
+            self.shared.metrics.lookups("rejected", count);
+            return Err(Overloaded { retry_after_secs: self.shared.retry_after_secs(queued) });
+        }
+        intake.queued_queries += count;
+        self.shared.metrics.queue_depth(intake.queued_queries);
+        intake.arrived.push(Pending {
+            queries: queries.into(),
+            answers: Vec::new(),
+            arrived: Instant::now(),
+            started: false,
+            reply,
+        });
+        drop(intake);
+        self.shared.wakeup.notify_one();
+        Ok(answer)
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wakeup.notify_one();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Intake> {
+        // A panic while holding the lock leaves plain counters and a list
+        // behind, still consistent enough to drain: keep serving.
+        self.intake.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The passes needed to drain `queued` queries, at the latest pass's
+    /// duration, in whole seconds (Retry-After's unit), at least one.
+    fn retry_after_secs(&self, queued: usize) -> u64 {
+        let pass = Duration::from_nanos(self.last_pass_nanos.load(Ordering::Relaxed));
+        let passes = queued.div_ceil(self.max_batch) as u32 + 1;
+        (pass * passes).as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+/// The scan thread: gathers a batch, runs a pass, hands the answers out;
+/// until the batcher is dropped and nothing is left to answer.
+fn scan_loop(mut engine: Box<dyn Engine>, shared: &Shared) {
+    // Requests the scan thread has taken in from `arrived`, oldest first.
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut batch: Vec<Query> = Vec::with_capacity(shared.max_batch);
+    // How many queries of queue[i] the current pass holds.
+    let mut taken: Vec<usize> = Vec::with_capacity(shared.max_batch);
+    let page_bytes = engine.layout().page_size() as usize * usize::from(engine.layout().choices());
+    loop {
+        if !gather(shared, &mut queue, &mut batch, &mut taken) {
+            return;
+        }
+        let started = Instant::now();
+        for pending in queue.iter_mut().take(taken.len()).filter(|p| !p.started) {
+            pending.started = true;
+            shared.metrics.queue_wait(started - pending.arrived);
+        }
+        let result = engine.pass(&batch);
+        let elapsed = started.elapsed();
+        shared.last_pass_nanos.store(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        shared.metrics.pass(batch.len(), elapsed, &engine.last_pass_phases());
+
+        match result {
+            Ok(answers) => {
+                let mut bytes = answers.as_bytes().chunks_exact(page_bytes);
+                for (pending, &count) in queue.iter_mut().zip(&taken) {
+                    for answer in bytes.by_ref().take(count) {
+                        pending.answers.extend_from_slice(answer);
+                    }
+                }
+                shared.metrics.lookups("answered", batch.len());
+                while queue.front().is_some_and(|p| p.queries.is_empty()) {
+                    let done = queue.pop_front().expect("checked");
+                    // The client may have gone away meanwhile: nothing to do then.
+                    let _ = done.reply.send(Ok(done.answers));
+                }
+            }
+            Err(error) => {
+                // Every request in the failed pass fails whole, even the
+                // parts of it that later passes would have answered.
+                shared.metrics.lookups("failed", batch.len());
+                let failed: Vec<Pending> = queue.drain(..taken.len()).collect();
+                let unscanned: usize = failed.iter().map(|p| p.queries.len()).sum();
+                shared.lock().queued_queries -= unscanned;
+                shared.metrics.lookups("failed", unscanned);
+                for pending in failed {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            }
+        }
+        batch.clear();
+        taken.clear();
+    }
+}
+
+/// Waits for work, then fills `batch` with up to `max_batch` queries from
+/// the front of `queue` (recording in `taken` how many from each request).
+/// Returns false once the batcher is closed and no request is left.
+fn gather(
+    shared: &Shared,
+    queue: &mut VecDeque<Pending>,
+    batch: &mut Vec<Query>,
+    taken: &mut Vec<usize>,
+) -> bool {
+    let mut intake = shared.lock();
+    loop {
+        queue.extend(intake.arrived.drain(..));
+        // A request whose client has gone away needs no pass.
+        queue.retain(|pending| {
+            let abandoned = pending.reply.is_closed();
+            if abandoned {
+                intake.queued_queries -= pending.queries.len();
+                shared.metrics.lookups("abandoned", pending.queries.len());
+            }
+            !abandoned
+        });
+        if !queue.is_empty() {
+            break;
+        }
+        if intake.closed {
+            return false;
+        }
+        intake = shared.wakeup.wait(intake).unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    for pending in queue.iter_mut() {
+        let room = shared.max_batch - batch.len();
+        if room == 0 {
+            break;
+        }
+        let count = room.min(pending.queries.len());
+        batch.extend(pending.queries.drain(..count));
+        taken.push(count);
+    }
+    intake.queued_queries -= batch.len();
+    shared.metrics.queue_depth(intake.queued_queries);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use morphogen_dpf::generate;
+    use morphogen_scan::{Answers, ReferenceEngine};
+    use morphogen_table::{BuildOptions, Layout, NoProgress, Table, build};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    /// The reference engine behind a gate: each pass announces itself, then
+    /// waits for the test to let it run, and records its batch size.
+    struct GatedEngine {
+        inner: ReferenceEngine,
+        entered: mpsc::Sender<usize>,
+        gate: mpsc::Receiver<Result<(), morphogen_scan::Error>>,
+    }
+
+    impl Engine for GatedEngine {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+        fn device(&self) -> String {
+            "test".to_string()
+        }
+        fn layout(&self) -> &Layout {
+            self.inner.layout()
+        }
+        fn pass(&mut self, queries: &[Query]) -> Result<Answers, morphogen_scan::Error> {
+            self.entered.send(queries.len()).unwrap();
+            self.gate.recv().unwrap()?;
+            self.inner.pass(queries)
+        }
+        fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
+            self.inner.plain_read_seconds()
+        }
+    }
+
+    struct Harness {
+        batcher: Batcher,
+        table: Arc<Table>,
+        entered: mpsc::Receiver<usize>,
+        gate: mpsc::Sender<Result<(), morphogen_scan::Error>>,
+        rng: StdRng,
+    }
+
+    impl Harness {
+        fn new(max_batch: usize, max_queue: usize) -> Harness {
+            let records: Vec<(Vec<u8>, Vec<u8>)> =
+                (0..300u32).map(|i| (i.to_le_bytes().to_vec(), (i * 7).to_le_bytes().to_vec())).collect();
+            let options = BuildOptions { page_size: 512, value_size: Some(8), choices: 2, seed: None };
+            let table = Arc::new(build(&records[..], &options, &NoProgress).unwrap());
+            let (entered_tx, entered) = mpsc::channel();
+            let (gate, gate_rx) = mpsc::channel();
+            let engine = GatedEngine {
+                inner: ReferenceEngine::new(table.clone()),
+                entered: entered_tx,
+                gate: gate_rx,
+            };
+            let batcher = Batcher::start(Box::new(engine), max_batch, max_queue, Metrics::new()).unwrap();
+            Harness { batcher, table, entered, gate, rng: StdRng::seed_from_u64(7) }
+        }
+
+        fn queries(&mut self, count: usize) -> Vec<Query> {
+            let layout = self.table.layout();
+            (0..count)
+                .map(|i| Query {
+                    keys: (0..u64::from(layout.choices()))
+                        .map(|j| {
+                            generate(layout.pages_per_table(), (i as u64 * 5 + j) % 3, &mut self.rng)
+                                .unwrap()
+                                .0
+                        })
+                        .collect(),
+                })
+                .collect()
+        }
+
+        /// Submits `queries`, returning them for the expected answers.
+        fn submit(&mut self, count: usize) -> (Vec<Query>, oneshot::Receiver<Reply>) {
+            let queries = self.queries(count);
+            let answer = self.batcher.submit(queries.clone()).expect("room in the queue");
+            (queries, answer)
+        }
+
+        fn expected(&self, queries: &[Query]) -> Vec<u8> {
+            ReferenceEngine::new(self.table.clone()).pass(queries).unwrap().as_bytes().to_vec()
+        }
+
+        /// Waits for a pass to start and returns its batch size.
+        fn next_pass(&self) -> usize {
+            self.entered.recv_timeout(Duration::from_secs(10)).expect("a pass starts")
+        }
+
+        fn release(&self, outcome: Result<(), morphogen_scan::Error>) {
+            self.gate.send(outcome).unwrap();
+        }
+    }
+
+    #[test]
+    fn queued_requests_share_passes_and_large_ones_are_split_in_order() {
+        let mut h = Harness::new(8, 64);
+        let (first, first_answer) = h.submit(1);
+        assert_eq!(h.next_pass(), 1, "an idle server answers a lone request alone");
+        let waiting: Vec<_> = (0..5).map(|_| h.submit(3)).collect();
+        h.release(Ok(()));
+        assert_eq!(first_answer.blocking_recv().unwrap().unwrap(), h.expected(&first));
+        // 15 queries waited: one full pass of 8 (the third request split) and one of 7.
+        assert_eq!(h.next_pass(), 8);
+        h.release(Ok(()));
+        assert_eq!(h.next_pass(), 7);
+        h.release(Ok(()));
+        for (queries, answer) in waiting {
+            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_requests_until_it_drains() {
+        let mut h = Harness::new(2, 4);
+        let (_, in_pass) = h.submit(2);
+        assert_eq!(h.next_pass(), 2);
+        let queued = [h.submit(2), h.submit(2)];
+        let extra = h.queries(1);
+        let refused = h.batcher.submit(extra).expect_err("the queue holds 4 queries");
+        assert!(refused.retry_after_secs >= 1);
+        h.release(Ok(()));
+        in_pass.blocking_recv().unwrap().unwrap();
+        for (queries, answer) in queued {
+            assert_eq!(h.next_pass(), 2);
+            h.release(Ok(()));
+            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+        }
+        // Drained: a full queue's worth fits again.
+        let again = [h.submit(2), h.submit(2)];
+        for (queries, answer) in again {
+            assert_eq!(h.next_pass(), 2);
+            h.release(Ok(()));
+            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+        }
+    }
+
+    #[test]
+    fn requests_whose_client_left_are_not_scanned() {
+        let mut h = Harness::new(8, 64);
+        let (_, in_pass) = h.submit(1);
+        assert_eq!(h.next_pass(), 1);
+        drop(h.submit(4).1);
+        let (queries, answer) = h.submit(2);
+        h.release(Ok(()));
+        in_pass.blocking_recv().unwrap().unwrap();
+        assert_eq!(h.next_pass(), 2, "the abandoned request's 4 queries are skipped");
+        h.release(Ok(()));
+        assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+    }
+
+    #[test]
+    fn an_engine_fault_fails_each_request_in_the_pass_whole_and_frees_its_queue_room() {
+        let mut h = Harness::new(2, 4);
+        let (_, in_pass) = h.submit(1);
+        assert_eq!(h.next_pass(), 1);
+        let (_, whole) = h.submit(1);
+        let (_, straddling) = h.submit(2);
+        let (queries, after) = h.submit(1);
+        h.release(Ok(()));
+        in_pass.blocking_recv().unwrap().unwrap();
+        // The next pass holds `whole` and the first query of `straddling`; it fails.
+        assert_eq!(h.next_pass(), 2);
+        h.release(Err(morphogen_scan::Error::Fault("test".to_string())));
+        assert!(whole.blocking_recv().unwrap().is_err());
+        assert!(straddling.blocking_recv().unwrap().is_err(), "its unscanned query is not answered alone");
+        assert_eq!(h.next_pass(), 1);
+        h.release(Ok(()));
+        assert_eq!(after.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+        // Nothing is left counted against the queue: a full queue's worth fits.
+        let refill = [h.submit(2), h.submit(2)];
+        for (queries, answer) in refill {
+            assert_eq!(h.next_pass(), 2);
+            h.release(Ok(()));
+            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+        }
+    }
+}

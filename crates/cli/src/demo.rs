@@ -11,18 +11,20 @@ use morphogen_client::Client;
 use morphogen_scan::Engine;
 use morphogen_server::{Config, DEFAULT_MAX_BATCH, Server};
 use morphogen_table::{BuildOptions, NoProgress, Synthetic, Table, Verify, build};
-use rand::RngExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::engine::{self, EngineChoice, TableSource};
+use crate::load::draw;
+use crate::percentile;
+use crate::table_cmds::SYNTHETIC_KEY_SIZE;
 
 #[derive(Args)]
 pub struct DemoArgs {
     /// Records in the sample table.
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     records: u64,
-    /// Private lookups to perform; one in ten is of a key that is not in the table.
+    /// Private lookups to perform; about one in ten is of a key that is not in the table.
     #[arg(long, value_name = "N", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     lookups: u64,
     /// Engine of both servers; with the GPU engine the two share one GPU.
@@ -30,15 +32,14 @@ pub struct DemoArgs {
     engine: EngineChoice,
 }
 
-/// Sizes of the sample records.
-const KEY_SIZE: usize = 32;
+/// Value size of the sample records (their keys are synthetic ones, 32 bytes).
 const VALUE_SIZE: usize = 32;
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("morphogen demo: private lookups through two servers on this machine\n");
     let dir = tempfile::tempdir().context("making a temporary directory")?;
     let path = dir.path().join("demo.mgdb");
-    let source = Synthetic { count: args.records, key_size: KEY_SIZE, value_size: VALUE_SIZE };
+    let source = Synthetic { count: args.records, key_size: SYNTHETIC_KEY_SIZE, value_size: VALUE_SIZE };
     let started = Instant::now();
     let options = BuildOptions { value_size: Some(VALUE_SIZE as u32), ..BuildOptions::default() };
     build(&source, &options, &NoProgress)?.write(&path)?;
@@ -46,7 +47,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let open = || Table::open(&path, Verify::Digest, &NoProgress).map(Arc::new);
     let (table_a, table_b) = (open()?, open()?);
     println!(
-        "table: {} records of {KEY_SIZE}-byte keys and {VALUE_SIZE}-byte values, {} pages of {} bytes, built in {:.1?}",
+        "table: {} records of {SYNTHETIC_KEY_SIZE}-byte keys and {VALUE_SIZE}-byte values, {} pages of {} bytes, built in {:.1?}",
         table_a.records(),
         table_a.layout().total_pages(),
         table_a.layout().page_size(),
@@ -104,37 +105,23 @@ struct Report {
     mismatches: u64,
 }
 
-/// Looks `count` keys up one at a time: nine in ten drawn from the table,
+/// Share of the lookups, in percent, for keys not in the table.
+const ABSENT_PERCENT: u8 = 10;
+
+/// Looks `count` keys up one at a time: most drawn from the table, about
 /// one in ten from beyond it (absent).
 async fn lookups(url_a: &str, url_b: &str, source: &Synthetic, count: u64) -> anyhow::Result<Report> {
     let client = Client::new(url_a, url_b).await?;
     let mut report = Report { latencies: Vec::new(), present: 0, mismatches: 0 };
-    let mut record = Vec::new();
-    for lookup in 0..count {
-        let present = lookup % 10 != 9;
-        let index = if present {
-            rand::rng().random_range(0..source.count)
-        } else {
-            source.count + rand::rng().random_range(0..u64::from(u32::MAX))
-        };
-        source.record(index, &mut record);
-        let (key, value) = record.split_at(KEY_SIZE);
+    for _ in 0..count {
+        let (key, expected) = draw(source, &mut rand::rng(), ABSENT_PERCENT);
         let started = Instant::now();
-        let answer = client.get(key).await?;
+        let answer = client.get(&key).await?;
         report.latencies.push(started.elapsed());
-        let expected = present.then_some(value);
-        if answer.as_deref() != expected {
+        if answer != expected {
             report.mismatches += 1;
         }
-        report.present += u64::from(present);
+        report.present += u64::from(expected.is_some());
     }
     Ok(report)
-}
-
-/// The `p`-th percentile (nearest rank) of `samples`.
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

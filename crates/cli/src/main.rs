@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod engine;
 mod get;
+mod load;
 mod progress;
 mod selftest;
 mod serve;
@@ -35,6 +36,9 @@ enum Command {
     Get(get::GetArgs),
     /// Time an engine's passes over a table (no HTTP), next to a plain read of every page.
     Bench(bench::BenchArgs),
+    /// Load-test two servers (or one) with many concurrent private lookups,
+    /// checking every answer; reports throughput and latency percentiles.
+    Load(load::LoadArgs),
     /// Check an engine against the reference engine on random tables of
     /// awkward shapes; exits non-zero on any difference.
     Selftest(selftest::SelftestArgs),
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&args),
         Command::Get(args) => get::run(&args),
         Command::Selftest(args) => selftest::run(&args),
+        Command::Load(args) => load::run(&args),
     }
 }
 
@@ -81,6 +86,14 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// The `p`-th percentile (nearest rank) of `samples`, which are not empty.
+fn percentile(samples: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 #[cfg(test)]

@@ -37,11 +37,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_QUEUE,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_queue: usize,
+    /// Threads of the CPU engine; all cores when not given. Give each of two
+    /// servers sharing one machine half of its cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    cpu_threads: Option<usize>,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if args.max_queue < args.max_batch {
         anyhow::bail!("--max-queue ({}) must be at least --max-batch ({})", args.max_queue, args.max_batch);
+    }
+    if let Some(threads) = args.cpu_threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("starting the CPU engine's threads")?;
     }
     let table = Arc::new(
         Table::open(&args.db, Verify::Digest, &Bar::new())

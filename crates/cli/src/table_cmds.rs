@@ -45,7 +45,7 @@ pub struct BuildArgs {
 /// Value size of synthetic records when --value-size is not given.
 const SYNTHETIC_VALUE_SIZE: u32 = 32;
 /// Key size of synthetic records.
-const SYNTHETIC_KEY_SIZE: usize = 32;
+pub(crate) const SYNTHETIC_KEY_SIZE: usize = 32;
 
 fn parse_seed(text: &str) -> Result<[u8; 16], String> {
     let bytes = crate::parse_hex_arg(text, "the seed")?;

@@ -36,8 +36,13 @@ impl Drop for Serving {
 }
 
 fn serve(table: &Path, engine: &str) -> Serving {
+    serve_with(table, &["--engine", engine])
+}
+
+fn serve_with(table: &Path, options: &[&str]) -> Serving {
     let mut child = Command::new(env!("CARGO_BIN_EXE_morphogen"))
-        .args(["serve", "--db", table.to_str().unwrap(), "--listen", "127.0.0.1:0", "--engine", engine])
+        .args(["serve", "--db", table.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(options)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -167,4 +172,121 @@ fn the_cuda_engine_without_a_gpu_is_a_clear_error_and_auto_falls_back() {
         assert!(output.status.success(), "{}", text(&output.stderr));
         assert!(text(&output.stdout).contains("checking engine cpu on"), "{}", text(&output.stdout));
     }
+}
+
+#[test]
+fn load_checks_every_answer_and_writes_a_json_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, report) = (dir.path().join("t.mgdb"), dir.path().join("load.json"));
+    let built = morphogen(&[
+        "build",
+        "--synthetic",
+        "3000",
+        "--page-size",
+        "1024",
+        "--output",
+        table.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let options = ["--engine", "cpu", "--cpu-threads", "1", "--max-batch", "4", "--max-queue", "8"];
+    let (a, b) = (serve_with(&table, &options), serve_with(&table, &options));
+
+    let output = morphogen(&[
+        "load",
+        "--server",
+        &a.url,
+        "--server",
+        &b.url,
+        "--synthetic",
+        "3000",
+        "--concurrency",
+        "6",
+        "--duration",
+        "1.5",
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
+    assert!(stdout.contains("wrong answers: 0"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    assert_eq!((report["mode"].as_str(), report["checked"].as_bool()), (Some("two-server"), Some(true)));
+    assert!(report["lookups"].as_u64().unwrap() > 6, "{report}");
+    assert_eq!(report["wrong"], 0);
+    assert_eq!(report["errors"], serde_json::json!({}));
+    let latency = &report["latency_ms"];
+    assert!(latency["p50"].as_f64().unwrap() <= latency["p99"].as_f64().unwrap());
+    assert!(latency["max"].as_f64().unwrap() < 10_000.0, "no lookup may outlive its deadline");
+    if cfg!(target_os = "linux") {
+        assert!(report["server_memory_mib"][1]["end"].as_f64().unwrap() > 1.0, "{report}");
+    }
+
+    let single = morphogen(&[
+        "load",
+        "--single-server",
+        "--server",
+        &a.url,
+        "--concurrency",
+        "2",
+        "--duration",
+        "0.5",
+    ]);
+    let stdout = text(&single.stdout);
+    assert!(single.status.success(), "{stdout}\n{}", text(&single.stderr));
+    assert!(stdout.contains("single-server load, 2 clients") && stdout.contains("not checked"), "{stdout}");
+
+    let wrong_count = morphogen(&[
+        "load",
+        "--server",
+        &a.url,
+        "--server",
+        &b.url,
+        "--synthetic",
+        "2999",
+        "--duration",
+        "0.2",
+    ]);
+    assert!(!wrong_count.status.success());
+    assert!(
+        text(&wrong_count.stderr).contains("holds 3000 records, --synthetic says 2999"),
+        "{}",
+        text(&wrong_count.stderr)
+    );
+}
+
+#[test]
+fn load_counts_wrong_answers_and_fails() {
+    // A table of 40 records that are not the synthetic ones: every lookup of
+    // a "present" key comes back not found, which the load test must call wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, table) = (dir.path().join("in.csv"), dir.path().join("t.mgdb"));
+    let records: String = (0..40u32).map(|i| format!("{i:08x},{:016x}\n", i * 3)).collect();
+    fs::write(&csv, format!("key,value\n{records}")).unwrap();
+    let built = morphogen(&[
+        "build",
+        "--input",
+        csv.to_str().unwrap(),
+        "--output",
+        table.to_str().unwrap(),
+        "--page-size",
+        "512",
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let (a, b) = (serve(&table, "cpu"), serve(&table, "cpu"));
+    let output = morphogen(&[
+        "load",
+        "--server",
+        &a.url,
+        "--server",
+        &b.url,
+        "--synthetic",
+        "40",
+        "--duration",
+        "0.5",
+    ]);
+    assert!(!output.status.success());
+    let stdout = text(&output.stdout);
+    let wrong: u64 = stdout.lines().find_map(|l| l.strip_prefix("wrong answers: ")).unwrap().parse().unwrap();
+    assert!(wrong > 0, "{stdout}");
+    assert!(text(&output.stderr).contains("got a wrong answer"), "{}", text(&output.stderr));
 }

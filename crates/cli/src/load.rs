@@ -108,7 +108,7 @@ enum Outcome {
 /// Whom the lookups go to and how answers are checked.
 enum Target {
     /// Both servers through the client; values checked against the records.
-    Pair { client: Client, records: Synthetic },
+    Pair { client: Box<Client>, records: Synthetic },
     /// One server, party-0 keys only; the answer's shape is checked.
     Single(Connection),
 }
@@ -117,7 +117,8 @@ impl Target {
     async fn lookup(&self, rng: &mut StdRng, absent_percent: u8) -> Outcome {
         let result = match self {
             Target::Pair { client, records } => {
-                let (key, expected) = draw(records, rng, absent_percent);
+                let absent = rng.random_range(0..100) < absent_percent;
+                let (key, expected) = draw(records, rng, absent);
                 client.get(&key).await.map(|value| value == expected)
             }
             Target::Single(server) => {
@@ -204,7 +205,7 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
             );
             let records =
                 Synthetic { count, key_size: SYNTHETIC_KEY_SIZE, value_size: meta.value_size as usize };
-            Target::Pair { client, records }
+            Target::Pair { client: Box::new(client), records }
         }
         (false, _) => bail!("give two --server URLs (or one with --single-server)"),
     };

@@ -154,14 +154,13 @@ fn error_kind(error: &morphogen_client::Error) -> &'static str {
     }
 }
 
-/// A key to look up among `records` and the value it must have: a record's
-/// own, or (`absent_percent` of the time) a key beyond the records and none.
+/// A key to look up among `records` and the value it must have: a random
+/// record's own, or if `absent`, a key beyond the records and none.
 pub(crate) fn draw(
     records: &Synthetic,
     rng: &mut impl rand::Rng,
-    absent_percent: u8,
+    absent: bool,
 ) -> (Vec<u8>, Option<Vec<u8>>) {
-    let absent = rng.random_range(0..100) < absent_percent;
     let index = if absent {
         records.count + rng.random_range(0..u64::from(u32::MAX))
     } else {

@@ -110,7 +110,7 @@ enum Target {
     /// Both servers through the client; values checked against the records.
     Pair { client: Box<Client>, records: Synthetic },
     /// One server, party-0 keys only; the answer's shape is checked.
-    Single(Connection),
+    Single(Box<Connection>),
 }
 
 impl Target {
@@ -187,7 +187,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
 async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
     let timeout = Duration::from_secs_f64(args.timeout);
     let target = match (args.single_server, args.servers.as_slice()) {
-        (true, [url]) => Target::Single(Connection::connect(url, timeout).await?),
+        (true, [url]) => Target::Single(Box::new(Connection::connect(url, timeout).await?)),
         (true, _) => bail!("--single-server takes exactly one --server"),
         (false, [a, b]) => {
             let client = Client::with_timeout(a, b, timeout).await?;

@@ -49,12 +49,6 @@ pub struct BenchArgs {
     json: Option<PathBuf>,
 }
 
-/// Page size of tables made with --pages.
-const SYNTHETIC_PAGE_SIZE: u32 = 4096;
-
-/// Seed of the synthetic page stream of tables made with --pages.
-const SYNTHETIC_SEED: u64 = 1;
-
 #[derive(Serialize)]
 struct Report {
     engine: &'static str,
@@ -86,10 +80,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Table::open(path, Verify::Trust, &Bar::new())
                 .with_context(|| format!("opening {}", path.display()))?,
         )),
-        (None, Some(pages)) => TableSource::Synthetic {
-            layout: Layout::new(SYNTHETIC_PAGE_SIZE, 32, 2, pages / 2, [0; 16])?,
-            seed: SYNTHETIC_SEED,
-        },
+        (None, Some(pages)) => TableSource::synthetic_pages(pages)?,
         (None, None) => bail!("give --db or --pages"),
     };
     let layout = source.layout().clone();

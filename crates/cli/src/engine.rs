@@ -5,7 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::ValueEnum;
 use morphogen_scan::{CpuEngine, Engine, ReferenceEngine};
-use morphogen_table::{Layout, Table, fill_synthetic};
+use morphogen_server::TableInfo;
+use morphogen_table::{Layout, Table, fill_synthetic, synthetic_digest};
 use rayon::prelude::*;
 
 /// Which engine answers queries.
@@ -32,7 +33,30 @@ pub enum TableSource {
     Synthetic { layout: Layout, seed: u64 },
 }
 
+/// Page size of synthetic tables (`--pages N`).
+const SYNTHETIC_PAGE_SIZE: u32 = 4096;
+
+/// Seed of the page stream of synthetic tables.
+const SYNTHETIC_SEED: u64 = 1;
+
 impl TableSource {
+    /// `--pages N`: N pseudorandom 4-KiB pages in two sub-tables.
+    pub fn synthetic_pages(pages: u64) -> anyhow::Result<TableSource> {
+        let layout = Layout::new(SYNTHETIC_PAGE_SIZE, 32, 2, pages / 2, [0; 16])?;
+        Ok(TableSource::Synthetic { layout, seed: SYNTHETIC_SEED })
+    }
+
+    /// What a server publishes about this table. A synthetic table holds no
+    /// records, and its digest names what defines its pages.
+    pub fn info(&self) -> TableInfo {
+        match self {
+            TableSource::Host(table) => TableInfo::of(table),
+            TableSource::Synthetic { layout, seed } => {
+                TableInfo { layout: layout.clone(), digest: synthetic_digest(layout, *seed), records: 0 }
+            }
+        }
+    }
+
     pub fn layout(&self) -> &Layout {
         match self {
             TableSource::Host(table) => table.layout(),

@@ -15,11 +15,18 @@ use crate::engine::{self, EngineChoice, TableSource};
 use crate::progress::Bar;
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("table").required(true).args(["db", "pages"]))]
 pub struct ServeArgs {
     /// The table file (.mgdb) to serve. Its pages are hashed and checked
     /// against the digest in its header before the server starts.
     #[arg(long, value_name = "FILE")]
-    db: PathBuf,
+    db: Option<PathBuf>,
+    /// Instead of --db, serve a table of N pseudorandom 4-KiB pages in two
+    /// sub-tables and no records, generated where the engine keeps its table
+    /// (GPU memory for the CUDA engine): for capacity tests with
+    /// `morphogen load --single-server` (N = 16777216 is 64 GiB).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    pages: Option<u64>,
     /// Address and port to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -53,19 +60,23 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .build_global()
             .context("starting the CPU engine's threads")?;
     }
-    let table = Arc::new(
-        Table::open(&args.db, Verify::Digest, &Bar::new())
-            .with_context(|| format!("opening {}", args.db.display()))?,
-    );
-    let engine = engine::open(args.engine, &TableSource::Host(table.clone()), args.max_batch)?;
+    let source = match (&args.db, args.pages) {
+        (Some(path), _) => TableSource::Host(Arc::new(
+            Table::open(path, Verify::Digest, &Bar::new())
+                .with_context(|| format!("opening {}", path.display()))?,
+        )),
+        (None, Some(pages)) => TableSource::synthetic_pages(pages)?,
+        (None, None) => anyhow::bail!("give --db or --pages"),
+    };
+    let engine = engine::open(args.engine, &source, args.max_batch)?;
+    let info = source.info();
     tracing::info!(
-        records = table.records(),
-        pages = table.layout().total_pages(),
-        digest = %hex::encode(table.digest()),
+        records = info.records,
+        pages = info.layout.total_pages(),
+        digest = %hex::encode(info.digest),
         "table loaded"
     );
-    let server =
-        Server::new(&table, engine, Config { max_batch: args.max_batch, max_queue: args.max_queue })?;
+    let server = Server::new(info, engine, Config { max_batch: args.max_batch, max_queue: args.max_queue })?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener =

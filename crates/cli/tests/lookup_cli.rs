@@ -39,9 +39,13 @@ fn serve(table: &Path, engine: &str) -> Serving {
     serve_with(table, &["--engine", engine])
 }
 
+/// A server of `table`, or (for an empty path) of what `options` say.
 fn serve_with(table: &Path, options: &[&str]) -> Serving {
+    let table_args =
+        if table.as_os_str().is_empty() { vec![] } else { vec!["--db", table.to_str().unwrap()] };
     let mut child = Command::new(env!("CARGO_BIN_EXE_morphogen"))
-        .args(["serve", "--db", table.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(table_args)
         .args(options)
         .stderr(Stdio::piped())
         .spawn()
@@ -188,8 +192,19 @@ fn load_checks_every_answer_and_writes_a_json_report() {
         table.to_str().unwrap(),
     ]);
     assert!(built.status.success(), "{}", text(&built.stderr));
-    let options = ["--engine", "cpu", "--cpu-threads", "1", "--max-batch", "4", "--max-queue", "8"];
-    let (a, b) = (serve_with(&table, &options), serve_with(&table, &options));
+    let options = [
+        "--db",
+        table.to_str().unwrap(),
+        "--engine",
+        "cpu",
+        "--cpu-threads",
+        "1",
+        "--max-batch",
+        "4",
+        "--max-queue",
+        "8",
+    ];
+    let (a, b) = (serve_with(&options), serve_with(&options));
 
     let output = morphogen(&[
         "load",

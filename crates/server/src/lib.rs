@@ -67,6 +67,24 @@ pub enum Error {
     Thread(#[from] std::io::Error),
 }
 
+/// What a server publishes about the table it answers from.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    /// The table's shape and hash seed.
+    pub layout: Layout,
+    /// Its digest, which clients compare between the two servers.
+    pub digest: [u8; 32],
+    /// Records it holds.
+    pub records: u64,
+}
+
+impl TableInfo {
+    /// What `table` is.
+    pub fn of(table: &Table) -> TableInfo {
+        TableInfo { layout: table.layout().clone(), digest: table.digest(), records: table.records() }
+    }
+}
+
 /// A server over one table, ready to be bound to a listener.
 pub struct Server {
     state: Arc<State>,
@@ -84,9 +102,9 @@ pub(crate) struct State {
 }
 
 impl Server {
-    /// A server answering from `table` with `engine`, which must have been
-    /// made over the same table. Starts the scan thread.
-    pub fn new(table: &Table, engine: Box<dyn Engine>, config: Config) -> Result<Server, Error> {
+    /// A server answering with `engine` from the table `table` describes;
+    /// the engine must have been made over that table. Starts the scan thread.
+    pub fn new(table: TableInfo, engine: Box<dyn Engine>, config: Config) -> Result<Server, Error> {
         if config.max_batch == 0 {
             return Err(Error::Config("the batch limit must be at least 1".to_string()));
         }
@@ -96,18 +114,18 @@ impl Server {
                 config.max_queue, config.max_batch
             )));
         }
-        let layout = table.layout();
+        let layout = &table.layout;
         assert_eq!(layout, engine.layout(), "the engine answers from another table");
         let meta = Meta {
             protocol_version: PROTOCOL_VERSION,
-            digest: hex::encode(table.digest()),
+            digest: hex::encode(table.digest),
             epoch: 0,
             page_size: layout.page_size(),
             row_size: layout.row_size(),
             value_size: layout.value_size(),
             sub_tables: vec![layout.pages_per_table(); usize::from(layout.choices())],
             hash_seed: hex::encode(layout.seed()),
-            records: table.records(),
+            records: table.records,
             engine: engine.name().to_string(),
             max_batch: config.max_batch,
         };

@@ -8,7 +8,7 @@ use morphogen_client::Client;
 use morphogen_dpf::generate;
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
 use morphogen_scan::{Answers, CpuEngine, Engine, Query};
-use morphogen_server::{Config, Server};
+use morphogen_server::{Config, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -38,7 +38,7 @@ async fn start(table: &Arc<Table>, config: Config) -> Running {
 async fn start_with(table: &Arc<Table>, engine: Box<dyn Engine>, config: Config) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = Server::new(table, engine, config).unwrap();
+    let server = Server::new(TableInfo::of(table), engine, config).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;

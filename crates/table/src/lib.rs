@@ -22,7 +22,7 @@ pub use layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };
 pub use sources::{CsvFile, Synthetic};
-pub use synthetic::{SYNTHETIC_GAMMA, fill_synthetic, synthetic_word};
+pub use synthetic::{SYNTHETIC_GAMMA, fill_synthetic, synthetic_digest, synthetic_word};
 pub use table::Table;
 
 /// Progress of long work (building, verifying), for a progress bar. Calls

@@ -26,9 +26,31 @@ pub fn fill_synthetic(seed: u64, offset: u64, out: &mut [u8]) {
     }
 }
 
+/// The digest a server publishes for the synthetic table of `layout` and
+/// `seed`: a hash of what defines its pages, not of the pages themselves
+/// (64 GiB would take minutes to hash), equal wherever the same table is made.
+pub fn synthetic_digest(layout: &crate::Layout, seed: u64) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("morphogen 2026-11 synthetic page table v1");
+    hasher.update(&layout.page_size().to_le_bytes());
+    hasher.update(&layout.value_size().to_le_bytes());
+    hasher.update(&[layout.choices()]);
+    hasher.update(&layout.pages_per_table().to_le_bytes());
+    hasher.update(&layout.seed());
+    hasher.update(&seed.to_le_bytes());
+    *hasher.finalize().as_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synthetic_digests_name_the_layout_and_seed() {
+        let layout = |pages| crate::Layout::new(4096, 32, 2, pages, [0; 16]).unwrap();
+        assert_eq!(synthetic_digest(&layout(8), 1), synthetic_digest(&layout(8), 1));
+        assert_ne!(synthetic_digest(&layout(8), 1), synthetic_digest(&layout(8), 2));
+        assert_ne!(synthetic_digest(&layout(8), 1), synthetic_digest(&layout(9), 1));
+    }
 
     #[test]
     fn stream_is_splitmix64() {

@@ -36,16 +36,13 @@ impl Drop for Serving {
 }
 
 fn serve(table: &Path, engine: &str) -> Serving {
-    serve_with(table, &["--engine", engine])
+    serve_with(&["--db", table.to_str().unwrap(), "--engine", engine])
 }
 
-/// A server of `table`, or (for an empty path) of what `options` say.
-fn serve_with(table: &Path, options: &[&str]) -> Serving {
-    let table_args =
-        if table.as_os_str().is_empty() { vec![] } else { vec!["--db", table.to_str().unwrap()] };
+/// `morphogen serve` with `options`, which name the table.
+fn serve_with(options: &[&str]) -> Serving {
     let mut child = Command::new(env!("CARGO_BIN_EXE_morphogen"))
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(table_args)
         .args(options)
         .stderr(Stdio::piped())
         .spawn()

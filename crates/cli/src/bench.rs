@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
-use morphogen_dpf::generate;
 use morphogen_scan::{Engine, Query, ReferenceEngine};
 use morphogen_table::{Layout, Table, Verify, fill_synthetic};
 use rand::rngs::StdRng;
@@ -113,7 +112,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut verified = true;
     let mut results = Vec::new();
     for &batch in &args.batch {
-        let queries = random_queries(&layout, batch as usize, &mut rng)?;
+        let queries = engine::random_queries(&layout, batch as usize, &mut rng)?;
         let mut last = None;
         let mut phases_ms = BTreeMap::<&'static str, f64>::new();
         let timing = time_passes(args.warmup, args.iterations, || {
@@ -263,19 +262,4 @@ fn time_passes(
         mean_ms: times.iter().sum::<f64>() / times.len() as f64,
         min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
     })
-}
-
-/// Lookups of random pages, as one party's queries.
-fn random_queries(layout: &Layout, count: usize, rng: &mut StdRng) -> anyhow::Result<Vec<Query>> {
-    (0..count)
-        .map(|_| {
-            let keys = (0..layout.choices())
-                .map(|_| {
-                    let target = rng.random_range(0..layout.pages_per_table());
-                    Ok(generate(layout.pages_per_table(), target, rng)?.0)
-                })
-                .collect::<anyhow::Result<_>>()?;
-            Ok(Query { keys })
-        })
-        .collect()
 }

@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use morphogen_scan::{CpuEngine, Engine, ReferenceEngine};
+use morphogen_dpf::generate;
+use morphogen_scan::{CpuEngine, Engine, Query, ReferenceEngine};
 use morphogen_server::TableInfo;
 use morphogen_table::{Layout, Table, fill_synthetic, synthetic_digest};
+use rand::RngExt;
+use rand::rngs::StdRng;
 use rayon::prelude::*;
 
 /// Which engine answers queries.
@@ -120,4 +123,21 @@ fn open_cuda(source: &TableSource, max_batch: usize) -> anyhow::Result<Box<dyn E
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(_: &TableSource, _: usize) -> anyhow::Result<Box<dyn Engine>> {
     anyhow::bail!("this build has no CUDA engine (build with `--features cuda`)")
+}
+
+/// `count` queries for random pages, each key one party's at random: what
+/// a server sees, for timing and checking engines.
+pub fn random_queries(layout: &Layout, count: usize, rng: &mut StdRng) -> anyhow::Result<Vec<Query>> {
+    (0..count)
+        .map(|_| {
+            let keys = (0..layout.choices())
+                .map(|_| {
+                    let target = rng.random_range(0..layout.pages_per_table());
+                    let (a, b) = generate(layout.pages_per_table(), target, rng)?;
+                    Ok(if rng.random() { a } else { b })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Ok(Query { keys })
+        })
+        .collect()
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure};
 use clap::Args;
-use morphogen_dpf::generate;
-use morphogen_scan::{Engine, Query, ReferenceEngine};
+use morphogen_scan::{Engine, ReferenceEngine};
 use morphogen_table::{Layout, Table, fill_synthetic};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -75,7 +74,7 @@ pub fn run(args: &SelftestArgs) -> anyhow::Result<()> {
             engine_name = format!("{} on {}", engine.name(), engine.device());
             println!("checking engine {engine_name} against the reference engine");
         }
-        let queries = random_queries(&layout, case.batch, &mut rng)?;
+        let queries = engine::random_queries(&layout, case.batch, &mut rng)?;
         let answers = engine.pass(&queries)?;
         let expected = ReferenceEngine::new(table).pass(&queries)?;
         ensure!(
@@ -100,20 +99,4 @@ pub fn run(args: &SelftestArgs) -> anyhow::Result<()> {
         cases.len()
     );
     Ok(())
-}
-
-/// `count` queries for random pages, each key for a random party.
-fn random_queries(layout: &Layout, count: usize, rng: &mut StdRng) -> anyhow::Result<Vec<Query>> {
-    (0..count)
-        .map(|_| {
-            let keys = (0..layout.choices())
-                .map(|_| {
-                    let target = rng.random_range(0..layout.pages_per_table());
-                    let (a, b) = generate(layout.pages_per_table(), target, rng)?;
-                    Ok(if rng.random() { a } else { b })
-                })
-                .collect::<anyhow::Result<_>>()?;
-            Ok(Query { keys })
-        })
-        .collect()
 }

@@ -17,34 +17,67 @@
 
 #define PAGES_IN_FLIGHT 8
 
+// What one warp scans: its slice, tile and range of leaves, and where its
+// lane's query bits and page column start. Both scans begin with it.
+struct WarpWork {
+    bool valid;  // false for the warps past the last range
+    u32 lane, slice, tile;
+    u64 range, leaf_begin, leaf_end;
+    bool holds_query;  // lane < TILE names a query of the batch
+    const uint4* query_bits;
+    const uint4* column;
+};
+
+__device__ __forceinline__ WarpWork warp_work(const uint4* __restrict__ bits, const uint4* __restrict__ table,
+                                              u32 page_vecs, u64 pages_per_table, u64 leaves, u32 choices,
+                                              u32 queries, u32 tiles, u32 ranges_per_table,
+                                              u32 leaves_per_range, u32 tile_size) {
+    WarpWork work;
+    work.lane = threadIdx.x & 31u;
+    const u64 warp = global_thread() >> 5;
+    const u32 slices = page_vecs >> 5;
+    work.slice = (u32)(warp % slices);
+    const u64 rest = warp / slices;
+    work.tile = (u32)(rest % tiles);
+    work.range = rest / tiles;
+    work.valid = work.range < (u64)ranges_per_table * choices;
+    const u32 sub_table = (u32)(work.range / ranges_per_table);
+    work.leaf_begin = (work.range % ranges_per_table) * (u64)leaves_per_range;
+    work.leaf_end = min(work.leaf_begin + leaves_per_range, leaves);
+    const u32 query = work.tile * tile_size + work.lane;
+    work.holds_query = work.lane < tile_size && query < queries;
+    work.query_bits = bits + ((u64)(work.holds_query ? query : 0) * choices + sub_table) * leaves;
+    work.column = table + (u64)sub_table * pages_per_table * page_vecs + work.slice * 32u + work.lane;
+    return work;
+}
+
+// Writes a warp's accumulators to partial[range][query][page slice].
+template <int TILE>
+__device__ __forceinline__ void write_partial(const uint4 (&acc)[TILE], uint4* __restrict__ partial,
+                                              const WarpWork& work, u32 queries, u32 page_vecs) {
+#pragma unroll
+    for (int j = 0; j < TILE; j++) {
+        const u32 q = work.tile * TILE + j;
+        if (q < queries) partial[(work.range * queries + q) * page_vecs + work.slice * 32u + work.lane] = acc[j];
+    }
+}
+
 template <int TILE>
 __device__ __forceinline__ void scan_tile(const uint4* __restrict__ table, const uint4* __restrict__ bits,
                                           uint4* __restrict__ partial, u32 page_vecs, u64 pages_per_table,
                                           u64 leaves, u32 choices, u32 queries, u32 tiles,
                                           u32 ranges_per_table, u32 leaves_per_range) {
-    const u32 lane = threadIdx.x & 31u;
-    const u64 warp = global_thread() >> 5;
-    const u32 slices = page_vecs >> 5;
-    const u32 slice = (u32)(warp % slices);
-    const u64 rest = warp / slices;
-    const u32 tile = (u32)(rest % tiles);
-    const u64 range = rest / tiles;
-    if (range >= (u64)ranges_per_table * choices) return;  // the whole warp leaves
-    const u32 sub_table = (u32)(range / ranges_per_table);
-    const u64 leaf_begin = (range % ranges_per_table) * (u64)leaves_per_range;
-    const u64 leaf_end = min(leaf_begin + leaves_per_range, leaves);
-
-    const u32 query = tile * TILE + lane;
-    const bool holds_query = lane < TILE && query < queries;
-    const uint4* query_bits = bits + ((u64)(holds_query ? query : 0) * choices + sub_table) * leaves;
-    const uint4* column = table + (u64)sub_table * pages_per_table * page_vecs + slice * 32u + lane;
+    const WarpWork work = warp_work(bits, table, page_vecs, pages_per_table, leaves, choices, queries, tiles,
+                                    ranges_per_table, leaves_per_range, TILE);
+    if (!work.valid) return;  // the whole warp leaves
 
     uint4 acc[TILE];
 #pragma unroll
     for (int j = 0; j < TILE; j++) acc[j] = make_uint4(0, 0, 0, 0);
 
-    for (u64 leaf = leaf_begin; leaf < leaf_end; leaf++) {
-        const uint4 b = holds_query ? query_bits[leaf] : make_uint4(0, 0, 0, 0);
+    const uint4* column = work.column;
+    for (u64 leaf = work.leaf_begin; leaf < work.leaf_end; leaf++) {
+        const uint4 b = work.holds_query ? work.query_bits[leaf] : make_uint4(0, 0, 0, 0);
         const u32 words[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
         for (int w = 0; w < 4; w++) {
@@ -77,11 +110,7 @@ __device__ __forceinline__ void scan_tile(const uint4* __restrict__ table, const
         }
     }
 
-#pragma unroll
-    for (int j = 0; j < TILE; j++) {
-        const u32 q = tile * TILE + j;
-        if (q < queries) partial[(range * queries + q) * page_vecs + slice * 32u + lane] = acc[j];
-    }
+    write_partial<TILE>(acc, partial, work, queries, page_vecs);
 }
 
 // The grouped scan, for tiles of 8 or more queries, where nearly every page
@@ -113,28 +142,17 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
     u32* query_word = (u32*)(combinations_of_block + (blockDim.x >> 5) * (COMBINATIONS * 32)) + warp_in_block * 32;
     combination[0] = make_uint4(0, 0, 0, 0);  // no page of the group selected
 
-    const u64 warp = global_thread() >> 5;
-    const u32 slices = page_vecs >> 5;
-    const u32 slice = (u32)(warp % slices);
-    const u64 rest = warp / slices;
-    const u32 tile = (u32)(rest % tiles);
-    const u64 range = rest / tiles;
-    if (range >= (u64)ranges_per_table * choices) return;  // the whole warp leaves
-    const u32 sub_table = (u32)(range / ranges_per_table);
-    const u64 leaf_begin = (range % ranges_per_table) * (u64)leaves_per_range;
-    const u64 leaf_end = min(leaf_begin + leaves_per_range, leaves);
-
-    const u32 query = tile * TILE + lane;
-    const bool holds_query = lane < TILE && query < queries;
-    const uint4* query_bits = bits + ((u64)(holds_query ? query : 0) * choices + sub_table) * leaves;
-    const uint4* column = table + (u64)sub_table * pages_per_table * page_vecs + slice * 32u + lane;
+    const WarpWork work = warp_work(bits, table, page_vecs, pages_per_table, leaves, choices, queries, tiles,
+                                    ranges_per_table, leaves_per_range, TILE);
+    if (!work.valid) return;  // the whole warp leaves
 
     uint4 acc[TILE];
 #pragma unroll
     for (int j = 0; j < TILE; j++) acc[j] = make_uint4(0, 0, 0, 0);
 
-    for (u64 leaf = leaf_begin; leaf < leaf_end; leaf++) {
-        const uint4 b = holds_query ? query_bits[leaf] : make_uint4(0, 0, 0, 0);
+    const uint4* column = work.column;
+    for (u64 leaf = work.leaf_begin; leaf < work.leaf_end; leaf++) {
+        const uint4 b = work.holds_query ? work.query_bits[leaf] : make_uint4(0, 0, 0, 0);
         const u32 words[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
         for (int w = 0; w < 4; w++) {
@@ -189,11 +207,7 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
         }
     }
 
-#pragma unroll
-    for (int j = 0; j < TILE; j++) {
-        const u32 q = tile * TILE + j;
-        if (q < queries) partial[(range * queries + q) * page_vecs + slice * 32u + lane] = acc[j];
-    }
+    write_partial<TILE>(acc, partial, work, queries, page_vecs);
 }
 
 // Every tile's kernel has the same signature; tiles from 8 up use the

@@ -3,20 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::Args;
 use morphogen_scan::{Engine, Query, ReferenceEngine};
-use morphogen_table::{Layout, Table, Verify, fill_synthetic};
+use morphogen_table::{Layout, Verify, fill_synthetic};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::engine::{self, EngineChoice, TableSource};
-use crate::progress::Bar;
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("table").required(true).args(["db", "pages"]))]
@@ -74,14 +72,7 @@ struct BatchResult {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let source = match (&args.db, args.pages) {
-        (Some(path), _) => TableSource::Host(Arc::new(
-            Table::open(path, Verify::Trust, &Bar::new())
-                .with_context(|| format!("opening {}", path.display()))?,
-        )),
-        (None, Some(pages)) => TableSource::synthetic_pages(pages)?,
-        (None, None) => bail!("give --db or --pages"),
-    };
+    let source = TableSource::from_options(args.db.as_deref(), args.pages, Verify::Trust)?;
     let layout = source.layout().clone();
     let page_size = layout.page_size();
     let table_bytes = layout.total_pages() * u64::from(page_size);

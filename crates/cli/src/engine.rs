@@ -1,5 +1,6 @@
 //! Choosing a scan engine on the command line, and opening it over a table.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -7,10 +8,12 @@ use clap::ValueEnum;
 use morphogen_dpf::generate;
 use morphogen_scan::{CpuEngine, Engine, Query, ReferenceEngine};
 use morphogen_server::TableInfo;
-use morphogen_table::{Layout, Table, fill_synthetic, synthetic_digest};
+use morphogen_table::{Layout, Table, Verify, fill_synthetic, synthetic_digest};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
+
+use crate::progress::Bar;
 
 /// Which engine answers queries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,6 +46,23 @@ const SYNTHETIC_PAGE_SIZE: u32 = 4096;
 const SYNTHETIC_SEED: u64 = 1;
 
 impl TableSource {
+    /// The table of the `--db FILE` or `--pages N` options of `serve` and
+    /// `bench`; a file's pages are checked as `verify` says.
+    pub fn from_options(
+        db: Option<&Path>,
+        pages: Option<u64>,
+        verify: Verify,
+    ) -> anyhow::Result<TableSource> {
+        match (db, pages) {
+            (Some(path), _) => Ok(TableSource::Host(Arc::new(
+                Table::open(path, verify, &Bar::new())
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ))),
+            (None, Some(pages)) => TableSource::synthetic_pages(pages),
+            (None, None) => anyhow::bail!("give --db or --pages"),
+        }
+    }
+
     /// `--pages N`: N pseudorandom 4-KiB pages in two sub-tables.
     pub fn synthetic_pages(pages: u64) -> anyhow::Result<TableSource> {
         let layout = Layout::new(SYNTHETIC_PAGE_SIZE, 32, 2, pages / 2, [0; 16])?;

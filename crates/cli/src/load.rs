@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use morphogen_client::{Client, Connection, key_shares};
-use morphogen_protocol::{Epoch, Request};
+use morphogen_client::{Client, Connection, encode_request, key_shares};
+use morphogen_protocol::Epoch;
 use morphogen_table::{KeyDigest, Synthetic};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -92,7 +92,7 @@ struct Latency {
     max: f64,
 }
 
-#[derive(Serialize, Clone, Copy)]
+#[derive(Serialize)]
 struct MemoryGrowth {
     after_warmup: f64,
     end: f64,
@@ -123,11 +123,8 @@ impl Target {
             }
             Target::Single(server) => {
                 let key: [u8; 32] = rng.random();
-                let request = key_shares(server.layout(), &KeyDigest::of(&key)).and_then(|(party_0, _)| {
-                    Request { epoch: Epoch::Latest, queries: vec![party_0] }
-                        .encode()
-                        .map_err(|e| morphogen_client::Error::Setup(e.to_string()))
-                });
+                let request = key_shares(server.layout(), &KeyDigest::of(&key))
+                    .and_then(|(party_0, _)| encode_request(Epoch::Latest, vec![party_0]));
                 match request {
                     Ok(body) => server.query(&body, 1, Instant::now() + server.timeout()).await.map(|_| true),
                     Err(error) => Err(error),
@@ -238,8 +235,7 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
         })
         .collect();
 
-    let memory_urls: Vec<String> = args.servers.clone();
-    let watch = tokio::spawn(watch_progress(duration, answered.clone(), memory_urls));
+    let watch = tokio::spawn(watch_progress(duration, answered.clone(), args.servers.clone()));
     let mut total = Tally::default();
     for client in clients {
         total.merge(client.await.context("a load client panicked")?);

@@ -2,17 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
 use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Server};
-use morphogen_table::{Table, Verify};
+use morphogen_table::Verify;
 use tokio::net::TcpListener;
 
 use crate::engine::{self, EngineChoice, TableSource};
-use crate::progress::Bar;
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("table").required(true).args(["db", "pages"]))]
@@ -60,14 +58,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .build_global()
             .context("starting the CPU engine's threads")?;
     }
-    let source = match (&args.db, args.pages) {
-        (Some(path), _) => TableSource::Host(Arc::new(
-            Table::open(path, Verify::Digest, &Bar::new())
-                .with_context(|| format!("opening {}", path.display()))?,
-        )),
-        (None, Some(pages)) => TableSource::synthetic_pages(pages)?,
-        (None, None) => anyhow::bail!("give --db or --pages"),
-    };
+    let source = TableSource::from_options(args.db.as_deref(), args.pages, Verify::Digest)?;
     let engine = engine::open(args.engine, &source, args.max_batch)?;
     let info = source.info();
     tracing::info!(

@@ -100,10 +100,7 @@ impl Client {
             digests.push(digest);
         }
         let epoch = Epoch::Exact(self.meta.epoch);
-        let body_a =
-            Request { epoch, queries: queries_a }.encode().map_err(|e| Error::Setup(e.to_string()))?;
-        let body_b =
-            Request { epoch, queries: queries_b }.encode().map_err(|e| Error::Setup(e.to_string()))?;
+        let (body_a, body_b) = (encode_request(epoch, queries_a)?, encode_request(epoch, queries_b)?);
         let (answer_a, answer_b) = tokio::try_join!(
             self.servers[0].query(&body_a, keys.len(), deadline),
             self.servers[1].query(&body_b, keys.len(), deadline)
@@ -146,6 +143,11 @@ pub fn key_shares(layout: &Layout, digest: &KeyDigest) -> Result<(Vec<Key>, Vec<
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Setup(e.to_string()))?;
     Ok(pairs.into_iter().unzip())
+}
+
+/// The body of a request for `queries` (one key per sub-table each).
+pub fn encode_request(epoch: Epoch, queries: Vec<Vec<Key>>) -> Result<Vec<u8>, Error> {
+    Request { epoch, queries }.encode().map_err(|e| Error::Setup(e.to_string()))
 }
 
 /// One server: where it is, what its metadata says, and how to send it

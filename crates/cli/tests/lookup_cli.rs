@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 fn morphogen(args: &[&str]) -> Output {
@@ -20,6 +20,23 @@ fn demo_looks_keys_up_through_two_servers_without_mismatches() {
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
     assert!(stdout.contains("lookups: 200 (180 present, 20 absent), mismatches: 0"), "{stdout}");
+}
+
+/// Builds `dir/t.mgdb` (pages of 512 bytes) from CSV `rows` (`key,value` lines, no header).
+fn build_from_csv(dir: &Path, rows: &str) -> PathBuf {
+    let (csv, table) = (dir.join("in.csv"), dir.join("t.mgdb"));
+    fs::write(&csv, format!("key,value\n{rows}")).unwrap();
+    let built = morphogen(&[
+        "build",
+        "--input",
+        csv.to_str().unwrap(),
+        "--output",
+        table.to_str().unwrap(),
+        "--page-size",
+        "512",
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    table
 }
 
 /// A `morphogen serve` process on a loopback port of the system's choice; killed when dropped.
@@ -62,22 +79,9 @@ fn serve_with(options: &[&str]) -> Serving {
 #[test]
 fn serve_and_get_find_present_keys_and_report_absent_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (csv, table) = (dir.path().join("in.csv"), dir.path().join("t.mgdb"));
-    let mut records = String::from("key,value\n");
-    for i in 0..500u32 {
-        records += &format!("{:08x},{:016x}\n", i * 2, u64::from(i) * 7 + 1);
-    }
-    fs::write(&csv, records).unwrap();
-    let built = morphogen(&[
-        "build",
-        "--input",
-        csv.to_str().unwrap(),
-        "--output",
-        table.to_str().unwrap(),
-        "--page-size",
-        "512",
-    ]);
-    assert!(built.status.success(), "{}", text(&built.stderr));
+    let records: String =
+        (0..500u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i) * 7 + 1)).collect();
+    let table = build_from_csv(dir.path(), &records);
 
     // The two servers may run different engines: they hold the same table.
     let (a, b) = (serve(&table, "cpu"), serve(&table, "reference"));
@@ -271,19 +275,8 @@ fn load_counts_wrong_answers_and_fails() {
     // A table of 40 records that are not the synthetic ones: every lookup of
     // a "present" key comes back not found, which the load test must call wrong.
     let dir = tempfile::tempdir().unwrap();
-    let (csv, table) = (dir.path().join("in.csv"), dir.path().join("t.mgdb"));
     let records: String = (0..40u32).map(|i| format!("{i:08x},{:016x}\n", i * 3)).collect();
-    fs::write(&csv, format!("key,value\n{records}")).unwrap();
-    let built = morphogen(&[
-        "build",
-        "--input",
-        csv.to_str().unwrap(),
-        "--output",
-        table.to_str().unwrap(),
-        "--page-size",
-        "512",
-    ]);
-    assert!(built.status.success(), "{}", text(&built.stderr));
+    let table = build_from_csv(dir.path(), &records);
     let (a, b) = (serve(&table, "cpu"), serve(&table, "cpu"));
     let output = morphogen(&[
         "load",

@@ -49,6 +49,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    // Server::new checks this too; here it fails before a large table is loaded.
     if args.max_queue < args.max_batch {
         anyhow::bail!("--max-queue ({}) must be at least --max-batch ({})", args.max_queue, args.max_batch);
     }

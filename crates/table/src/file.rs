@@ -92,13 +92,15 @@ impl Table {
             return Err(Error::FileLength { path: path.into(), expected, actual: len });
         }
 
-        // SAFETY: the map is read-only and lives as long as the table. Its
-        // contents are only sound to read while no other process changes
-        // the file: morphogen replaces tables by writing a new file and
-        // renaming it (see `write`), never by writing into one that may be
-        // open, and operators must do the same (docs/FORMAT.md).
+        // SAFETY: the map is private (copy-on-write: writes to it never reach
+        // the file) and lives as long as the table. Its contents are only
+        // sound to read while no other process changes the file: morphogen
+        // replaces tables by writing a new file and renaming it (see
+        // `write`), never by writing into one that may be open, and
+        // operators must do the same (docs/FORMAT.md).
         #[allow(unsafe_code)]
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io("map", path, &e))?;
+        let map =
+            unsafe { memmap2::MmapOptions::new().map_copy(&file) }.map_err(|e| Error::io("map", path, &e))?;
         // The file length check above makes these exactly the layout's pages.
         let pages = Pages::Mapped { map, offset: HEADER_LEN };
 

@@ -162,6 +162,12 @@ impl Layout {
         start..start + self.page_size as usize
     }
 
+    /// Byte range of row `row` within a page.
+    pub fn row_range(&self, row: u32) -> std::ops::Range<usize> {
+        let start = (row * self.row_size()) as usize;
+        start..start + self.row_size() as usize
+    }
+
     /// The candidate page of a key in each sub-table.
     pub fn locate(&self, key: &KeyDigest) -> Candidates {
         let mut candidates = Candidates { pages: [0; *CHOICES.end() as usize], len: self.choices };

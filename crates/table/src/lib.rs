@@ -23,7 +23,7 @@ pub use layout::{
 };
 pub use sources::{CsvFile, Synthetic};
 pub use synthetic::{SYNTHETIC_GAMMA, fill_synthetic, synthetic_digest, synthetic_word};
-pub use table::Table;
+pub use table::{PageWrite, Table};
 
 /// Progress of long work (building, verifying), for a progress bar. Calls
 /// come from the working thread.

@@ -1,7 +1,7 @@
 //! A table: its layout, its record count, its pages and their digest, held in
 //! memory after a build or memory-mapped from a `.mgdb` file.
 
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 
 use crate::layout::{KeyDigest, Layout};
 use crate::{Error, NoProgress, Progress};
@@ -19,8 +19,10 @@ pub struct Table {
 pub(crate) enum Pages {
     /// Built in memory.
     Owned(Vec<u8>),
-    /// Mapped from a file; the pages start `offset` bytes into it.
-    Mapped { map: memmap2::Mmap, offset: usize },
+    /// Mapped from a file, privately: a page written after an update is
+    /// copied into memory and the file never changes. The pages start
+    /// `offset` bytes into the map.
+    Mapped { map: memmap2::MmapMut, offset: usize },
 }
 
 impl Deref for Pages {
@@ -31,6 +33,32 @@ impl Deref for Pages {
             Pages::Owned(bytes) => bytes,
             Pages::Mapped { map, offset } => &map[*offset..],
         }
+    }
+}
+
+impl DerefMut for Pages {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Pages::Owned(bytes) => bytes,
+            Pages::Mapped { map, offset } => &mut map[*offset..],
+        }
+    }
+}
+
+/// A whole page of new bytes for page `index` of the table (sub-table after
+/// sub-table): how an update reaches the pages an engine reads.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PageWrite {
+    /// The page's index in the whole table.
+    pub index: u64,
+    /// Its new contents, one page long.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for PageWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes are table data: not for logs.
+        f.debug_struct("PageWrite").field("index", &self.index).finish_non_exhaustive()
     }
 }
 
@@ -58,6 +86,18 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// A copy holds its pages in memory, whether the original was built or mapped.
+impl Clone for Table {
+    fn clone(&self) -> Table {
+        Table {
+            layout: self.layout.clone(),
+            records: self.records,
+            pages: Pages::Owned(self.pages.to_vec()),
+            digest: self.digest,
+        }
+    }
+}
+
 impl Table {
     /// A table over `pages`, which must hold exactly the layout's pages; computes their digest.
     pub fn new(layout: Layout, records: u64, pages: Vec<u8>) -> Result<Table, Error> {
@@ -81,7 +121,9 @@ impl Table {
         self.records
     }
 
-    /// BLAKE3 digest of the pages.
+    /// BLAKE3 digest of the pages as built or opened: the snapshot's
+    /// digest. [`Table::write_page`] leaves it as it is; the digest of a
+    /// table with updates applied is the epoch chain of `morphogen-epochs`.
     pub fn digest(&self) -> [u8; 32] {
         self.digest
     }
@@ -100,6 +142,44 @@ impl Table {
     pub fn page(&self, sub_table: u8, page: u64) -> &[u8] {
         assert!(sub_table < self.layout.choices() && page < self.layout.pages_per_table());
         &self.pages[self.layout.page_range(sub_table, page)]
+    }
+
+    /// Page `index` of the whole table (sub-table after sub-table).
+    pub fn page_at(&self, index: u64) -> &[u8] {
+        assert!(index < self.layout.total_pages(), "page {index} is past the table");
+        let size = self.layout.page_size() as usize;
+        let start = index as usize * size;
+        &self.pages[start..start + size]
+    }
+
+    /// Replaces page `index` of the whole table with `bytes`, one page long.
+    /// A mapped table copies the page into memory; its file is not changed.
+    pub fn write_page(&mut self, index: u64, bytes: &[u8]) -> Result<(), Error> {
+        let size = self.layout.page_size() as usize;
+        if bytes.len() != size {
+            return Err(Error::PageLength { expected: self.layout.page_size(), actual: bytes.len() });
+        }
+        assert!(index < self.layout.total_pages(), "page {index} is past the table");
+        let start = index as usize * size;
+        self.pages[start..start + size].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Applies `writes` in order; they are checked before any is applied.
+    pub fn apply(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
+        let size = self.layout.page_size() as usize;
+        if let Some(bad) = writes.iter().find(|w| w.bytes.len() != size) {
+            return Err(Error::PageLength { expected: self.layout.page_size(), actual: bad.bytes.len() });
+        }
+        for write in writes {
+            self.write_page(write.index, &write.bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the number of records stored, after updates added or removed some.
+    pub fn set_records(&mut self, records: u64) {
+        self.records = records;
     }
 
     /// Looks `key` up directly, as a client would after retrieving its pages

@@ -1,0 +1,173 @@
+//! The row diffs of recent epochs, and how an answer is taken back to an
+//! older epoch with them.
+//!
+//! A server's answer for sub-table `j` is the XOR of the pages its key
+//! selects. Between epochs `e` and `now` a page changes by the XOR of its
+//! row diffs (old ⊕ new), so
+//! `answer(e) = answer(now) ⊕ (diffs of epochs e+1..=now on selected pages)`.
+//! The server evaluates its own key only at the pages that changed: this
+//! needs nothing the pass did not already have, and reveals nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use morphogen_dpf::Key;
+use morphogen_table::Layout;
+
+/// One row that an epoch changed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RowDiff {
+    /// The page's index in the whole table (sub-table after sub-table).
+    pub page: u64,
+    /// The row within the page.
+    pub row: u32,
+    /// Old row ⊕ new row, one row long.
+    pub xor: Vec<u8>,
+}
+
+impl std::fmt::Debug for RowDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowDiff").field("page", &self.page).field("row", &self.row).finish_non_exhaustive()
+    }
+}
+
+/// The rows one epoch changed, in page and row order.
+#[derive(Debug)]
+pub struct EpochDiff {
+    /// The epoch these changes made.
+    pub epoch: u64,
+    /// Its changed rows.
+    pub rows: Vec<RowDiff>,
+}
+
+/// The diffs of the last `window` epochs, shared between the thread that
+/// applies updates and the ones that answer as of older epochs.
+#[derive(Clone, Debug)]
+pub struct History {
+    inner: Arc<RwLock<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    window: u64,
+    current: u64,
+    /// Diffs of epochs `current - diffs.len() + 1 ..= current`.
+    diffs: VecDeque<Arc<EpochDiff>>,
+}
+
+/// An epoch this history cannot answer as of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// Older than the window (or than the snapshot).
+    #[error("epoch {wanted} is older than the oldest epoch available, {oldest}")]
+    TooOld {
+        /// Epoch asked for.
+        wanted: u64,
+        /// The oldest epoch still available.
+        oldest: u64,
+    },
+    /// Newer than the epoch answered from.
+    #[error("epoch {wanted} is newer than epoch {current}")]
+    Ahead {
+        /// Epoch asked for.
+        wanted: u64,
+        /// The epoch answered from.
+        current: u64,
+    },
+}
+
+impl History {
+    /// An empty history at epoch `base` (a snapshot's first epoch), keeping
+    /// the diffs of up to `window` epochs.
+    pub fn new(base: u64, window: u64) -> History {
+        let inner = Inner { window, current: base, diffs: VecDeque::new() };
+        History { inner: Arc::new(RwLock::new(inner)) }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // Writers only push and pop whole entries: a poisoned lock holds a
+        // consistent history.
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest epoch.
+    pub fn current(&self) -> u64 {
+        self.read().current
+    }
+
+    /// Epochs of diffs kept.
+    pub fn window(&self) -> u64 {
+        self.read().window
+    }
+
+    /// The oldest epoch an answer can be taken back to now.
+    pub fn oldest(&self) -> u64 {
+        let inner = self.read();
+        inner.current - inner.diffs.len() as u64
+    }
+
+    /// Adds the newest epoch's diff, which must be `current + 1`, and
+    /// forgets those past the window.
+    pub(crate) fn push(&self, diff: EpochDiff) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(diff.epoch, inner.current + 1, "epochs are pushed in order");
+        inner.current = diff.epoch;
+        inner.diffs.push_back(Arc::new(diff));
+        while inner.diffs.len() as u64 > inner.window {
+            inner.diffs.pop_front();
+        }
+    }
+
+    /// The diffs that take an answer from epoch `to` back to epoch `wanted`:
+    /// those of epochs `wanted + 1 ..= to`.
+    pub fn between(&self, wanted: u64, to: u64) -> Result<Vec<Arc<EpochDiff>>, Unavailable> {
+        let inner = self.read();
+        if wanted > to || to > inner.current {
+            return Err(Unavailable::Ahead { wanted, current: to.min(inner.current) });
+        }
+        let oldest = inner.current - inner.diffs.len() as u64;
+        if wanted < oldest {
+            return Err(Unavailable::TooOld { wanted, oldest });
+        }
+        // diffs[i] is epoch oldest + 1 + i.
+        let first = (wanted - oldest) as usize;
+        let last = (to - oldest) as usize;
+        Ok(inner.diffs.range(first..last).cloned().collect())
+    }
+}
+
+/// Takes one query's answer (`choices` pages, sub-table after sub-table)
+/// back through `diffs`: XORs in every changed row of a page that the
+/// query's own key for that page's sub-table selects.
+pub fn rewind(
+    layout: &Layout,
+    keys: &[Key],
+    answer: &mut [u8],
+    diffs: &[Arc<EpochDiff>],
+) -> Result<(), morphogen_dpf::Error> {
+    let page_size = layout.page_size() as usize;
+    let pages_per_table = layout.pages_per_table();
+    debug_assert_eq!(answer.len(), keys.len() * page_size);
+    // A page often changes in several epochs: evaluate each point once.
+    let mut selected: HashMap<u64, bool> = HashMap::new();
+    for diff in diffs {
+        for row in &diff.rows {
+            let sub_table = (row.page / pages_per_table) as usize;
+            let chosen = match selected.get(&row.page) {
+                Some(&chosen) => chosen,
+                None => {
+                    let chosen = keys[sub_table].eval_point(row.page % pages_per_table)?;
+                    selected.insert(row.page, chosen);
+                    chosen
+                }
+            };
+            if chosen {
+                let start = sub_table * page_size + layout.row_range(row.row).start;
+                for (byte, change) in answer[start..start + row.xor.len()].iter_mut().zip(&row.xor) {
+                    *byte ^= change;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! Live updates of a morphogen table: epochs.
+//!
+//! A table file is a *snapshot*; each update batch applied to it makes the
+//! next *epoch*. A batch carries a sequence number, which must be one more
+//! than the last applied, so the epoch after batch `n` is `n`. Its changes
+//! (set a key to a value, delete a key) are placed into rows of the key's
+//! candidate pages ([`Epochs::plan`]); the batch is then appended to the
+//! update log and synced, and only then applied ([`Epochs::commit`]). At
+//! start-up the log is replayed ([`Epochs::open`]), so nothing acknowledged
+//! is lost.
+//!
+//! Each epoch has a digest: BLAKE3 (key derivation context
+//! [`EPOCH_DIGEST_CONTEXT`]) of the previous epoch's digest, the epoch
+//! number and every row it changed (page, row, new bytes); epoch `base`'s
+//! digest is the snapshot's. Two servers that apply the same batches to the
+//! same snapshot have the same digest at every epoch, without hashing the
+//! whole table again.
+//!
+//! The row diffs of the last `window` epochs are kept in a [`History`], so
+//! that a server can answer as of an older epoch ([`rewind`]).
+
+mod history;
+mod log;
+mod plan;
+
+use std::path::{Path, PathBuf};
+
+use morphogen_table::{Layout, PageWrite, Table};
+
+pub use history::{EpochDiff, History, RowDiff, Unavailable, rewind};
+pub use log::{LOG_HEADER_LEN, TornTail};
+pub use plan::Change;
+
+use crate::log::{UpdateLog, decode_batch, encode_batch};
+use crate::plan::{Placement, place};
+
+/// Epochs of diffs kept unless configured otherwise.
+pub const DEFAULT_WINDOW: u64 = 1024;
+
+/// Key derivation context of the epoch digest chain; changing it changes
+/// every digest after epoch 0.
+pub const EPOCH_DIGEST_CONTEXT: &str = "morphogen 2026-11 epoch digest v1";
+
+/// An update batch: the changes of one epoch, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Must be one more than the sequence number of the last batch applied.
+    pub sequence: u64,
+    /// Applied in order; a later change of the same key wins.
+    pub changes: Vec<Change>,
+}
+
+/// A batch placed into the table, checked, not yet logged or applied.
+pub struct Plan {
+    batch: Batch,
+    placement: Placement,
+    digest: [u8; 32],
+}
+
+impl Plan {
+    /// The epoch the batch makes.
+    pub fn epoch(&self) -> u64 {
+        self.batch.sequence
+    }
+
+    /// The pages it rewrites, whole.
+    pub fn writes(&self) -> &[PageWrite] {
+        &self.placement.writes
+    }
+
+    /// Rows it changes.
+    pub fn changed_rows(&self) -> usize {
+        self.placement.rows.len()
+    }
+}
+
+/// The epoch state of one table: its current epoch and digest, its record
+/// count, its update log and the history of recent diffs.
+pub struct Epochs {
+    chain: Chain,
+    log: UpdateLog,
+}
+
+/// What opening a table's epochs found in its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replayed {
+    /// Batches replayed.
+    pub batches: u64,
+    /// The unfinished last record a crash left, dropped.
+    pub torn: Option<TornTail>,
+}
+
+/// The state that every batch advances, whether replayed or new.
+struct Chain {
+    layout: Layout,
+    epoch: u64,
+    digest: [u8; 32],
+    records: u64,
+    history: History,
+}
+
+impl Chain {
+    fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
+        if batch.sequence != self.epoch + 1 {
+            return Err(Error::Sequence { expected: self.epoch + 1, actual: batch.sequence });
+        }
+        let placement = place(table, self.records, &batch.changes)?;
+        let digest = self.next_digest(batch.sequence, &placement);
+        Ok(Plan { batch, placement, digest })
+    }
+
+    fn next_digest(&self, epoch: u64, placement: &Placement) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key(EPOCH_DIGEST_CONTEXT);
+        hasher.update(&self.digest);
+        hasher.update(&epoch.to_le_bytes());
+        // Rows and writes are both in page order.
+        let mut writes = placement.writes.iter().peekable();
+        for row in &placement.rows {
+            while writes.peek().is_some_and(|w| w.index < row.page) {
+                writes.next();
+            }
+            let page = writes.peek().expect("every changed row's page is written");
+            hasher.update(&row.page.to_le_bytes());
+            hasher.update(&row.row.to_le_bytes());
+            hasher.update(&page.bytes[self.layout.row_range(row.row)]);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// Moves to the plan's epoch; returns the page writes to apply.
+    fn advance(&mut self, plan: Plan) -> Vec<PageWrite> {
+        let Plan { batch, placement, digest } = plan;
+        self.epoch = batch.sequence;
+        self.digest = digest;
+        self.records = placement.records;
+        self.history.push(EpochDiff { epoch: batch.sequence, rows: placement.rows });
+        placement.writes
+    }
+}
+
+impl Epochs {
+    /// Opens the update log of `table` at `log_path` (creating it if there
+    /// is none) and replays it into `table`, keeping the diffs of the last
+    /// `window` epochs.
+    pub fn open(table: &mut Table, log_path: &Path, window: u64) -> Result<(Epochs, Replayed), Error> {
+        let snapshot = table.digest();
+        let mut chain: Option<Chain> = None;
+        let mut batches = 0;
+        let mut replay = |base: u64, offset: u64, payload: &[u8]| -> Result<(), Error> {
+            let chain = chain.get_or_insert_with(|| Chain::at_snapshot(table, base, window));
+            let corrupt = |problem: String| Error::LogCorrupt { path: log_path.into(), offset, problem };
+            let batch = decode_batch(payload).map_err(|problem| corrupt(problem.to_string()))?;
+            let plan = chain
+                .plan(table, batch)
+                .map_err(|error| corrupt(format!("its batch cannot be applied to the table: {error}")))?;
+            let writes = chain.advance(plan);
+            table.apply(&writes)?;
+            table.set_records(chain.records);
+            batches += 1;
+            Ok(())
+        };
+        let (log, base, torn) = UpdateLog::open(log_path, &snapshot, 0, &mut replay)?;
+        let chain = chain.unwrap_or_else(|| Chain::at_snapshot(table, base, window));
+        Ok((Epochs { chain, log }, Replayed { batches, torn }))
+    }
+
+    /// Places `batch` into `table`, which must be the table as of the
+    /// current epoch, and checks it: its sequence number follows the last
+    /// one, every value fits, and every new key has a free row. Changes
+    /// nothing.
+    pub fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
+        self.chain.plan(table, batch)
+    }
+
+    /// Appends the plan's batch to the log and syncs it, then moves to its
+    /// epoch. Returns the pages that the table (and every engine answering
+    /// from it) must be given before the next pass. If the log cannot be
+    /// written, nothing changes.
+    pub fn commit(&mut self, plan: Plan) -> Result<Vec<PageWrite>, Error> {
+        self.log.append(&encode_batch(&plan.batch))?;
+        Ok(self.chain.advance(plan))
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.chain.epoch
+    }
+
+    /// The current epoch's digest.
+    pub fn digest(&self) -> [u8; 32] {
+        self.chain.digest
+    }
+
+    /// Records in the table as of the current epoch.
+    pub fn records(&self) -> u64 {
+        self.chain.records
+    }
+
+    /// The diffs of recent epochs; a handle that follows later epochs.
+    pub fn history(&self) -> &History {
+        &self.chain.history
+    }
+
+    /// Bytes in the update log.
+    pub fn log_len(&self) -> u64 {
+        self.log.len()
+    }
+}
+
+impl Chain {
+    fn at_snapshot(table: &Table, base: u64, window: u64) -> Chain {
+        Chain {
+            layout: table.layout().clone(),
+            epoch: base,
+            digest: table.digest(),
+            records: table.records(),
+            history: History::new(base, window),
+        }
+    }
+}
+
+/// Errors of live updates. Messages name sequence numbers, positions in a
+/// batch, files and offsets, never keys or values.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The batch's sequence number is not the next one.
+    #[error("sequence number {actual} is not the next one: expected {expected}")]
+    Sequence {
+        /// One more than the last applied.
+        expected: u64,
+        /// The batch's.
+        actual: u64,
+    },
+    /// A new key has no free row in any of its candidate pages.
+    #[error("table full: change {change} (0-based) has no free row in its candidate pages; rebuild needed")]
+    TableFull {
+        /// Position of the change in its batch.
+        change: usize,
+    },
+    /// A value is longer than the table's value size.
+    #[error("change {change} (0-based): value is {len} bytes, longer than the value size {value_size}")]
+    ValueTooLong {
+        /// Position of the change in its batch.
+        change: usize,
+        /// Its length.
+        len: usize,
+        /// The table's value size.
+        value_size: u32,
+    },
+    /// A batch too large for one log record (1 GiB).
+    #[error("the batch is larger than one log record may be (1 GiB)")]
+    BatchTooLarge,
+    /// A file operation failed.
+    #[error("cannot {action} {}: {message}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The kind of failure.
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        message: String,
+    },
+    /// The log's header is not valid or names another table.
+    #[error("{} is not an update log of this table: {problem}", path.display())]
+    LogHeader {
+        /// The log.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The log is damaged somewhere other than its last record.
+    #[error("{} is corrupt at byte {offset}: {problem}", path.display())]
+    LogCorrupt {
+        /// The log.
+        path: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An append failed and could not be undone.
+    #[error("{}: an earlier append failed and could not be undone; restart the server to recover", path.display())]
+    LogBroken {
+        /// The log.
+        path: PathBuf,
+    },
+    /// The table refused a write.
+    #[error(transparent)]
+    Table(#[from] morphogen_table::Error),
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: &Path, error: &std::io::Error) -> Error {
+        Error::Io { action, path: path.into(), kind: error.kind(), message: error.to_string() }
+    }
+}

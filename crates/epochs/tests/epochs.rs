@@ -1,0 +1,270 @@
+//! Update batches against a table: placement, refusals, the log across
+//! restarts and crashes, digests, and answers taken back to older epochs.
+
+use std::io::Write;
+use std::path::Path;
+
+use morphogen_dpf::{Key, generate};
+use morphogen_epochs::{Batch, Change, DEFAULT_WINDOW, Epochs, Error, Unavailable, rewind};
+use morphogen_scan::{Engine, Query, ReferenceEngine};
+use morphogen_table::{BuildOptions, NoProgress, Table, build};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// A table of `n` records `key{i} -> value{i}` in 512-byte pages of 15 rows.
+fn table(n: usize) -> Table {
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..n).map(|i| (format!("key{i}").into_bytes(), format!("value{i}").into_bytes())).collect();
+    let options = BuildOptions { page_size: 512, value_size: Some(24), ..BuildOptions::default() };
+    build(&records[..], &options, &NoProgress).unwrap()
+}
+
+/// Opens epochs for `table` with a log in `dir`.
+fn open(table: &mut Table, dir: &Path) -> Epochs {
+    Epochs::open(table, &dir.join("table.log"), DEFAULT_WINDOW).unwrap().0
+}
+
+/// Plans, commits and applies `changes` as the next batch.
+fn update(epochs: &mut Epochs, table: &mut Table, changes: Vec<Change>) -> Result<(), Error> {
+    let plan = epochs.plan(table, Batch { sequence: epochs.epoch() + 1, changes })?;
+    let writes = epochs.commit(plan)?;
+    table.apply(&writes)?;
+    table.set_records(epochs.records());
+    Ok(())
+}
+
+#[test]
+fn sets_rewrite_insert_and_delete_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table(200);
+    let mut epochs = open(&mut table, dir.path());
+    update(
+        &mut epochs,
+        &mut table,
+        vec![
+            Change::set(b"key1", b"new one"),
+            Change::set(b"fresh", b"brand new"),
+            Change::delete(b"key2"),
+            Change::delete(b"never there"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(epochs.epoch(), 1);
+    assert_eq!(table.get(b"key1"), Some(&b"new one\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"[..]));
+    assert_eq!(&table.get(b"fresh").unwrap()[..9], b"brand new");
+    assert_eq!(table.get(b"key2"), None);
+    assert_eq!(&table.get(b"key3").unwrap()[..6], b"value3");
+    assert_eq!(epochs.records(), 200);
+
+    // A later change of the same key in one batch wins.
+    update(&mut epochs, &mut table, vec![Change::set(b"twice", b"first"), Change::set(b"twice", b"second")])
+        .unwrap();
+    assert_eq!(&table.get(b"twice").unwrap()[..6], b"second");
+    assert_eq!(epochs.records(), 201);
+}
+
+#[test]
+fn a_full_table_refuses_the_whole_batch_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table(200);
+    let mut epochs = open(&mut table, dir.path());
+    let before = table.pages().to_vec();
+    // Far more new keys than the table has free rows.
+    let mut changes = vec![Change::set(b"key1", b"changed")];
+    changes.extend((0..table.layout().capacity()).map(|i| Change::set(format!("new{i}").as_bytes(), b"v")));
+    let error = update(&mut epochs, &mut table, changes).unwrap_err();
+    assert!(matches!(error, Error::TableFull { change } if change > 1), "{error}");
+    assert!(error.to_string().contains("rebuild needed"));
+    assert_eq!(table.pages(), &before[..]);
+    assert_eq!((epochs.epoch(), epochs.records(), epochs.log_len()), (0, 200, 64));
+}
+
+#[test]
+fn sequence_numbers_must_follow_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table(10);
+    let epochs = open(&mut table, dir.path());
+    for sequence in [0, 2] {
+        let error = epochs.plan(&table, Batch { sequence, changes: vec![] }).err().unwrap();
+        assert!(matches!(error, Error::Sequence { expected: 1, actual } if actual == sequence));
+    }
+}
+
+#[test]
+fn values_longer_than_the_value_size_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table(10);
+    let epochs = open(&mut table, dir.path());
+    let batch = Batch { sequence: 1, changes: vec![Change::set(b"k", b"ok"), Change::set(b"k", &[1; 25])] };
+    let error = epochs.plan(&table, batch).err().unwrap();
+    assert!(matches!(error, Error::ValueTooLong { change: 1, len: 25, value_size: 24 }));
+}
+
+/// Random batches of sets and deletes, mostly of the 200 keys the test
+/// tables hold, sometimes of a few new ones (the tables have few free rows).
+fn random_batches(count: usize, seed: u64) -> Vec<Vec<Change>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            (0..rng.random_range(0..20))
+                .map(|_| {
+                    let key = match rng.random_bool(0.9) {
+                        true => format!("key{}", rng.random_range(0..200)),
+                        false => format!("new{}", rng.random_range(0..6)),
+                    };
+                    if rng.random_bool(0.2) {
+                        Change::delete(key.as_bytes())
+                    } else {
+                        Change::set(key.as_bytes(), format!("v{}", rng.random::<u32>()).as_bytes())
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_replays_the_log_into_the_same_pages_and_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = table(200);
+    let mut epochs = open(&mut live, dir.path());
+    for changes in random_batches(30, 1) {
+        update(&mut epochs, &mut live, changes).unwrap();
+    }
+    let mut restarted = table(200);
+    let (reopened, replayed) =
+        Epochs::open(&mut restarted, &dir.path().join("table.log"), DEFAULT_WINDOW).unwrap();
+    assert_eq!((replayed.batches, replayed.torn), (30, None));
+    assert_eq!(
+        (reopened.epoch(), reopened.digest(), reopened.records()),
+        (30, epochs.digest(), epochs.records())
+    );
+    assert_eq!(restarted.pages(), live.pages());
+    assert_eq!(restarted.records(), live.records());
+    assert_eq!(reopened.history().oldest(), 0, "the history is rebuilt from the log");
+}
+
+#[test]
+fn two_servers_fed_the_same_batches_agree_on_every_digest() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (table(200), table(200));
+    let (mut epochs_a, mut epochs_b) = (open(&mut a, dir_a.path()), open(&mut b, dir_b.path()));
+    let mut seen = std::collections::HashSet::new();
+    for changes in random_batches(20, 2) {
+        update(&mut epochs_a, &mut a, changes.clone()).unwrap();
+        update(&mut epochs_b, &mut b, changes).unwrap();
+        assert_eq!(epochs_a.digest(), epochs_b.digest());
+        assert!(seen.insert(epochs_a.digest()), "every epoch has a digest of its own");
+    }
+    assert_eq!(a.pages(), b.pages());
+    // A different last batch gives a different digest.
+    update(&mut epochs_a, &mut a, vec![Change::set(b"key1", b"a")]).unwrap();
+    update(&mut epochs_b, &mut b, vec![Change::set(b"key1", b"b")]).unwrap();
+    assert_ne!(epochs_a.digest(), epochs_b.digest());
+}
+
+/// Applies 5 batches, then appends `garbage` to the log as a crash would.
+fn log_with_tail(dir: &Path, garbage: &[u8]) -> (Table, Epochs) {
+    let mut live = table(200);
+    let mut epochs = open(&mut live, dir);
+    for changes in random_batches(5, 3) {
+        update(&mut epochs, &mut live, changes).unwrap();
+    }
+    std::fs::OpenOptions::new().append(true).open(dir.join("table.log")).unwrap().write_all(garbage).unwrap();
+    (live, epochs)
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_and_the_log_goes_on() {
+    // Shapes a crash can leave: a partial record header; a zero-filled
+    // tail (the length grew, the data never landed); the first part of a
+    // record; a whole last record whose bytes are not the ones checksummed.
+    let payload = [9u8; 50];
+    let mut record =
+        [&50u32.to_le_bytes()[..], &(!50u32).to_le_bytes(), &blake3::hash(&payload).as_bytes()[..16]]
+            .concat();
+    record.extend_from_slice(&payload);
+    let mut unchecked = record.clone();
+    unchecked[60] ^= 1;
+    for garbage in [vec![7u8; 10], vec![0u8; 300], record[..40].to_vec(), unchecked] {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, epochs) = log_with_tail(dir.path(), &garbage);
+        let mut restarted = table(200);
+        let path = dir.path().join("table.log");
+        let (mut reopened, replayed) = Epochs::open(&mut restarted, &path, DEFAULT_WINDOW).unwrap();
+        let torn = replayed.torn.expect("the tail is reported");
+        assert_eq!((torn.offset, torn.bytes), (epochs.log_len(), garbage.len() as u64));
+        assert_eq!((reopened.epoch(), reopened.digest()), (5, epochs.digest()));
+        assert_eq!(restarted.pages(), live.pages());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), epochs.log_len(), "the tail is cut off");
+        update(&mut reopened, &mut restarted, vec![Change::set(b"after", b"crash")]).unwrap();
+        let mut again = table(200);
+        let (_, replayed) = Epochs::open(&mut again, &path, DEFAULT_WINDOW).unwrap();
+        assert_eq!((replayed.batches, replayed.torn), (6, None));
+        assert_eq!(&again.get(b"after").unwrap()[..5], b"crash");
+    }
+}
+
+#[test]
+fn corruption_before_the_last_record_refuses_to_open_and_names_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, epochs) = log_with_tail(dir.path(), &[]);
+    let path = dir.path().join("table.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The first record starts after the 64-byte header; flip a payload byte.
+    bytes[64 + 24 + 3] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let error = Epochs::open(&mut table(200), &path, DEFAULT_WINDOW).err().unwrap();
+    assert!(matches!(error, Error::LogCorrupt { offset: 64, .. }), "{error}");
+    assert!(error.to_string().contains("at byte 64"), "{error}");
+    assert!(epochs.log_len() > 200);
+}
+
+#[test]
+fn a_log_of_another_table_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = log_with_tail(dir.path(), &[]);
+    let error = Epochs::open(&mut table(201), &dir.path().join("table.log"), DEFAULT_WINDOW).err().unwrap();
+    assert!(matches!(error, Error::LogHeader { .. }), "{error}");
+    assert!(error.to_string().contains("belongs to the table with digest"), "{error}");
+}
+
+/// A random query of party 0 for the table's layout.
+fn query(table: &Table, rng: &mut StdRng) -> Query {
+    let layout = table.layout();
+    let keys: Vec<Key> = (0..layout.choices())
+        .map(|_| {
+            generate(layout.pages_per_table(), rng.random_range(0..layout.pages_per_table()), rng).unwrap().0
+        })
+        .collect();
+    Query { keys }
+}
+
+#[test]
+fn answers_taken_back_to_an_older_epoch_equal_that_epochs_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = table(300);
+    let mut epochs = Epochs::open(&mut live, &dir.path().join("table.log"), 8).unwrap().0;
+    let mut rng = StdRng::seed_from_u64(4);
+    let queries: Vec<Query> = (0..6).map(|_| query(&live, &mut rng)).collect();
+    let answer =
+        |table: &Table| ReferenceEngine::new(std::sync::Arc::new(table.clone())).pass(&queries).unwrap();
+    let mut past = vec![answer(&live)];
+    for changes in random_batches(12, 5) {
+        update(&mut epochs, &mut live, changes).unwrap();
+        past.push(answer(&live));
+    }
+    let now = answer(&live);
+    let history = epochs.history();
+    assert_eq!((history.current(), history.oldest()), (12, 4));
+    for epoch in 4..=12 {
+        let diffs = history.between(epoch, 12).unwrap();
+        for (q, query) in queries.iter().enumerate() {
+            let mut rewound = now.query(q).to_vec();
+            rewind(live.layout(), &query.keys, &mut rewound, &diffs).unwrap();
+            assert!(rewound == past[epoch as usize].query(q), "epoch {epoch}, query {q}");
+        }
+    }
+    assert_eq!(history.between(3, 12).unwrap_err(), Unavailable::TooOld { wanted: 3, oldest: 4 });
+    assert_eq!(history.between(13, 13).unwrap_err(), Unavailable::Ahead { wanted: 13, current: 12 });
+}

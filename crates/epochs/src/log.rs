@@ -43,6 +43,9 @@ const MAX_PAYLOAD: u32 = 1 << 30;
 /// First byte of a batch's payload.
 const KIND_BATCH: u8 = 1;
 
+/// What opening a log does with each record: `(base epoch, offset, payload)`.
+pub(crate) type Replay<'a> = dyn FnMut(u64, u64, &[u8]) -> Result<(), Error> + 'a;
+
 /// An open log, positioned at its end.
 pub(crate) struct UpdateLog {
     file: File,
@@ -72,7 +75,7 @@ impl UpdateLog {
         path: &Path,
         snapshot: &[u8; 32],
         base_epoch: u64,
-        replay: &mut dyn FnMut(u64, u64, &[u8]) -> Result<(), Error>,
+        replay: &mut Replay<'_>,
     ) -> Result<(UpdateLog, u64, Option<TornTail>), Error> {
         let io = |action, e: &std::io::Error| Error::io(action, path, e);
         let existing = match std::fs::metadata(path) {

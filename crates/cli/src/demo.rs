@@ -91,9 +91,9 @@ type Serving = tokio::task::JoinHandle<std::io::Result<()>>;
 async fn start(table: &Arc<Table>, engine: Box<dyn Engine>) -> anyhow::Result<(String, Stop, Serving)> {
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
     let url = format!("http://{}", listener.local_addr()?);
-    let server = Server::new(TableInfo::of(table), engine, Config::default())?;
+    let server = Server::new(TableInfo::of(table), engine, None, Config::default())?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(listener, async move {
+    let serving = tokio::spawn(server.serve(listener, None, async move {
         let _ = stopped.await;
     }));
     Ok((url, stop, serving))

@@ -132,7 +132,7 @@ fn open_cuda(source: &TableSource, max_batch: usize) -> anyhow::Result<Box<dyn E
     use morphogen_cuda::{CudaEngine, Options};
     let options = Options { max_batch };
     let engine = match source {
-        TableSource::Host(table) => CudaEngine::new(table, options, &Bar::new())?,
+        TableSource::Host(table) => CudaEngine::new(table.clone(), options, &Bar::new())?,
         TableSource::Synthetic { layout, seed } => {
             CudaEngine::synthetic(layout.clone(), *seed, options, &Bar::new())?
         }

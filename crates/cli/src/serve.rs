@@ -1,13 +1,15 @@
 //! `morphogen serve`: answer private lookups over one table through HTTP.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
+use morphogen_epochs::{DEFAULT_WINDOW, Epochs};
 use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Server};
-use morphogen_table::Verify;
+use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
 use crate::engine::{self, EngineChoice, TableSource};
@@ -42,6 +44,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_QUEUE,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_queue: usize,
+    /// The update log of the --db table, replayed at start-up; default: the
+    /// table's path with `.log` appended. It is created when the admin
+    /// routes are enabled; without them an existing log is still replayed.
+    #[arg(long, value_name = "FILE", requires = "db")]
+    log: Option<PathBuf>,
+    /// How many epochs back a query may ask to be answered as of.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW)]
+    epoch_window: u64,
+    /// A file holding the bearer token of the admin routes (updates).
+    /// Without it (or MORPHOGEN_ADMIN_TOKEN in the environment) the admin
+    /// routes are disabled.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Serve the admin routes on this address only, instead of beside the
+    /// public ones: keep it on a private network.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     /// Threads of the CPU engine; all cores when not given. Give each of two
     /// servers sharing one machine half of its cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
@@ -59,25 +78,94 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .build_global()
             .context("starting the CPU engine's threads")?;
     }
-    let source = TableSource::from_options(args.db.as_deref(), args.pages, Verify::Digest)?;
+    let admin_token = admin_token(args.admin_token_file.as_deref())?;
+    if args.admin_listen.is_some() && admin_token.is_none() {
+        anyhow::bail!("--admin-listen needs an admin token (--admin-token-file or {TOKEN_VARIABLE})");
+    }
+    let mut source = TableSource::from_options(args.db.as_deref(), args.pages, Verify::Digest)?;
+    let epochs = match (&mut source, &args.db) {
+        (TableSource::Host(table), Some(db)) => {
+            let log = args.log.clone().unwrap_or_else(|| default_log_path(db));
+            let table = Arc::get_mut(table).expect("the table was just opened");
+            open_epochs(table, &log, args.epoch_window, admin_token.is_some())?
+        }
+        _ => None,
+    };
     let engine = engine::open(args.engine, &source, args.max_batch)?;
     let info = source.info();
+    // The engine must hold the only reference to the table, so that
+    // updates write its pages in place instead of copying the table.
+    drop(source);
     tracing::info!(
         records = info.records,
         pages = info.layout.total_pages(),
         digest = %hex::encode(info.digest),
         "table loaded"
     );
-    let server = Server::new(info, engine, Config { max_batch: args.max_batch, max_queue: args.max_queue })?;
+    let config = Config { max_batch: args.max_batch, max_queue: args.max_queue, admin_token };
+    let server = Server::new(info, engine, epochs, config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener =
             TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+        let admin_listener = match args.admin_listen {
+            Some(address) => {
+                Some(TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))?)
+            }
+            None => None,
+        };
+        if let Some(admin) = &admin_listener {
+            tracing::info!(address = %admin.local_addr()?, "admin routes");
+        }
+        tracing::info!(epoch = server.meta().epoch, "serving from epoch");
+        // Scripts and tests read the address from the end of this line.
         tracing::info!(address = %listener.local_addr()?, "serving");
-        server.serve(listener, shutdown_signal()).await?;
+        server.serve(listener, admin_listener, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The environment variable that may hold the admin token.
+const TOKEN_VARIABLE: &str = "MORPHOGEN_ADMIN_TOKEN";
+
+/// The admin token from `--admin-token-file` or the environment, if any.
+fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin token from {}", path.display()))?,
+        ),
+        None => std::env::var(TOKEN_VARIABLE).ok(),
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(token) if token.is_empty() => anyhow::bail!("the admin token is empty"),
+        token => Ok(token),
+    }
+}
+
+/// `table.mgdb` → `table.mgdb.log`.
+pub fn default_log_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// Replays the table's update log, if there is one or updates are enabled.
+fn open_epochs(table: &mut Table, log: &Path, window: u64, updates: bool) -> anyhow::Result<Option<Epochs>> {
+    if !updates && !log.exists() {
+        return Ok(None);
+    }
+    let (epochs, replayed) = Epochs::open(table, log, window)
+        .with_context(|| format!("opening the update log {}", log.display()))?;
+    tracing::info!(
+        log = %log.display(),
+        batches = replayed.batches,
+        epoch = epochs.epoch(),
+        torn_tail_dropped = replayed.torn.is_some(),
+        "update log replayed"
+    );
+    Ok(Some(epochs))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

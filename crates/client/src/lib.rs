@@ -4,7 +4,11 @@
 //! For each key it finds the key's candidate page in every sub-table, makes
 //! a DPF key pair per page, sends one key of each pair to each server, and
 //! XORs the two answers back into the pages, where it finds the key's row.
-//! Both servers must publish the same table (digest, parameters, epoch).
+//! Both servers must serve the same snapshot (digest and parameters). Their
+//! tables change by epochs: the client asks both for the newest epoch both
+//! have reached, re-reading their metadata at most every second and
+//! whenever a server says the epoch asked for is not available, so it never
+//! combines answers from different epochs.
 
 use std::time::{Duration, Instant};
 
@@ -25,18 +29,34 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// a pass takes milliseconds, Retry-After counts whole seconds.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long the servers' metadata (and so the epoch asked for) is used
+/// before it is read again.
+const META_REFRESH: Duration = Duration::from_secs(1);
+
+/// Times a lookup re-reads the metadata after a server said the epoch
+/// asked for is not available, before it gives up.
+const EPOCH_RETRIES: u32 = 3;
+
 /// A client of two servers holding the same table.
 pub struct Client {
     servers: [Connection; 2],
+    view: std::sync::Mutex<View>,
+}
+
+/// What the client knows of the two servers now.
+#[derive(Clone)]
+struct View {
+    /// Their common metadata: `max_batch` the smaller, `epoch` the older.
     meta: Meta,
     layout: Layout,
+    read_at: Instant,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("servers", &[&self.servers[0].url, &self.servers[1].url])
-            .field("meta", &self.meta)
+            .field("meta", &self.meta())
             .finish_non_exhaustive()
     }
 }
@@ -58,15 +78,38 @@ impl Client {
             Connection::open(http.clone(), url_a, timeout),
             Connection::open(http, url_b, timeout)
         )?;
-        check_same_table(&a.meta, &b.meta)?;
-        let meta = Meta { max_batch: a.meta.max_batch.min(b.meta.max_batch), ..a.meta.clone() };
-        let layout = a.layout.clone();
-        Ok(Client { servers: [a, b], meta, layout })
+        let view = View::of(&a.meta, &b.meta, a.layout.clone())?;
+        Ok(Client { servers: [a, b], view: std::sync::Mutex::new(view) })
     }
 
-    /// The servers' common metadata (`max_batch` is the smaller of the two).
-    pub fn meta(&self) -> &Meta {
-        &self.meta
+    /// The servers' common metadata as last read: `max_batch` is the
+    /// smaller of the two, `epoch` the older.
+    pub fn meta(&self) -> Meta {
+        self.lock_view().meta.clone()
+    }
+
+    fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The view to look up with: the last one, or the servers' metadata
+    /// read again if it is older than [`META_REFRESH`] or `fresh` is asked.
+    async fn view(&self, fresh: bool, deadline: Instant) -> Result<View, Error> {
+        let view = self.lock_view().clone();
+        if !fresh && view.read_at.elapsed() < META_REFRESH {
+            return Ok(view);
+        }
+        let (a, b) =
+            tokio::try_join!(self.servers[0].fetch_meta(deadline), self.servers[1].fetch_meta(deadline))?;
+        let layout = if a.hash_seed == view.meta.hash_seed && a.sub_tables == view.meta.sub_tables {
+            view.layout
+        } else {
+            layout_of(&a)
+                .map_err(|message| Error::Protocol { server: self.servers[0].url.to_string(), message })?
+        };
+        let view = View::of(&a, &b, layout)?;
+        *self.lock_view() = view.clone();
+        Ok(view)
     }
 
     /// Looks one key up: its value (`value_size` bytes, zero-padded) or `None`.
@@ -78,7 +121,7 @@ impl Client {
     /// results are in the order of `keys`.
     pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let mut values = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(self.meta.max_batch.max(1)) {
+        for batch in keys.chunks(self.meta().max_batch.max(1)) {
             values.extend(self.lookup_batch(batch).await?);
         }
         Ok(values)
@@ -86,6 +129,32 @@ impl Client {
 
     async fn lookup_batch<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let deadline = Instant::now() + self.servers[0].timeout;
+        let mut retries = 0;
+        let mut fresh = false;
+        loop {
+            let view = self.view(fresh, deadline).await?;
+            match self.lookup_at(&view, keys, deadline).await {
+                // The epoch fell out of a window, or a server restarted
+                // behind it: read where both servers are, and ask again.
+                Err(Error::Server { status: 410, ref code, .. })
+                    if code == "epoch_unavailable" && retries < EPOCH_RETRIES =>
+                {
+                    retries += 1;
+                    fresh = true;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Looks `keys` up as of the view's epoch.
+    async fn lookup_at<K: AsRef<[u8]>>(
+        &self,
+        view: &View,
+        keys: &[K],
+        deadline: Instant,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let layout = &view.layout;
         let mut digests = Vec::with_capacity(keys.len());
         let (mut queries_a, mut queries_b) = (Vec::new(), Vec::new());
         for (index, key) in keys.iter().enumerate() {
@@ -94,33 +163,33 @@ impl Client {
                 return Err(Error::KeyLength { index, len: key.len() });
             }
             let digest = KeyDigest::of(key);
-            let (keys_a, keys_b) = key_shares(&self.layout, &digest)?;
+            let (keys_a, keys_b) = key_shares(layout, &digest)?;
             queries_a.push(keys_a);
             queries_b.push(keys_b);
             digests.push(digest);
         }
-        let epoch = Epoch::Exact(self.meta.epoch);
+        let epoch = Epoch::Exact(view.meta.epoch);
         let (body_a, body_b) = (encode_request(epoch, queries_a)?, encode_request(epoch, queries_b)?);
         let (answer_a, answer_b) = tokio::try_join!(
             self.servers[0].query(&body_a, keys.len(), deadline),
             self.servers[1].query(&body_b, keys.len(), deadline)
         )?;
-        if answer_a.epoch != answer_b.epoch {
+        if answer_a.epoch != view.meta.epoch || answer_b.epoch != view.meta.epoch {
             return Err(Error::Mismatch("epoch of the answers"));
         }
 
-        let page_size = self.layout.page_size() as usize;
+        let page_size = layout.page_size() as usize;
         let mut page = vec![0u8; page_size];
         let mut values = Vec::with_capacity(keys.len());
         for (q, digest) in digests.iter().enumerate() {
             let (a, b) = (answer_a.answer(q), answer_b.answer(q));
             let mut value = None;
-            for sub_table in 0..usize::from(self.layout.choices()) {
+            for sub_table in 0..usize::from(layout.choices()) {
                 let range = sub_table * page_size..(sub_table + 1) * page_size;
                 for ((p, x), y) in page.iter_mut().zip(&a[range.clone()]).zip(&b[range]) {
                     *p = x ^ y;
                 }
-                if let Some(found) = self.layout.find(&page, digest).expect("pages have the page size") {
+                if let Some(found) = layout.find(&page, digest).expect("pages have the page size") {
                     value = Some(found.to_vec());
                     break;
                 }
@@ -177,9 +246,14 @@ impl Connection {
         Ok(Connection { http, url, meta, layout, timeout })
     }
 
-    /// The server's metadata.
+    /// The server's metadata when it was connected to.
     pub fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    /// Reads the server's metadata now.
+    pub async fn fetch_meta(&self, deadline: Instant) -> Result<Meta, Error> {
+        fetch_meta(&self.http, &self.url, deadline).await
     }
 
     /// The layout of the server's table.
@@ -324,11 +398,23 @@ fn transport_error(server: &Url, error: reqwest::Error) -> Error {
     Error::Unreachable { server: server.to_string(), message }
 }
 
-/// Refuses two servers that do not serve the very same table.
+impl View {
+    /// The common view of two servers' metadata; refuses two servers that
+    /// do not serve the same table.
+    fn of(a: &Meta, b: &Meta, layout: Layout) -> Result<View, Error> {
+        check_same_table(a, b)?;
+        let older = if a.epoch <= b.epoch { a } else { b };
+        let meta = Meta { max_batch: a.max_batch.min(b.max_batch), ..older.clone() };
+        Ok(View { meta, layout, read_at: Instant::now() })
+    }
+}
+
+/// Refuses two servers that do not serve the same snapshot, or whose
+/// tables differ at the same epoch.
 fn check_same_table(a: &Meta, b: &Meta) -> Result<(), Error> {
     let checks = [
-        (a.digest == b.digest, "table digest"),
-        (a.epoch == b.epoch, "epoch"),
+        (a.snapshot_digest == b.snapshot_digest, "snapshot digest"),
+        (a.epoch != b.epoch || a.digest == b.digest, "digest of their common epoch"),
         (a.page_size == b.page_size, "page size"),
         (a.row_size == b.row_size, "row size"),
         (a.value_size == b.value_size, "value size"),

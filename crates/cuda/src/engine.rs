@@ -10,8 +10,8 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
 use morphogen_dpf::{POINTS_PER_LEAF, depth_for, leaf_count};
-use morphogen_scan::{Answers, Engine, Phase, Query, validate};
-use morphogen_table::{Layout, Progress, Table};
+use morphogen_scan::{Answers, Engine, Phase, Query, validate, write_shared};
+use morphogen_table::{Layout, PageWrite, Progress, Table};
 
 use crate::geometry::{
     BLOCK_THREADS, ScanGeometry, TILES, blocks_for, expand_threads, scan_shared_bytes, subtree_levels,
@@ -52,6 +52,9 @@ pub struct CudaEngine {
     resident_warps: [u64; TILES.len()],
     sm_count: u32,
     max_batch: usize,
+    /// The table in host memory, which updates are placed against; `None`
+    /// for a table generated on the device.
+    host: Option<Arc<Table>>,
     table: CudaSlice<u8>,
     /// Packed keys of one device pass, on the host (pinned) and on the device.
     host_keys: PinnedHostSlice<u32>,
@@ -83,7 +86,8 @@ struct Kernels {
 impl CudaEngine {
     /// An engine over a copy of `table` in GPU memory, uploaded in large
     /// chunks with `progress` reporting the bytes.
-    pub fn new(table: &Table, options: Options, progress: &dyn Progress) -> Result<CudaEngine, Error> {
+    /// The engine keeps `table` (normally memory-mapped) to place updates.
+    pub fn new(table: Arc<Table>, options: Options, progress: &dyn Progress) -> Result<CudaEngine, Error> {
         let mut engine = CudaEngine::allocate(table.layout().clone(), options)?;
         let pages = table.pages();
         progress.start("uploading the table to the GPU", pages.len() as u64);
@@ -95,6 +99,7 @@ impl CudaEngine {
         }
         engine.stream.synchronize()?;
         progress.finish();
+        engine.host = Some(table);
         Ok(engine)
     }
 
@@ -171,6 +176,7 @@ impl CudaEngine {
             resident_warps,
             sm_count,
             max_batch: options.max_batch,
+            host: None,
             table: stream.alloc_zeros(sizes.table)?,
             // SAFETY: pinned host memory comes back uninitialized; both
             // buffers are only ever written before they are read (keys by
@@ -430,6 +436,25 @@ impl Engine for CudaEngine {
             self.device_pass(chunk, out).map_err(|e| morphogen_scan::Error::Fault(e.to_string()))?;
         }
         Ok(answers)
+    }
+
+    fn table(&self) -> Option<&Table> {
+        self.host.as_deref()
+    }
+
+    fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), morphogen_scan::Error> {
+        let fault = |e: Error| morphogen_scan::Error::Fault(e.to_string());
+        let host = self.host.as_mut().ok_or_else(|| {
+            morphogen_scan::Error::Fault("a table generated on the GPU takes no updates".to_string())
+        })?;
+        write_shared(host, writes)?;
+        let page_size = self.layout.page_size() as usize;
+        for write in writes {
+            let start = write.index as usize * page_size;
+            let mut target = self.table.slice_mut(start..start + page_size);
+            self.stream.memcpy_htod(&write.bytes, &mut target).map_err(|e| fault(e.into()))?;
+        }
+        self.stream.synchronize().map_err(|e| fault(e.into()))
     }
 
     fn last_pass_phases(&self) -> Vec<Phase> {

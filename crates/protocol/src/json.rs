@@ -8,10 +8,17 @@ use serde::{Deserialize, Serialize};
 pub struct Meta {
     /// [`crate::PROTOCOL_VERSION`] of the server.
     pub protocol_version: u8,
-    /// BLAKE3 of the table's pages, hex.
+    /// The digest of the current epoch, hex: at the snapshot's first
+    /// epoch the BLAKE3 of its pages, after that the epoch digest chain.
     pub digest: String,
     /// The epoch the server answers from now.
     pub epoch: u64,
+    /// BLAKE3 of the snapshot's pages (the `.mgdb` file's digest), hex.
+    pub snapshot_digest: String,
+    /// The oldest epoch the server can answer as of now.
+    pub oldest_epoch: u64,
+    /// How many epochs back the server keeps answering as of.
+    pub epoch_window: u64,
     /// Bytes per page.
     pub page_size: u32,
     /// Bytes per row: tag and value.
@@ -31,10 +38,54 @@ pub struct Meta {
 }
 
 /// The body of every error answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong, for people.
     pub error: String,
     /// What went wrong, for programs: a short snake_case code.
     pub code: String,
+    /// With `epoch_unavailable`: the oldest epoch the server can answer as of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_epoch: Option<u64>,
+    /// With `sequence`: the sequence number the server expects next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_sequence: Option<u64>,
+}
+
+/// `POST /admin/v1/updates`: one batch of changes, applied as one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// One more than the last batch applied.
+    pub sequence: u64,
+    /// Applied in order.
+    pub changes: Vec<ChangeBody>,
+}
+
+/// One change: set `key` to `value`, or delete `key` when `value` is null.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBody {
+    /// The key, hex (1 to 64 bytes).
+    pub key: String,
+    /// The value, hex (at most the value size), or null to delete the key.
+    pub value: Option<String>,
+}
+
+impl std::fmt::Debug for ChangeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys and values are not for logs.
+        f.debug_struct("ChangeBody").field("delete", &self.value.is_none()).finish_non_exhaustive()
+    }
+}
+
+/// The answer to an applied update batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateReply {
+    /// The epoch the batch made (its sequence number).
+    pub epoch: u64,
+    /// That epoch's digest, hex.
+    pub digest: String,
+    /// Records in the table now.
+    pub records: u64,
+    /// Rows the batch changed.
+    pub changed_rows: usize,
 }

@@ -17,7 +17,7 @@
 
 mod json;
 
-pub use json::{ErrorBody, Meta};
+pub use json::{ChangeBody, ErrorBody, Meta, UpdateReply, UpdateRequest};
 use morphogen_dpf::Key;
 
 /// The version byte this crate writes and reads.

@@ -18,10 +18,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use morphogen_dpf::{Expander, POINTS_PER_LEAF, leaf_count};
-use morphogen_table::{Layout, Table};
+use morphogen_table::{Layout, PageWrite, Table};
 use rayon::prelude::*;
 
-use crate::{Answers, Engine, Error, Query, time_host_read, validate, xor_into};
+use crate::{Answers, Engine, Error, Query, time_host_read, validate, write_shared, xor_into};
 
 /// DPF leaves (of 128 pages each) per unit of work: 8,192 pages, 32 MiB of
 /// 4-KiB pages. Large enough that folding the buckets (g·2^(g-1) page XORs
@@ -84,6 +84,14 @@ impl Engine for CpuEngine {
 
     fn layout(&self) -> &Layout {
         self.table.layout()
+    }
+
+    fn table(&self) -> Option<&Table> {
+        Some(&self.table)
+    }
+
+    fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
+        write_shared(&mut self.table, writes)
     }
 
     fn plain_read_seconds(&mut self) -> Result<f64, Error> {

@@ -10,7 +10,7 @@ mod cpu;
 mod reference;
 
 use morphogen_dpf::Key;
-use morphogen_table::Layout;
+use morphogen_table::{Layout, PageWrite, Table};
 
 pub use cpu::{CpuEngine, read_every_page};
 pub use reference::ReferenceEngine;
@@ -99,6 +99,16 @@ pub trait Engine: Send {
     fn last_pass_phases(&self) -> Vec<Phase> {
         Vec::new()
     }
+
+    /// The table in host memory as the next pass answers from it, or
+    /// `None` for an engine that keeps no host copy (a table generated on a
+    /// GPU). Updates are placed by reading it.
+    fn table(&self) -> Option<&Table>;
+
+    /// Rewrites whole pages before the next pass, between passes: the host
+    /// copy and, for a device engine, the device copy. An engine without a
+    /// host table refuses.
+    fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), Error>;
 
     /// Reads every byte of the table once, the plainest way this engine's
     /// device can, and returns how many seconds it took: the baseline that
@@ -195,4 +205,12 @@ pub enum Error {
     /// The engine failed for a reason of its own (for example a device error).
     #[error("engine fault: {0}")]
     Fault(String),
+}
+
+/// Applies `writes` to the table an engine shares through `table`. The
+/// engine is normally the table's only holder, so this writes in place; a
+/// table shared with others (a test comparing engines) is copied first, so
+/// that its other holders keep seeing the table they were given.
+pub fn write_shared(table: &mut std::sync::Arc<Table>, writes: &[PageWrite]) -> Result<(), Error> {
+    std::sync::Arc::make_mut(table).apply(writes).map_err(|e| Error::Fault(e.to_string()))
 }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use morphogen_table::{Layout, Table};
+use morphogen_table::{Layout, PageWrite, Table};
 
-use crate::{Answers, Engine, Error, Query, time_host_read, validate, xor_into};
+use crate::{Answers, Engine, Error, Query, time_host_read, validate, write_shared, xor_into};
 
 /// Answers queries by point evaluation, page by page, query by query.
 pub struct ReferenceEngine {
@@ -30,6 +30,14 @@ impl Engine for ReferenceEngine {
 
     fn layout(&self) -> &Layout {
         self.table.layout()
+    }
+
+    fn table(&self) -> Option<&Table> {
+        Some(&self.table)
+    }
+
+    fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
+        write_shared(&mut self.table, writes)
     }
 
     fn plain_read_seconds(&mut self) -> Result<f64, Error> {

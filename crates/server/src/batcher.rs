@@ -7,6 +7,10 @@
 //! request holding more queries than a pass has room for is split across
 //! passes; its answers are gathered in order and sent back whole.
 //!
+//! Update batches reach the same thread and are applied between passes, so
+//! every pass answers from exactly one epoch, and never while a split
+//! request is half answered, so every request is answered from one epoch.
+//!
 //! The queue is bounded in queries, not requests: when a request does not
 //! fit, [`Batcher::submit`] refuses it at once (the server answers 503), so
 //! memory stays bounded under any load. Requests whose client went away
@@ -17,14 +21,65 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use morphogen_epochs::{Batch, Epochs};
 use morphogen_scan::{Engine, Query};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 
-/// What a request gets back: its queries' answers in order (each `choices`
-/// pages), or why the engine failed.
-pub(crate) type Reply = Result<Vec<u8>, morphogen_scan::Error>;
+/// A request's answers: its queries' answers in order (each `choices`
+/// pages), all from one epoch.
+pub(crate) struct Answered {
+    /// The epoch of the passes that answered.
+    pub(crate) epoch: u64,
+    pub(crate) answers: Vec<u8>,
+}
+
+impl std::fmt::Debug for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes are a share of private answers: not for logs.
+        f.debug_struct("Answered").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+/// What a request gets back: its answers, or why the engine failed.
+pub(crate) type Reply = Result<Answered, morphogen_scan::Error>;
+
+/// The table as of the epoch that passes answer from now.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Current {
+    pub(crate) epoch: u64,
+    pub(crate) digest: [u8; 32],
+    pub(crate) records: u64,
+}
+
+/// An update batch applied.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Applied {
+    pub(crate) current: Current,
+    pub(crate) changed_rows: usize,
+}
+
+/// Why an update batch was not applied.
+#[derive(Debug)]
+pub(crate) enum UpdateError {
+    /// The batch itself is at fault (sequence, a full table, a long
+    /// value); nothing changed.
+    Refused(morphogen_epochs::Error),
+    /// The server serves a table that takes no updates.
+    ReadOnly,
+    /// The server failed; the message is for its log.
+    Failed(String),
+}
+
+/// What an update batch gets back.
+pub(crate) type UpdateOutcome = Result<Applied, UpdateError>;
+
+/// An update batch waiting for the scan thread.
+struct UpdateJob {
+    batch: Batch,
+    reply: oneshot::Sender<UpdateOutcome>,
+}
 
 /// The handlers' side of the queue. Dropping it stops the scan thread once
 /// the requests already queued are answered.
@@ -47,12 +102,15 @@ struct Shared {
     max_batch: usize,
     /// Duration of the latest pass, for the Retry-After estimate.
     last_pass_nanos: AtomicU64,
+    current: std::sync::RwLock<Current>,
     metrics: Metrics,
 }
 
 struct Intake {
     /// Requests the scan thread has not yet seen.
     arrived: Vec<Pending>,
+    /// Update batches waiting, in arrival order.
+    updates: Vec<UpdateJob>,
     /// Queries of every request not yet in a pass, seen by the scan thread or not.
     queued_queries: usize,
     closed: bool,
@@ -71,27 +129,53 @@ struct Pending {
 }
 
 impl Batcher {
-    /// Starts the scan thread, which owns `engine` from now on.
+    /// Starts the scan thread, which owns `engine` and `epochs` from now
+    /// on. Without `epochs` the table takes no updates and stays at
+    /// `current`.
     pub(crate) fn start(
         engine: Box<dyn Engine>,
-        max_batch: usize,
-        max_queue: usize,
+        epochs: Option<Epochs>,
+        current: Current,
+        limits: (usize, usize),
         metrics: Metrics,
     ) -> std::io::Result<Batcher> {
+        let (max_batch, max_queue) = limits;
         assert!(max_batch >= 1 && max_queue >= max_batch, "the server checks its limits");
+        metrics.epoch(current.epoch);
         let shared = Arc::new(Shared {
-            intake: Mutex::new(Intake { arrived: Vec::new(), queued_queries: 0, closed: false }),
+            intake: Mutex::new(Intake {
+                arrived: Vec::new(),
+                updates: Vec::new(),
+                queued_queries: 0,
+                closed: false,
+            }),
             wakeup: Condvar::new(),
             max_queue,
             max_batch,
             last_pass_nanos: AtomicU64::new(0),
+            current: std::sync::RwLock::new(current),
             metrics,
         });
         let scan_side = shared.clone();
         std::thread::Builder::new()
             .name("morphogen-scan".to_string())
-            .spawn(move || scan_loop(engine, &scan_side))?;
+            .spawn(move || scan_loop(engine, epochs, &scan_side))?;
         Ok(Batcher { shared })
+    }
+
+    /// The table as of the epoch passes answer from now.
+    pub(crate) fn current(&self) -> Current {
+        *self.shared.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues an update batch for the scan thread, which applies it between
+    /// passes; the outcome arrives on the returned channel once the batch
+    /// is in the log and the engine's pages.
+    pub(crate) fn update(&self, batch: Batch) -> oneshot::Receiver<UpdateOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        self.shared.lock().updates.push(UpdateJob { batch, reply });
+        self.shared.wakeup.notify_one();
+        outcome
     }
 
     /// Queues a request's queries (at most the batch limit); its answers
@@ -145,25 +229,41 @@ impl Shared {
     }
 }
 
-/// The scan thread: gathers a batch, runs a pass, hands the answers out;
-/// until the batcher is dropped and nothing is left to answer.
-fn scan_loop(mut engine: Box<dyn Engine>, shared: &Shared) {
+/// The scan thread: gathers a batch, runs a pass, hands the answers out,
+/// and applies update batches between passes; until the batcher is dropped
+/// and nothing is left to answer.
+fn scan_loop(mut engine: Box<dyn Engine>, mut epochs: Option<Epochs>, shared: &Shared) {
     // Requests the scan thread has taken in from `arrived`, oldest first.
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut batch: Vec<Query> = Vec::with_capacity(shared.max_batch);
     // How many queries of queue[i] the current pass holds.
     let mut taken: Vec<usize> = Vec::with_capacity(shared.max_batch);
     let page_bytes = engine.layout().page_size() as usize * usize::from(engine.layout().choices());
+    // Set when an update reached the log but not the engine: the engine
+    // no longer answers from any epoch, so nothing more is answered.
+    let mut broken: Option<String> = None;
     loop {
-        if !gather(shared, &mut queue, &mut batch, &mut taken) {
-            return;
+        match gather(shared, &mut queue, &mut batch, &mut taken) {
+            Work::Closed => return,
+            Work::Updates(jobs) => {
+                for job in jobs {
+                    let outcome = apply(engine.as_mut(), epochs.as_mut(), &mut broken, job.batch, shared);
+                    let _ = job.reply.send(outcome);
+                }
+                continue;
+            }
+            Work::Pass => {}
         }
+        let epoch = shared.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).epoch;
         let started = Instant::now();
         for pending in queue.iter_mut().take(taken.len()).filter(|p| !p.started) {
             pending.started = true;
             shared.metrics.queue_wait(started - pending.arrived);
         }
-        let result = engine.pass(&batch);
+        let result = match &broken {
+            None => engine.pass(&batch),
+            Some(reason) => Err(morphogen_scan::Error::Fault(reason.clone())),
+        };
         let elapsed = started.elapsed();
         shared.last_pass_nanos.store(elapsed.as_nanos() as u64, Ordering::Relaxed);
         shared.metrics.pass(batch.len(), elapsed, &engine.last_pass_phases());
@@ -180,7 +280,7 @@ fn scan_loop(mut engine: Box<dyn Engine>, shared: &Shared) {
                 while queue.front().is_some_and(|p| p.queries.is_empty()) {
                     let done = queue.pop_front().expect("checked");
                     // The client may have gone away meanwhile: nothing to do then.
-                    let _ = done.reply.send(Ok(done.answers));
+                    let _ = done.reply.send(Ok(Answered { epoch, answers: done.answers }));
                 }
             }
             Err(error) => {
@@ -201,15 +301,61 @@ fn scan_loop(mut engine: Box<dyn Engine>, shared: &Shared) {
     }
 }
 
-/// Waits for work, then fills `batch` with up to `max_batch` queries from
-/// the front of `queue` (recording in `taken` how many from each request).
-/// Returns false once the batcher is closed and no request is left.
+/// Places, logs and applies one update batch, and publishes its epoch.
+fn apply(
+    engine: &mut dyn Engine,
+    epochs: Option<&mut Epochs>,
+    broken: &mut Option<String>,
+    batch: Batch,
+    shared: &Shared,
+) -> UpdateOutcome {
+    if let Some(reason) = broken {
+        return Err(UpdateError::Failed(reason.clone()));
+    }
+    let (Some(epochs), Some(table)) = (epochs, engine.table()) else {
+        return Err(UpdateError::ReadOnly);
+    };
+    let started = Instant::now();
+    let plan = epochs.plan(table, batch).map_err(UpdateError::Refused)?;
+    let changed_rows = plan.changed_rows();
+    // In the log and synced before anything changes: nothing acknowledged is lost.
+    let writes = epochs.commit(plan).map_err(|error| UpdateError::Failed(error.to_string()))?;
+    if let Err(error) = engine.write_pages(&writes) {
+        let reason = format!(
+            "update batch {} is in the log but the engine could not take it ({error}); \
+             restart the server to replay the log",
+            epochs.epoch()
+        );
+        *broken = Some(reason.clone());
+        return Err(UpdateError::Failed(reason));
+    }
+    let current = Current { epoch: epochs.epoch(), digest: epochs.digest(), records: epochs.records() };
+    *shared.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = current;
+    shared.metrics.epoch(current.epoch);
+    shared.metrics.update_applied(started.elapsed(), changed_rows);
+    Ok(Applied { current, changed_rows })
+}
+
+/// What the scan thread does next.
+enum Work {
+    /// Run a pass over the gathered batch.
+    Pass,
+    /// Apply these update batches, in order.
+    Updates(Vec<UpdateJob>),
+    /// Stop: the batcher is gone and nothing is left.
+    Closed,
+}
+
+/// Waits for work. Update batches come first, unless a request is half
+/// answered (split across passes): it is finished from the same epoch
+/// first. Otherwise fills `batch` with up to `max_batch` queries from the
+/// front of `queue` (recording in `taken` how many from each request).
 fn gather(
     shared: &Shared,
     queue: &mut VecDeque<Pending>,
     batch: &mut Vec<Query>,
     taken: &mut Vec<usize>,
-) -> bool {
+) -> Work {
     let mut intake = shared.lock();
     loop {
         queue.extend(intake.arrived.drain(..));
@@ -222,11 +368,15 @@ fn gather(
             }
             !abandoned
         });
+        let half_answered = queue.front().is_some_and(|p| !p.answers.is_empty());
+        if !intake.updates.is_empty() && !half_answered {
+            return Work::Updates(std::mem::take(&mut intake.updates));
+        }
         if !queue.is_empty() {
             break;
         }
         if intake.closed {
-            return false;
+            return Work::Closed;
         }
         intake = shared.wakeup.wait(intake).unwrap_or_else(|poisoned| poisoned.into_inner());
     }
@@ -241,7 +391,7 @@ fn gather(
     }
     intake.queued_queries -= batch.len();
     shared.metrics.queue_depth(intake.queued_queries);
-    true
+    Work::Pass
 }
 
 #[cfg(test)]
@@ -250,7 +400,7 @@ mod tests {
 
     use morphogen_dpf::generate;
     use morphogen_scan::{Answers, ReferenceEngine};
-    use morphogen_table::{BuildOptions, Layout, NoProgress, Table, build};
+    use morphogen_table::{BuildOptions, Layout, NoProgress, PageWrite, Table, build};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -279,6 +429,12 @@ mod tests {
             self.gate.recv().unwrap()?;
             self.inner.pass(queries)
         }
+        fn table(&self) -> Option<&Table> {
+            self.inner.table()
+        }
+        fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), morphogen_scan::Error> {
+            self.inner.write_pages(writes)
+        }
         fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
             self.inner.plain_read_seconds()
         }
@@ -305,7 +461,10 @@ mod tests {
                 entered: entered_tx,
                 gate: gate_rx,
             };
-            let batcher = Batcher::start(Box::new(engine), max_batch, max_queue, Metrics::new()).unwrap();
+            let current = Current { epoch: 0, digest: table.digest(), records: table.records() };
+            let batcher =
+                Batcher::start(Box::new(engine), None, current, (max_batch, max_queue), Metrics::new())
+                    .unwrap();
             Harness { batcher, table, entered, gate, rng: StdRng::seed_from_u64(7) }
         }
 
@@ -352,14 +511,14 @@ mod tests {
         assert_eq!(h.next_pass(), 1, "an idle server answers a lone request alone");
         let waiting: Vec<_> = (0..5).map(|_| h.submit(3)).collect();
         h.release(Ok(()));
-        assert_eq!(first_answer.blocking_recv().unwrap().unwrap(), h.expected(&first));
+        assert_eq!(first_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&first));
         // 15 queries waited: one full pass of 8 (the third request split) and one of 7.
         assert_eq!(h.next_pass(), 8);
         h.release(Ok(()));
         assert_eq!(h.next_pass(), 7);
         h.release(Ok(()));
         for (queries, answer) in waiting {
-            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
         }
     }
 
@@ -377,14 +536,14 @@ mod tests {
         for (queries, answer) in queued {
             assert_eq!(h.next_pass(), 2);
             h.release(Ok(()));
-            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
         }
         // Drained: a full queue's worth fits again.
         let again = [h.submit(2), h.submit(2)];
         for (queries, answer) in again {
             assert_eq!(h.next_pass(), 2);
             h.release(Ok(()));
-            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
         }
     }
 
@@ -399,7 +558,7 @@ mod tests {
         in_pass.blocking_recv().unwrap().unwrap();
         assert_eq!(h.next_pass(), 2, "the abandoned request's 4 queries are skipped");
         h.release(Ok(()));
-        assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+        assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
     }
 
     #[test]
@@ -419,13 +578,13 @@ mod tests {
         assert!(straddling.blocking_recv().unwrap().is_err(), "its unscanned query is not answered alone");
         assert_eq!(h.next_pass(), 1);
         h.release(Ok(()));
-        assert_eq!(after.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+        assert_eq!(after.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
         // Nothing is left counted against the queue: a full queue's worth fits.
         let refill = [h.submit(2), h.submit(2)];
         for (queries, answer) in refill {
             assert_eq!(h.next_pass(), 2);
             h.release(Ok(()));
-            assert_eq!(answer.blocking_recv().unwrap().unwrap(), h.expected(&queries));
+            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
         }
     }
 }

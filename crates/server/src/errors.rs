@@ -18,12 +18,23 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before trying again, sent as `Retry-After`.
     pub retry_after_secs: Option<u64>,
+    /// The oldest epoch available, sent with `epoch_unavailable`.
+    pub oldest_epoch: Option<u64>,
+    /// The next sequence number, sent with `sequence`.
+    pub expected_sequence: Option<u64>,
 }
 
 impl ApiError {
     /// A client error.
     pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after_secs: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+            oldest_epoch: None,
+            expected_sequence: None,
+        }
     }
 
     /// 503 `overloaded`: the request was refused unread because the server
@@ -38,12 +49,11 @@ impl ApiError {
     /// An internal fault: logged in full here, reported to the client only as such.
     pub fn internal(details: impl std::fmt::Display) -> ApiError {
         tracing::error!(%details, "internal error while answering a request");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: "internal error; see the server's log".to_string(),
-            retry_after_secs: None,
-        }
+        ApiError::client(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server's log",
+        )
     }
 }
 
@@ -78,7 +88,12 @@ impl From<morphogen_scan::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.message, code: self.code.to_string() };
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code.to_string(),
+            oldest_epoch: self.oldest_epoch,
+            expected_sequence: self.expected_sequence,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_secs {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());

@@ -10,12 +10,14 @@
 //! ```
 //!
 //! Routes: `GET /v1/health`, `GET /v1/meta` (JSON), `POST /v1/query` (binary,
-//! see `docs/PROTOCOL.md`), `GET /metrics` (Prometheus). Scans run on a
-//! thread of their own that owns the engine, never on the async runtime's
-//! workers; concurrent requests share passes through one bounded queue
-//! (continuous batching, see [`batcher`](crate::batcher)). Keys and answers
-//! are never logged.
+//! see `docs/PROTOCOL.md`), `GET /metrics` (Prometheus), and, with an admin
+//! token, `POST /admin/v1/updates`. Scans run on a thread of their own that
+//! owns the engine, never on the async runtime's workers; concurrent
+//! requests share passes through one bounded queue (continuous batching,
+//! see [`batcher`](crate::batcher)), and update batches are applied on that
+//! thread between passes. Keys, values and answers are never logged.
 
+mod admin;
 mod batcher;
 mod errors;
 mod metrics;
@@ -25,12 +27,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use morphogen_dpf::Key;
+use morphogen_epochs::{Epochs, History};
 use morphogen_protocol::{Meta, PROTOCOL_VERSION};
 use morphogen_scan::Engine;
 use morphogen_table::{Layout, Table};
 use tokio::net::TcpListener;
 
-use batcher::Batcher;
+use batcher::{Batcher, Current};
 pub use errors::ApiError;
 
 /// Limits and settings of a server.
@@ -41,11 +44,13 @@ pub struct Config {
     /// Most queries waiting for a pass; a request that does not fit is
     /// answered 503 with `Retry-After`. At least `max_batch`.
     pub max_queue: usize,
+    /// The bearer token of the admin routes; `None` disables them.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { max_batch: DEFAULT_MAX_BATCH, max_queue: DEFAULT_MAX_QUEUE }
+        Config { max_batch: DEFAULT_MAX_BATCH, max_queue: DEFAULT_MAX_QUEUE, admin_token: None }
     }
 }
 
@@ -70,12 +75,12 @@ pub enum Error {
     Thread(#[from] std::io::Error),
 }
 
-/// What a server publishes about the table it answers from.
+/// What a server publishes about the snapshot it answers from.
 #[derive(Clone, Debug)]
 pub struct TableInfo {
     /// The table's shape and hash seed.
     pub layout: Layout,
-    /// Its digest, which clients compare between the two servers.
+    /// The snapshot's digest, which clients compare between the two servers.
     pub digest: [u8; 32],
     /// Records it holds.
     pub records: u64,
@@ -95,8 +100,13 @@ pub struct Server {
 
 /// What every request handler shares.
 pub(crate) struct State {
+    /// The metadata that does not change between epochs.
     meta: Meta,
     layout: Layout,
+    /// Diffs of recent epochs; `None` for a table that takes no updates.
+    history: Option<History>,
+    /// BLAKE3 of the admin token: compared in constant time.
+    admin_token: Option<blake3::Hash>,
     /// The largest body a request of `max_batch` queries can need, with room
     /// to spare so that an oversized batch is reported as such.
     max_body_bytes: usize,
@@ -106,8 +116,16 @@ pub(crate) struct State {
 
 impl Server {
     /// A server answering with `engine` from the table `table` describes;
-    /// the engine must have been made over that table. Starts the scan thread.
-    pub fn new(table: TableInfo, engine: Box<dyn Engine>, config: Config) -> Result<Server, Error> {
+    /// the engine must have been made over that table. With `epochs` (the
+    /// table's update log, already replayed into the engine's table) the
+    /// server takes update batches; without, it answers from epoch 0 only.
+    /// Starts the scan thread.
+    pub fn new(
+        table: TableInfo,
+        engine: Box<dyn Engine>,
+        epochs: Option<Epochs>,
+        config: Config,
+    ) -> Result<Server, Error> {
         if config.max_batch == 0 {
             return Err(Error::Config("the batch limit must be at least 1".to_string()));
         }
@@ -119,10 +137,23 @@ impl Server {
         }
         let layout = &table.layout;
         assert_eq!(layout, engine.layout(), "the engine answers from another table");
+        if config.admin_token.as_ref().is_some_and(|token| token.trim().is_empty()) {
+            return Err(Error::Config("the admin token is empty".to_string()));
+        }
+        let current = match &epochs {
+            Some(epochs) => {
+                Current { epoch: epochs.epoch(), digest: epochs.digest(), records: epochs.records() }
+            }
+            None => Current { epoch: 0, digest: table.digest, records: table.records },
+        };
+        let history = epochs.as_ref().map(|epochs| epochs.history().clone());
         let meta = Meta {
             protocol_version: PROTOCOL_VERSION,
             digest: hex::encode(table.digest),
             epoch: 0,
+            snapshot_digest: hex::encode(table.digest),
+            oldest_epoch: 0,
+            epoch_window: history.as_ref().map_or(0, History::window),
             page_size: layout.page_size(),
             row_size: layout.row_size(),
             value_size: layout.value_size(),
@@ -138,27 +169,71 @@ impl Server {
             * (morphogen_protocol::HEADER_LEN + config.max_batch * usize::from(layout.choices()) * key_len)
             + (64 << 10);
         let metrics = metrics::Metrics::new();
-        let batcher = Batcher::start(engine, config.max_batch, config.max_queue, metrics.clone())?;
-        Ok(Server {
-            state: Arc::new(State { meta, layout: layout.clone(), max_body_bytes, batcher, metrics }),
-        })
+        let limits = (config.max_batch, config.max_queue);
+        let batcher = Batcher::start(engine, epochs, current, limits, metrics.clone())?;
+        let admin_token = config.admin_token.as_deref().map(|token| blake3::hash(token.trim().as_bytes()));
+        let state =
+            State { meta, layout: layout.clone(), history, admin_token, max_body_bytes, batcher, metrics };
+        Ok(Server { state: Arc::new(state) })
     }
 
-    /// The metadata this server publishes at `/v1/meta`.
-    pub fn meta(&self) -> &Meta {
-        &self.state.meta
+    /// The metadata this server publishes at `/v1/meta` now.
+    pub fn meta(&self) -> Meta {
+        self.state.meta()
     }
 
     /// Serves requests from `listener` until `shutdown` completes, then
-    /// finishes the requests in flight.
+    /// finishes the requests in flight. The admin routes (if an admin token
+    /// is configured) are served from `admin_listener` when one is given,
+    /// and otherwise from `listener` too.
     pub async fn serve(
         self,
         listener: TcpListener,
+        admin_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let upkeep = tokio::spawn(self.state.metrics.clone().upkeep());
-        let result = axum::serve(listener, routes::router(self.state)).with_graceful_shutdown(shutdown).await;
+        let admin = self.state.admin_token.is_some().then(|| admin::router(self.state.clone()));
+        let public = routes::router(self.state);
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let signal = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
+            let _ = stopped.changed().await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(());
+        });
+        let result = match (admin, admin_listener) {
+            (Some(admin), Some(admin_listener)) => {
+                let public = axum::serve(listener, public).with_graceful_shutdown(signal(stopped.clone()));
+                let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(signal(stopped));
+                tokio::try_join!(public.into_future(), admin.into_future()).map(|_| ())
+            }
+            (Some(admin), None) => {
+                axum::serve(listener, public.merge(admin)).with_graceful_shutdown(signal(stopped)).await
+            }
+            (None, _) => axum::serve(listener, public).with_graceful_shutdown(signal(stopped)).await,
+        };
         upkeep.abort();
         result
+    }
+}
+
+impl State {
+    /// The metadata as of the current epoch.
+    fn meta(&self) -> Meta {
+        let current = self.batcher.current();
+        Meta {
+            digest: hex::encode(current.digest),
+            epoch: current.epoch,
+            records: current.records,
+            oldest_epoch: self.oldest_epoch(current.epoch),
+            ..self.meta.clone()
+        }
+    }
+
+    /// The oldest epoch a query may name when `current` is the newest.
+    fn oldest_epoch(&self, current: u64) -> u64 {
+        self.history.as_ref().map_or(current, |history| history.oldest().min(current))
     }
 }

@@ -70,6 +70,20 @@ impl Metrics {
                 "morphogen_lookups_total",
                 "Queries by outcome: answered, rejected (queue full), abandoned (client gone before its pass), failed (engine fault)."
             );
+            metrics::describe_gauge!("morphogen_epoch", "The epoch passes answer from now.");
+            metrics::describe_counter!(
+                "morphogen_updates_total",
+                "Update batches by outcome: applied, or the error code they were refused with."
+            );
+            metrics::describe_histogram!(
+                "morphogen_update_apply_seconds",
+                "Time the scan thread spent on one update batch between passes: placing it, syncing it to the log, writing the engine's pages."
+            );
+            metrics::describe_counter!("morphogen_update_rows_total", "Table rows changed by applied update batches.");
+            metrics::describe_counter!(
+                "morphogen_asof_answers_total",
+                "Queries answered as of an older epoch than their pass's, by rewinding page diffs."
+            );
             metrics::describe_gauge!(
                 "morphogen_resident_memory_bytes",
                 "Resident memory of the server process (Linux only)."
@@ -110,6 +124,30 @@ impl Metrics {
     /// Counts `queries` lookups that ended in `outcome`.
     pub(crate) fn lookups(&self, outcome: &'static str, queries: usize) {
         self.with(|| counter!("morphogen_lookups_total", "outcome" => outcome).increment(queries as u64));
+    }
+
+    /// Sets the epoch passes answer from.
+    pub(crate) fn epoch(&self, epoch: u64) {
+        self.with(|| gauge!("morphogen_epoch").set(epoch as f64));
+    }
+
+    /// Records an applied update batch.
+    pub(crate) fn update_applied(&self, duration: Duration, rows: usize) {
+        self.with(|| {
+            counter!("morphogen_updates_total", "outcome" => "applied").increment(1);
+            counter!("morphogen_update_rows_total").increment(rows as u64);
+            histogram!("morphogen_update_apply_seconds").record(duration.as_secs_f64());
+        });
+    }
+
+    /// Counts an update batch refused with `code`.
+    pub(crate) fn update_refused(&self, code: &'static str) {
+        self.with(|| counter!("morphogen_updates_total", "outcome" => code).increment(1));
+    }
+
+    /// Counts queries answered as of an older epoch.
+    pub(crate) fn asof_answers(&self, queries: usize) {
+        self.with(|| counter!("morphogen_asof_answers_total").increment(queries as u64));
     }
 
     /// The Prometheus text exposition.

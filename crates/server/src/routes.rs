@@ -10,9 +10,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use morphogen_dpf::Key;
+use morphogen_epochs::{Unavailable, rewind};
 use morphogen_protocol::{CONTENT_TYPE, Epoch, Request, Response};
 use morphogen_scan::{Query, validate};
 
+use crate::batcher::Answered;
 use crate::{ApiError, State};
 
 /// Content types a query body may be sent with.
@@ -35,7 +38,7 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn meta(Shared(state): Shared<Arc<State>>) -> Json<morphogen_protocol::Meta> {
-    Json(state.meta.clone())
+    Json(state.meta())
 }
 
 async fn metrics(Shared(state): Shared<Arc<State>>) -> impl IntoResponse {
@@ -100,18 +103,18 @@ async fn answer(
         status => ApiError::client(status, "bad_body", rejection.body_text()),
     })?;
     let request = Request::decode(&body, state.meta.max_batch)?;
-    let epoch = state.meta.epoch;
-    if let Epoch::Exact(wanted) = request.epoch
-        && wanted != epoch
-    {
-        return Err(ApiError::client(
-            StatusCode::GONE,
-            "epoch_unavailable",
-            format!("epoch {wanted} is not available; this server answers from epoch {epoch}"),
-        ));
+    let wanted = match request.epoch {
+        Epoch::Latest => None,
+        Epoch::Exact(epoch) => Some(epoch),
+    };
+    if let Some(wanted) = wanted {
+        check_epoch(state, wanted)?;
     }
     let queries: Vec<Query> = request.queries.into_iter().map(|keys| Query { keys }).collect();
     validate(&state.layout, &queries)?;
+    // Keys to take the answers back to an older epoch with, should the
+    // pass answer from a newer one.
+    let keys: Option<Vec<Vec<Key>>> = wanted.map(|_| queries.iter().map(|q| q.keys.clone()).collect());
 
     let answer = state.batcher.submit(queries).map_err(|overloaded| {
         ApiError::overloaded(
@@ -119,8 +122,71 @@ async fn answer(
             "the server's queue is full; try again after the time in Retry-After",
         )
     })?;
-    let answers = answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))??;
+    let Answered { epoch, mut answers } =
+        answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))??;
+    let epoch = match (wanted, keys) {
+        (Some(wanted), Some(keys)) if wanted < epoch => {
+            rewind_answers(state, wanted, epoch, keys, &mut answers).await?;
+            wanted
+        }
+        _ => epoch,
+    };
     let layout = &state.layout;
     Response::encode(epoch, usize::from(layout.choices()), layout.page_size() as usize, &answers)
         .map_err(ApiError::internal)
+}
+
+/// Refuses an epoch the server cannot answer as of: newer than its
+/// current one, or older than its window.
+fn check_epoch(state: &State, wanted: u64) -> Result<(), ApiError> {
+    let current = state.batcher.current().epoch;
+    let oldest = state.oldest_epoch(current);
+    let problem = if wanted > current {
+        format!("epoch {wanted} is newer than this server's current epoch {current}")
+    } else if wanted < oldest {
+        format!("epoch {wanted} is older than the oldest epoch this server keeps, {oldest}")
+    } else {
+        return Ok(());
+    };
+    Err(epoch_unavailable(problem, oldest))
+}
+
+fn epoch_unavailable(problem: String, oldest: u64) -> ApiError {
+    ApiError {
+        oldest_epoch: Some(oldest),
+        ..ApiError::client(StatusCode::GONE, "epoch_unavailable", format!("{problem}; read /v1/meta"))
+    }
+}
+
+/// Takes the answers of a pass at epoch `from` back to epoch `wanted`,
+/// evaluating each query's own keys at the pages changed in between only.
+async fn rewind_answers(
+    state: &State,
+    wanted: u64,
+    from: u64,
+    keys: Vec<Vec<Key>>,
+    answers: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    let history =
+        state.history.as_ref().ok_or_else(|| ApiError::internal("a table without updates changed epoch"))?;
+    let diffs = history.between(wanted, from).map_err(|unavailable| match unavailable {
+        Unavailable::TooOld { oldest, .. } => epoch_unavailable(unavailable.to_string(), oldest),
+        Unavailable::Ahead { .. } => ApiError::internal(unavailable),
+    })?;
+    state.metrics.asof_answers(keys.len());
+    let layout = state.layout.clone();
+    let mut taken = std::mem::take(answers);
+    // Many point evaluations for a deep rewind: off the async workers.
+    let rewound = tokio::task::spawn_blocking(move || {
+        let per_query = usize::from(layout.choices()) * layout.page_size() as usize;
+        for (answer, keys) in taken.chunks_exact_mut(per_query).zip(&keys) {
+            rewind(&layout, keys, answer, &diffs)?;
+        }
+        Ok::<_, morphogen_dpf::Error>(taken)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    *answers = rewound;
+    Ok(())
 }

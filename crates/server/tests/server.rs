@@ -38,9 +38,9 @@ async fn start(table: &Arc<Table>, config: Config) -> Running {
 async fn start_with(table: &Arc<Table>, engine: Box<dyn Engine>, config: Config) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = Server::new(TableInfo::of(table), engine, config).unwrap();
+    let server = Server::new(TableInfo::of(table), engine, None, config).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(listener, async move {
+    tokio::spawn(server.serve(listener, None, async move {
         let _ = stopped.await;
     }));
     Running { url, _stop: stop }
@@ -236,6 +236,12 @@ impl Engine for SlowEngine {
         std::thread::sleep(self.pass_time);
         self.inner.pass(queries)
     }
+    fn table(&self) -> Option<&Table> {
+        self.inner.table()
+    }
+    fn write_pages(&mut self, writes: &[morphogen_table::PageWrite]) -> Result<(), morphogen_scan::Error> {
+        self.inner.write_pages(writes)
+    }
     fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
         self.inner.plain_read_seconds()
     }
@@ -296,7 +302,7 @@ async fn concurrent_lookups_share_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_with_retry_after_and_the_client_retries() {
     let table = small_table();
-    let config = Config { max_batch: 1, max_queue: 2 };
+    let config = Config { max_batch: 1, max_queue: 2, ..Config::default() };
     let (a, b) = (start_slow(&table, 50, config.clone()).await, start_slow(&table, 50, config).await);
 
     // Raw requests, all at once: three fit (one in a pass, two queued); the rest are refused.

@@ -1,0 +1,152 @@
+//! The admin routes, behind a bearer token: update batches.
+//!
+//! `POST /admin/v1/updates` takes a batch of changes (JSON, keys and values
+//! in hex) with its sequence number and answers once the batch is in the
+//! update log, synced, and in the engine's pages: the new epoch, its digest
+//! and the record count. Keys and values are never logged.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State as Shared};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use morphogen_epochs::{Batch, Change};
+use morphogen_protocol::{ChangeBody, UpdateReply, UpdateRequest};
+use morphogen_table::{KeyDigest, MAX_KEY_LEN};
+
+use crate::batcher::UpdateError;
+use crate::{ApiError, State};
+
+/// Largest admin body: a million changes of short values.
+const MAX_ADMIN_BODY: usize = 256 << 20;
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/admin/v1/updates", post(updates).layer(DefaultBodyLimit::max(MAX_ADMIN_BODY)))
+        .with_state(state)
+}
+
+/// Checks the `Authorization: Bearer …` header against the admin token.
+fn authorize(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
+    let expected = state.admin_token.as_ref().expect("admin routes exist only with a token");
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    // blake3::Hash compares in constant time, so the comparison says
+    // nothing about how much of a guess was right.
+    match given {
+        Some(token) if blake3::hash(token.trim().as_bytes()) == *expected => Ok(()),
+        _ => Err(ApiError::client(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin routes need the header Authorization: Bearer <admin token>",
+        )),
+    }
+}
+
+async fn updates(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    body: Result<Json<UpdateRequest>, JsonRejection>,
+) -> axum::response::Response {
+    match apply_updates(&state, &headers, body).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(error) => {
+            if error.status != StatusCode::UNAUTHORIZED {
+                state.metrics.update_refused(error.code);
+            }
+            tracing::warn!(code = error.code, message = %error.message, "update batch refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn apply_updates(
+    state: &State,
+    headers: &HeaderMap,
+    body: Result<Json<UpdateRequest>, JsonRejection>,
+) -> Result<UpdateReply, ApiError> {
+    authorize(state, headers)?;
+    let Json(request) = body.map_err(|rejection| {
+        let code =
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
+        ApiError::client(rejection.status(), code, rejection.body_text())
+    })?;
+    let changes = request
+        .changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| decode_change(i, change))
+        .collect::<Result<_, _>>()?;
+    let count = request.changes.len();
+    let outcome = state
+        .batcher
+        .update(Batch { sequence: request.sequence, changes })
+        .await
+        .map_err(|_| ApiError::internal("the scan thread dropped an update batch"))?;
+    let applied = outcome.map_err(update_error)?;
+    tracing::info!(
+        epoch = applied.current.epoch,
+        changes = count,
+        rows = applied.changed_rows,
+        records = applied.current.records,
+        "applied an update batch"
+    );
+    Ok(UpdateReply {
+        epoch: applied.current.epoch,
+        digest: hex::encode(applied.current.digest),
+        records: applied.current.records,
+        changed_rows: applied.changed_rows,
+    })
+}
+
+/// A change of the request as the table takes it; the error names the
+/// change's position, never its bytes.
+fn decode_change(index: usize, change: &ChangeBody) -> Result<Change, ApiError> {
+    let bad = |code, problem: &str| {
+        ApiError::client(StatusCode::BAD_REQUEST, code, format!("change {index}: {problem}"))
+    };
+    let key = hex::decode(&change.key).map_err(|_| bad("bad_key", "the key is not hex"))?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(bad(
+            "bad_key",
+            &format!("the key is {} bytes; keys are 1 to {MAX_KEY_LEN} bytes", key.len()),
+        ));
+    }
+    let value = match &change.value {
+        Some(value) => Some(hex::decode(value).map_err(|_| bad("bad_value", "the value is not hex"))?),
+        None => None,
+    };
+    Ok(Change { key: KeyDigest::of(&key), value })
+}
+
+fn update_error(error: UpdateError) -> ApiError {
+    use morphogen_epochs::Error as E;
+    match error {
+        UpdateError::Refused(E::Sequence { expected, actual }) => ApiError {
+            expected_sequence: Some(expected),
+            ..ApiError::client(
+                StatusCode::CONFLICT,
+                "sequence",
+                format!("sequence number {actual} is not the next one: this server expects {expected}"),
+            )
+        },
+        UpdateError::Refused(error @ E::TableFull { .. }) => {
+            ApiError::client(StatusCode::CONFLICT, "table_full", error.to_string())
+        }
+        UpdateError::Refused(error @ E::ValueTooLong { .. }) => {
+            ApiError::client(StatusCode::BAD_REQUEST, "value_too_long", error.to_string())
+        }
+        UpdateError::Refused(error) => ApiError::internal(error),
+        UpdateError::ReadOnly => ApiError::client(
+            StatusCode::CONFLICT,
+            "read_only",
+            "this server's table takes no updates (a synthetic table, or one served without an update log)",
+        ),
+        UpdateError::Failed(details) => ApiError::internal(details),
+    }
+}

@@ -9,6 +9,7 @@ mod progress;
 mod selftest;
 mod serve;
 mod table_cmds;
+mod update;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Look keys up privately through two servers.
     Get(get::GetArgs),
+    /// Send a CSV of changes to the servers as the next update batch (epoch).
+    Update(update::UpdateArgs),
     /// Time an engine's passes over a table (no HTTP), next to a plain read of every page.
     Bench(bench::BenchArgs),
     /// Load-test two servers (or one) with many concurrent private lookups,
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Get(args) => get::run(&args),
+        Command::Update(args) => update::run(&args),
         Command::Selftest(args) => selftest::run(&args),
         Command::Load(args) => load::run(&args),
     }

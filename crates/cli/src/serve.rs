@@ -127,7 +127,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The environment variable that may hold the admin token.
-const TOKEN_VARIABLE: &str = "MORPHOGEN_ADMIN_TOKEN";
+pub const TOKEN_VARIABLE: &str = "MORPHOGEN_ADMIN_TOKEN";
 
 /// The admin token from `--admin-token-file` or the environment, if any.
 fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {

@@ -10,7 +10,11 @@
 //! whenever a server says the epoch asked for is not available, so it never
 //! combines answers from different epochs.
 
+mod admin;
+
 use std::time::{Duration, Instant};
+
+pub use admin::Admin;
 
 use morphogen_dpf::{Key, generate};
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Meta, PROTOCOL_VERSION, Request, Response};

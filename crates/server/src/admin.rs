@@ -1,5 +1,9 @@
-//! The admin routes, behind a bearer token: update batches.
+//! The admin routes, behind a bearer token: the server's state and update
+//! batches.
 //!
+//! `GET /admin/v1/status` answers the metadata of `/v1/meta`, so that a
+//! feeder reaching only the admin address learns the current epoch (the
+//! next batch's sequence number is one more).
 //! `POST /admin/v1/updates` takes a batch of changes (JSON, keys and values
 //! in hex) with its sequence number and answers once the batch is in the
 //! update log, synced, and in the engine's pages: the new epoch, its digest
@@ -11,7 +15,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State as Shared};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change};
 use morphogen_protocol::{ChangeBody, UpdateReply, UpdateRequest};
@@ -25,6 +29,7 @@ const MAX_ADMIN_BODY: usize = 256 << 20;
 
 pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
+        .route("/admin/v1/status", get(status))
         .route("/admin/v1/updates", post(updates).layer(DefaultBodyLimit::max(MAX_ADMIN_BODY)))
         .with_state(state)
 }
@@ -45,6 +50,13 @@ fn authorize(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
             "unauthorized",
             "admin routes need the header Authorization: Bearer <admin token>",
         )),
+    }
+}
+
+async fn status(Shared(state): Shared<Arc<State>>, headers: HeaderMap) -> axum::response::Response {
+    match authorize(&state, &headers) {
+        Ok(()) => Json(state.meta()).into_response(),
+        Err(error) => error.into_response(),
     }
 }
 

@@ -1,0 +1,70 @@
+//! The admin side of a server: its state and update batches, behind its
+//! bearer token.
+
+use std::time::{Duration, Instant};
+
+use morphogen_protocol::{Meta, UpdateReply, UpdateRequest};
+use reqwest::Url;
+
+use crate::{Error, http_client, parse_url, success_body, transport_error};
+
+/// One server's admin routes.
+pub struct Admin {
+    http: reqwest::Client,
+    url: Url,
+    token: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret.
+        f.debug_struct("Admin").field("url", &self.url.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// The admin routes at `url` (the server's `--admin-listen` address, or
+    /// its public one), authenticated by `token`; every request is bounded by
+    /// `timeout`.
+    pub fn new(url: &str, token: &str, timeout: Duration) -> Result<Admin, Error> {
+        Ok(Admin { http: http_client()?, url: parse_url(url)?, token: token.trim().to_string(), timeout })
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The server's metadata as of its current epoch; the next batch's
+    /// sequence number is its `epoch` plus one.
+    pub async fn status(&self) -> Result<Meta, Error> {
+        let url = self.url.join("admin/v1/status").expect("a fixed relative path");
+        let request = self.http.get(url).bearer_auth(&self.token);
+        let bytes = self.send(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable status: {e}")))
+    }
+
+    /// Sends one update batch; it is answered once the server has it in its
+    /// log, synced, and in its engine.
+    pub async fn update(&self, batch: &UpdateRequest) -> Result<UpdateReply, Error> {
+        let url = self.url.join("admin/v1/updates").expect("a fixed relative path");
+        let request = self.http.post(url).bearer_auth(&self.token).json(batch);
+        let bytes = self.send(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable update reply: {e}")))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let response = request
+            .timeout(deadline.saturating_duration_since(Instant::now()))
+            .send()
+            .await
+            .map_err(|e| transport_error(&self.url, e))?;
+        success_body(&self.url, response).await
+    }
+
+    fn protocol(&self, message: String) -> Error {
+        Error::Protocol { server: self.url.to_string(), message }
+    }
+}

@@ -81,7 +81,10 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
                 let started = Instant::now();
                 let reply = admin.update(&request).await.with_context(|| format!("updating {}", admin.url()));
                 let acknowledged_ms = started.elapsed().as_secs_f64() * 1e3;
-                (index, reply.map(|reply| Outcome { server: admin.url().to_string(), reply, acknowledged_ms }))
+                (
+                    index,
+                    reply.map(|reply| Outcome { server: admin.url().to_string(), reply, acknowledged_ms }),
+                )
             });
         }
         let mut outcomes: Vec<Option<Outcome>> = admins.iter().map(|_| None).collect();
@@ -109,7 +112,12 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
             .map(|o| {
                 format!(
                     "{}: epoch {}, {} rows changed, {} records, digest {}, acknowledged in {:.1} ms\n",
-                    o.server, o.reply.epoch, o.reply.changed_rows, o.reply.records, o.reply.digest, o.acknowledged_ms
+                    o.server,
+                    o.reply.epoch,
+                    o.reply.changed_rows,
+                    o.reply.records,
+                    o.reply.digest,
+                    o.acknowledged_ms
                 )
             })
             .collect()
@@ -121,7 +129,8 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
 async fn next_sequence(admins: &[Arc<Admin>]) -> anyhow::Result<u64> {
     let mut epochs = Vec::with_capacity(admins.len());
     for admin in admins {
-        let status = admin.status().await.with_context(|| format!("reading the status of {}", admin.url()))?;
+        let status =
+            admin.status().await.with_context(|| format!("reading the status of {}", admin.url()))?;
         epochs.push(status.epoch);
     }
     if epochs.windows(2).any(|pair| pair[0] != pair[1]) {

@@ -1,0 +1,321 @@
+//! Live updates through real servers: lookups racing a stream of update
+//! batches, answers as of older epochs, two servers kept in step, and the
+//! admin routes' refusals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use morphogen_client::{Admin, Client};
+use morphogen_dpf::{Key, generate};
+use morphogen_epochs::{Batch, Change, Epochs};
+use morphogen_protocol::{CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, Response, UpdateRequest};
+use morphogen_scan::{CpuEngine, Engine, Query, ReferenceEngine};
+use morphogen_server::{Config, Server, TableInfo};
+use morphogen_table::{BuildOptions, NoProgress, Table, build};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "test admin token";
+
+/// 2,000 records `key-i` → `value-i` in 512-byte pages of 21 rows, 3 sub-tables.
+fn table() -> Table {
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..2_000).map(|i| (format!("key-{i}").into_bytes(), format!("value-{i}").into_bytes())).collect();
+    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 3, seed: None };
+    build(&records[..], &options, &NoProgress).unwrap()
+}
+
+/// A running server with an update log; stops when dropped.
+struct Live {
+    url: String,
+    admin: Admin,
+    _stop: oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+/// Serves a copy of `table` with a fresh update log keeping `window` epochs.
+async fn start(table: &Table, window: u64) -> Live {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table.clone();
+    let (epochs, _) = Epochs::open(&mut table, &dir.path().join("table.log"), window).unwrap();
+    let info = TableInfo::of(&table);
+    let engine = CpuEngine::new(Arc::new(table));
+    let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
+    serve(Server::new(info, Box::new(engine), Some(epochs), config).unwrap(), dir).await
+}
+
+async fn serve(server: Server, dir: tempfile::TempDir) -> Live {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, None, async move {
+        let _ = stopped.await;
+    }));
+    let admin = Admin::new(&url, TOKEN, Duration::from_secs(30)).unwrap();
+    Live { url, admin, _stop: stop, _dir: dir }
+}
+
+/// Random batches: values of existing keys changed, some deleted and
+/// added back, a few new keys.
+fn random_batches(count: usize, seed: u64) -> Vec<Vec<(String, Option<String>)>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            (0..rng.random_range(1..12))
+                .map(|_| {
+                    let key = match rng.random_bool(0.95) {
+                        true => format!("key-{}", rng.random_range(0..2_000)),
+                        false => format!("new-{}", rng.random_range(0..10)),
+                    };
+                    let value = rng.random_bool(0.8).then(|| format!("v{}", rng.random::<u32>()));
+                    (key, value)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn request(sequence: u64, changes: &[(String, Option<String>)]) -> UpdateRequest {
+    let changes = changes
+        .iter()
+        .map(|(key, value)| ChangeBody { key: hex::encode(key), value: value.as_ref().map(hex::encode) })
+        .collect();
+    UpdateRequest { sequence, changes }
+}
+
+/// The table and its digest at every epoch of `batches`, applied in memory.
+fn model(table: &Table, batches: &[Vec<(String, Option<String>)>]) -> Vec<(Arc<Table>, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table.clone();
+    let (mut epochs, _) = Epochs::open(&mut table, &dir.path().join("model.log"), 1024).unwrap();
+    let mut states = vec![(Arc::new(table.clone()), hex::encode(epochs.digest()))];
+    for (i, changes) in batches.iter().enumerate() {
+        let changes = changes
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => Change::set(key.as_bytes(), value.as_bytes()),
+                None => Change::delete(key.as_bytes()),
+            })
+            .collect();
+        let plan = epochs.plan(&table, Batch { sequence: i as u64 + 1, changes }).unwrap();
+        table.apply(&epochs.commit(plan).unwrap()).unwrap();
+        states.push((Arc::new(table.clone()), hex::encode(epochs.digest())));
+    }
+    states
+}
+
+/// Random queries of party 0 for the table's layout.
+fn queries(table: &Table, count: usize, rng: &mut StdRng) -> Vec<Vec<Key>> {
+    let layout = table.layout();
+    (0..count)
+        .map(|_| {
+            (0..layout.choices())
+                .map(|_| {
+                    let page = rng.random_range(0..layout.pages_per_table());
+                    generate(layout.pages_per_table(), page, rng).unwrap().0
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Sends a raw query request; returns the answer or the status and error.
+async fn query(url: &str, epoch: Epoch, queries: &[Vec<Key>]) -> Result<Response, (u16, ErrorBody)> {
+    let body = Request { epoch, queries: queries.to_vec() }.encode().unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/query"))
+        .header("content-type", CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    if status == 200 {
+        Ok(Response::decode(&bytes).unwrap())
+    } else {
+        Err((status, serde_json::from_slice(&bytes).unwrap()))
+    }
+}
+
+/// What the reference engine answers to `queries` from `table`.
+fn reference(table: &Arc<Table>, queries: &[Vec<Key>]) -> Vec<u8> {
+    let queries: Vec<Query> = queries.iter().map(|keys| Query { keys: keys.clone() }).collect();
+    ReferenceEngine::new(table.clone()).pass(&queries).unwrap().as_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_racing_updates_match_the_reference_at_the_epoch_they_report() {
+    let table = table();
+    let batches = random_batches(25, 1);
+    let states = model(&table, &batches);
+    let server = Arc::new(start(&table, 1024).await);
+
+    let updater = {
+        let server = server.clone();
+        let expected: Vec<String> = states.iter().map(|(_, digest)| digest.clone()).collect();
+        tokio::spawn(async move {
+            for (i, changes) in batches.iter().enumerate() {
+                let sequence = i as u64 + 1;
+                let reply = server.admin.update(&request(sequence, changes)).await.unwrap();
+                assert_eq!(reply.epoch, sequence);
+                assert_eq!(reply.digest, expected[i + 1], "digest of epoch {sequence}");
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut answered = Vec::new();
+    let mut as_of = 0;
+    while !updater.is_finished() || answered.len() < 20 {
+        let asked = queries(&table, rng.random_range(1..=5), &mut rng);
+        // Every other request names an epoch at or behind the current one.
+        let epoch = match answered.len() % 2 {
+            0 => Epoch::Latest,
+            _ => {
+                as_of += 1;
+                let meta: morphogen_protocol::Meta =
+                    reqwest::get(format!("{}/v1/meta", server.url)).await.unwrap().json().await.unwrap();
+                Epoch::Exact(meta.epoch.saturating_sub(rng.random_range(0..4)))
+            }
+        };
+        let response = query(&server.url, epoch, &asked).await.unwrap();
+        if let Epoch::Exact(wanted) = epoch {
+            assert_eq!(response.epoch, wanted);
+        }
+        answered.push((asked, response));
+    }
+    updater.await.unwrap();
+    let epochs: std::collections::BTreeSet<u64> = answered.iter().map(|(_, r)| r.epoch).collect();
+    assert!(epochs.len() > 3, "lookups saw several epochs: {epochs:?}");
+    assert!(as_of > 5);
+    for (asked, response) in &answered {
+        let (state, _) = &states[response.epoch as usize];
+        assert!(response.pages == reference(state, asked), "epoch {}", response.epoch);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_as_of_an_epoch_outside_the_window_are_gone() {
+    let table = table();
+    let batches = random_batches(5, 3);
+    let states = model(&table, &batches);
+    let server = start(&table, 3).await;
+    for (i, changes) in batches.iter().enumerate() {
+        server.admin.update(&request(i as u64 + 1, changes)).await.unwrap();
+    }
+    let mut rng = StdRng::seed_from_u64(4);
+    let asked = queries(&table, 3, &mut rng);
+    for epoch in 2..=5 {
+        let response = query(&server.url, Epoch::Exact(epoch), &asked).await.unwrap();
+        assert_eq!(response.epoch, epoch);
+        assert!(response.pages == reference(&states[epoch as usize].0, &asked), "epoch {epoch}");
+    }
+    for (epoch, problem) in [(1, "older than the oldest"), (6, "newer than")] {
+        let (status, error) = query(&server.url, Epoch::Exact(epoch), &asked).await.unwrap_err();
+        assert_eq!((status, error.code.as_str(), error.oldest_epoch), (410, "epoch_unavailable", Some(2)));
+        assert!(error.error.contains(problem), "{}", error.error);
+    }
+    let meta = server.admin.status().await.unwrap();
+    assert_eq!((meta.epoch, meta.oldest_epoch, meta.epoch_window), (5, 2, 3));
+    assert_eq!(meta.digest, states[5].1);
+    assert_eq!(meta.snapshot_digest, hex::encode(table.digest()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_the_epoch_both_servers_have_reached() {
+    let table = table();
+    let (a, b) = (start(&table, 1024).await, start(&table, 1024).await);
+    let client = Client::new(&a.url, &b.url).await.unwrap();
+    let padded = |value: &str| {
+        let mut bytes = value.as_bytes().to_vec();
+        bytes.resize(16, 0);
+        bytes
+    };
+    assert_eq!(client.get(b"key-7").await.unwrap(), Some(padded("value-7")));
+
+    let changes = vec![("key-7".to_string(), Some("seven".to_string())), ("key-8".to_string(), None)];
+    let reply_a = a.admin.update(&request(1, &changes)).await.unwrap();
+    // Only A has epoch 1: the client keeps reading epoch 0 from both.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(client.get(b"key-7").await.unwrap(), Some(padded("value-7")));
+    assert_eq!(client.meta().epoch, 0);
+
+    let reply_b = b.admin.update(&request(1, &changes)).await.unwrap();
+    assert_eq!(reply_a.digest, reply_b.digest, "the same batch gives the same digest on both");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(client.get(b"key-7").await.unwrap(), Some(padded("seven")));
+    assert_eq!(client.get(b"key-8").await.unwrap(), None);
+    assert_eq!(client.meta().epoch, 1);
+}
+
+/// Posts a raw update body with `token`; returns the status and error body.
+async fn post_update(url: &str, token: Option<&str>, body: serde_json::Value) -> (u16, ErrorBody) {
+    let mut request = reqwest::Client::new().post(format!("{url}/admin/v1/updates")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_routes_refuse_bad_tokens_sequences_and_batches_and_change_nothing() {
+    let table = table();
+    let server = start(&table, 1024).await;
+    let change =
+        |key: &str, value: &str| serde_json::json!({"key": hex::encode(key), "value": hex::encode(value)});
+    let good = serde_json::json!({"sequence": 1, "changes": [change("key-1", "x")]});
+    for token in [None, Some("wrong token")] {
+        let (status, error) = post_update(&server.url, token, good.clone()).await;
+        assert_eq!((status, error.code.as_str()), (401, "unauthorized"));
+    }
+    let (status, error) =
+        post_update(&server.url, Some(TOKEN), serde_json::json!({"sequence": 2, "changes": []})).await;
+    assert_eq!((status, error.code.as_str(), error.expected_sequence), (409, "sequence", Some(1)));
+
+    let new_keys: Vec<_> = (0..3_000).map(|i| change(&format!("fresh-{i}"), "v")).collect();
+    let (status, error) =
+        post_update(&server.url, Some(TOKEN), serde_json::json!({"sequence": 1, "changes": new_keys})).await;
+    assert_eq!((status, error.code.as_str()), (409, "table_full"));
+    assert!(error.error.contains("rebuild needed"), "{}", error.error);
+
+    let long = serde_json::json!({"sequence": 1, "changes": [change("key-1", &"x".repeat(17))]});
+    let (status, error) = post_update(&server.url, Some(TOKEN), long).await;
+    assert_eq!((status, error.code.as_str()), (400, "value_too_long"));
+    let not_hex = serde_json::json!({"sequence": 1, "changes": [{"key": "zz", "value": null}]});
+    let (status, error) = post_update(&server.url, Some(TOKEN), not_hex).await;
+    assert_eq!((status, error.code.as_str()), (400, "bad_key"));
+    let (status, _) = post_update(&server.url, Some(TOKEN), serde_json::json!({"changes": 5})).await;
+    assert_eq!(status, 422);
+
+    // Nothing was applied; the good batch still is.
+    let meta = server.admin.status().await.unwrap();
+    assert_eq!((meta.epoch, meta.records, meta.digest), (0, 2_000, hex::encode(table.digest())));
+    let (status, _) = post_update(&server.url, Some(TOKEN), good).await;
+    assert_eq!(status, 200);
+    assert_eq!(server.admin.status().await.unwrap().epoch, 1);
+    let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+    for outcome in ["applied", "sequence", "table_full", "value_too_long"] {
+        assert!(metrics.contains(&format!("morphogen_updates_total{{outcome=\"{outcome}\"}}")), "{outcome}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_exist_only_with_a_token_and_need_an_update_log() {
+    let table = Arc::new(table());
+    let plain = |admin_token: Option<&str>| {
+        let config = Config { admin_token: admin_token.map(str::to_string), ..Config::default() };
+        let engine = CpuEngine::new(table.clone());
+        Server::new(TableInfo::of(&table), Box::new(engine), None, config).unwrap()
+    };
+    let without = serve(plain(None), tempfile::tempdir().unwrap()).await;
+    let body = serde_json::json!({"sequence": 1, "changes": []});
+    assert_eq!(post_update(&without.url, Some(TOKEN), body.clone()).await.0, 404);
+    let read_only = serve(plain(Some(TOKEN)), tempfile::tempdir().unwrap()).await;
+    let (status, error) = post_update(&read_only.url, Some(TOKEN), body).await;
+    assert_eq!((status, error.code.as_str()), (409, "read_only"));
+}

@@ -295,3 +295,101 @@ fn load_counts_wrong_answers_and_fails() {
     assert!(wrong > 0, "{stdout}");
     assert!(text(&output.stderr).contains("got a wrong answer"), "{}", text(&output.stderr));
 }
+
+/// Random batches of changes to the keys `0..500` (8-byte hex keys of the
+/// tables these tests build), about a fifth of them deletions.
+fn update_batches(count: usize) -> Vec<morphogen_protocol::UpdateRequest> {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    (1..=count as u64)
+        .map(|sequence| {
+            let changes = (0..rng.random_range(1..30))
+                .map(|_| morphogen_protocol::ChangeBody {
+                    key: format!("{:08x}", rng.random_range(0..500u32) * 2),
+                    value: rng.random_bool(0.8).then(|| format!("{:016x}", rng.random::<u64>())),
+                })
+                .collect();
+            morphogen_protocol::UpdateRequest { sequence, changes }
+        })
+        .collect()
+}
+
+#[test]
+fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let records: String = (0..500u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i))).collect();
+    let table = build_from_csv(dir.path(), &records);
+    let twin_table = dir.path().join("twin.mgdb");
+    fs::copy(&table, &twin_table).unwrap();
+    let token = dir.path().join("token");
+    fs::write(&token, "kill test token\n").unwrap();
+    let options = |db: &Path| {
+        let (db, token) = (db.to_str().unwrap().to_string(), token.to_str().unwrap().to_string());
+        vec!["--db".to_string(), db, "--engine".into(), "cpu".into(), "--admin-token-file".into(), token]
+    };
+    let start = |db: &Path| serve_with(&options(db).iter().map(String::as_str).collect::<Vec<_>>());
+    let admin = |server: &Serving| {
+        Arc::new(
+            morphogen_client::Admin::new(&server.url, "kill test token", Duration::from_secs(10)).unwrap(),
+        )
+    };
+    let batches = update_batches(40);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // A server that never crashes: the digest of every epoch.
+    let twin = start(&twin_table);
+    let twin_admin = admin(&twin);
+    let digests: Vec<String> = runtime.block_on(async {
+        let mut digests = vec![twin_admin.status().await.unwrap().digest];
+        for batch in &batches {
+            digests.push(twin_admin.update(batch).await.unwrap().digest);
+        }
+        digests
+    });
+
+    let mut crashing = start(&table);
+    let crashing_admin = admin(&crashing);
+    let acknowledged = runtime.block_on(async {
+        for batch in &batches[..15] {
+            crashing_admin.update(batch).await.unwrap();
+        }
+        // Kill it (SIGKILL) while the 16th batch is in flight.
+        let in_flight = tokio::spawn({
+            let (admin, batch) = (crashing_admin.clone(), batches[15].clone());
+            async move { admin.update(&batch).await }
+        });
+        tokio::time::sleep(Duration::from_micros(300)).await;
+        crashing.child.kill().unwrap();
+        crashing.child.wait().unwrap();
+        15 + u64::from(in_flight.await.unwrap().is_ok())
+    });
+
+    let restarted = start(&table);
+    let restarted_admin = admin(&restarted);
+    runtime.block_on(async {
+        let status = restarted_admin.status().await.unwrap();
+        // The 16th batch may have reached the log unacknowledged: either is right.
+        assert!(
+            status.epoch == acknowledged || status.epoch == 16,
+            "epoch {} after {acknowledged}",
+            status.epoch
+        );
+        assert_eq!(status.digest, digests[status.epoch as usize], "epoch {}", status.epoch);
+        for batch in &batches[status.epoch as usize..] {
+            restarted_admin.update(batch).await.unwrap();
+        }
+        assert_eq!(restarted_admin.status().await.unwrap().digest, digests[40]);
+    });
+    // Lookups through the restarted server and its twin see the last value
+    // each batch gave the key.
+    let key = "00000000";
+    let last =
+        batches.iter().flat_map(|b| &b.changes).filter(|c| c.key == key).next_back().map(|c| c.value.clone());
+    let expected = last.unwrap_or(Some("0000000000000000".to_string()));
+    let output = morphogen(&["get", "--json", "--server", &restarted.url, "--server", &twin.url, key]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(found[0]["value"].as_str(), expected.as_deref(), "{found}");
+}

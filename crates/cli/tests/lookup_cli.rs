@@ -385,8 +385,7 @@ fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
     // Lookups through the restarted server and its twin see the last value
     // each batch gave the key.
     let key = "00000000";
-    let last =
-        batches.iter().flat_map(|b| &b.changes).filter(|c| c.key == key).next_back().map(|c| c.value.clone());
+    let last = batches.iter().flat_map(|b| &b.changes).rfind(|c| c.key == key).map(|c| c.value.clone());
     let expected = last.unwrap_or(Some("0000000000000000".to_string()));
     let output = morphogen(&["get", "--json", "--server", &restarted.url, "--server", &twin.url, key]);
     assert!(output.status.success(), "{}", text(&output.stderr));

@@ -1,13 +1,14 @@
 //! `morphogen selftest`: compares an engine with the reference engine on
-//! random tables of awkward shapes, so that a GPU engine can be checked on
-//! the machine that runs it.
+//! random tables of awkward shapes, before and after pages are rewritten
+//! as updates rewrite them, so that a GPU engine can be checked on the
+//! machine that runs it.
 
 use std::sync::Arc;
 
 use anyhow::{bail, ensure};
 use clap::Args;
-use morphogen_scan::{Engine, ReferenceEngine};
-use morphogen_table::{Layout, Table, fill_synthetic};
+use morphogen_scan::{Engine, Query, ReferenceEngine};
+use morphogen_table::{Layout, PageWrite, Table, fill_synthetic};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -75,28 +76,48 @@ pub fn run(args: &SelftestArgs) -> anyhow::Result<()> {
             println!("checking engine {engine_name} against the reference engine");
         }
         let queries = engine::random_queries(&layout, case.batch, &mut rng)?;
-        let answers = engine.pass(&queries)?;
-        let expected = ReferenceEngine::new(table).pass(&queries)?;
-        ensure!(
-            answers.len() == queries.len(),
-            "case {}: {} answers for {} queries",
-            i + 1,
-            answers.len(),
-            queries.len()
-        );
+        let mut reference = ReferenceEngine::new(table);
         let describe = format!(
             "{} pages × {} sub-tables, {}-byte pages, batch {}",
             case.pages, case.choices, case.page_size, case.batch
         );
-        if let Some(q) = (0..queries.len()).find(|&q| answers.query(q) != expected.query(q)) {
-            bail!("case {} ({describe}): query {q}'s answer differs from the reference engine's", i + 1);
-        }
-        queries_checked += queries.len();
+        compare(engine.as_mut(), &mut reference, &queries)
+            .map_err(|problem| anyhow::anyhow!("case {} ({describe}): {problem}", i + 1))?;
+        // Updates rewrite whole pages between passes: the engine must answer
+        // from the new pages (a GPU engine copies them to the device).
+        let writes: Vec<PageWrite> = (0..3)
+            .map(|_| {
+                let mut bytes = vec![0u8; case.page_size as usize];
+                fill_synthetic(rng.random(), 0, &mut bytes);
+                PageWrite { index: rng.random_range(0..layout.total_pages()), bytes }
+            })
+            .collect();
+        engine.write_pages(&writes)?;
+        reference.write_pages(&writes)?;
+        compare(engine.as_mut(), &mut reference, &queries).map_err(|problem| {
+            anyhow::anyhow!("case {} ({describe}), after page writes: {problem}", i + 1)
+        })?;
+        queries_checked += 2 * queries.len();
         println!("  ok  {describe}");
     }
     println!(
         "selftest passed: {} cases, {queries_checked} queries, engine {engine_name} equals the reference engine",
         cases.len()
     );
+    Ok(())
+}
+
+/// Runs `queries` on both engines; says how the answers differ, if they do.
+fn compare(
+    engine: &mut dyn Engine,
+    reference: &mut ReferenceEngine,
+    queries: &[Query],
+) -> anyhow::Result<()> {
+    let answers = engine.pass(queries)?;
+    let expected = reference.pass(queries)?;
+    ensure!(answers.len() == queries.len(), "{} answers for {} queries", answers.len(), queries.len());
+    if let Some(q) = (0..queries.len()).find(|&q| answers.query(q) != expected.query(q)) {
+        bail!("query {q}'s answer differs from the reference engine's");
+    }
     Ok(())
 }

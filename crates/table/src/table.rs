@@ -122,7 +122,7 @@ impl Table {
     }
 
     /// BLAKE3 digest of the pages as built or opened: the snapshot's
-    /// digest. [`Table::write_page`] leaves it as it is; the digest of a
+    /// digest. [`Table::apply`] leaves it as it is; the digest of a
     /// table with updates applied is the epoch chain of `morphogen-epochs`.
     pub fn digest(&self) -> [u8; 32] {
         self.digest
@@ -146,35 +146,30 @@ impl Table {
 
     /// Page `index` of the whole table (sub-table after sub-table).
     pub fn page_at(&self, index: u64) -> &[u8] {
-        assert!(index < self.layout.total_pages(), "page {index} is past the table");
-        let size = self.layout.page_size() as usize;
-        let start = index as usize * size;
-        &self.pages[start..start + size]
+        &self.pages[self.page_span(index)]
     }
 
-    /// Replaces page `index` of the whole table with `bytes`, one page long.
-    /// A mapped table copies the page into memory; its file is not changed.
-    pub fn write_page(&mut self, index: u64, bytes: &[u8]) -> Result<(), Error> {
-        let size = self.layout.page_size() as usize;
-        if bytes.len() != size {
-            return Err(Error::PageLength { expected: self.layout.page_size(), actual: bytes.len() });
-        }
-        assert!(index < self.layout.total_pages(), "page {index} is past the table");
-        let start = index as usize * size;
-        self.pages[start..start + size].copy_from_slice(bytes);
-        Ok(())
-    }
-
-    /// Applies `writes` in order; they are checked before any is applied.
+    /// Replaces whole pages, in order; every write is checked to be one page
+    /// long before any is applied. A mapped table copies the pages it
+    /// writes into memory; its file is not changed.
     pub fn apply(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
         let size = self.layout.page_size() as usize;
         if let Some(bad) = writes.iter().find(|w| w.bytes.len() != size) {
             return Err(Error::PageLength { expected: self.layout.page_size(), actual: bad.bytes.len() });
         }
         for write in writes {
-            self.write_page(write.index, &write.bytes)?;
+            let span = self.page_span(write.index);
+            self.pages[span].copy_from_slice(&write.bytes);
         }
         Ok(())
+    }
+
+    /// Byte range of page `index` of the whole table within the pages.
+    fn page_span(&self, index: u64) -> std::ops::Range<usize> {
+        assert!(index < self.layout.total_pages(), "page {index} is past the table");
+        let size = self.layout.page_size() as usize;
+        let start = index as usize * size;
+        start..start + size
     }
 
     /// Sets the number of records stored, after updates added or removed some.

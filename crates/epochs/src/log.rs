@@ -217,15 +217,11 @@ fn check_header(header: &[u8; LOG_HEADER_LEN], snapshot: &[u8; 32]) -> Result<u6
     if header[16..48] != snapshot[..] {
         return Err(format!(
             "it belongs to the table with digest {}, not to this one ({})",
-            hex(&header[16..48]),
-            hex(snapshot)
+            hex::encode(&header[16..48]),
+            hex::encode(snapshot)
         ));
     }
     Ok(u64::from_le_bytes(header[48..56].try_into().expect("8 bytes")))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 enum Record {

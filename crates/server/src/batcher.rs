@@ -53,6 +53,13 @@ pub(crate) struct Current {
     pub(crate) records: u64,
 }
 
+impl Current {
+    /// Where `epochs` stands now.
+    pub(crate) fn of(epochs: &Epochs) -> Current {
+        Current { epoch: epochs.epoch(), digest: epochs.digest(), records: epochs.records() }
+    }
+}
+
 /// An update batch applied.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Applied {
@@ -329,7 +336,7 @@ fn apply(
         *broken = Some(reason.clone());
         return Err(UpdateError::Failed(reason));
     }
-    let current = Current { epoch: epochs.epoch(), digest: epochs.digest(), records: epochs.records() };
+    let current = Current::of(epochs);
     *shared.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = current;
     shared.metrics.epoch(current.epoch);
     shared.metrics.update_applied(started.elapsed(), changed_rows);

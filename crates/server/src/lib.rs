@@ -141,9 +141,7 @@ impl Server {
             return Err(Error::Config("the admin token is empty".to_string()));
         }
         let current = match &epochs {
-            Some(epochs) => {
-                Current { epoch: epochs.epoch(), digest: epochs.digest(), records: epochs.records() }
-            }
+            Some(epochs) => Current::of(epochs),
             None => Current { epoch: 0, digest: table.digest, records: table.records },
         };
         let history = epochs.as_ref().map(|epochs| epochs.history().clone());

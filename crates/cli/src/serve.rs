@@ -127,10 +127,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The environment variable that may hold the admin token.
-pub const TOKEN_VARIABLE: &str = "MORPHOGEN_ADMIN_TOKEN";
+const TOKEN_VARIABLE: &str = "MORPHOGEN_ADMIN_TOKEN";
 
-/// The admin token from `--admin-token-file` or the environment, if any.
-fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+/// The admin token from a token file (`serve --admin-token-file`, `update
+/// --token-file`) or else the environment, if any; an empty one is refused.
+pub fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     let token = match file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -145,7 +146,7 @@ fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
 }
 
 /// `table.mgdb` → `table.mgdb.log`.
-pub fn default_log_path(db: &Path) -> PathBuf {
+fn default_log_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".log");
     PathBuf::from(name)

@@ -12,7 +12,7 @@ use morphogen_protocol::{ChangeBody, UpdateReply, UpdateRequest};
 use morphogen_table::{CsvFile, MAX_KEY_LEN, RecordSource};
 use serde::Serialize;
 
-use crate::serve::TOKEN_VARIABLE;
+use crate::serve::admin_token;
 
 #[derive(Args)]
 pub struct UpdateArgs {
@@ -53,12 +53,8 @@ struct Outcome {
 
 pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
     ensure!(args.admins.len() <= 2, "give one or two --admin URLs (got {})", args.admins.len());
-    let token = match &args.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the admin token from {}", path.display()))?,
-        None => std::env::var(TOKEN_VARIABLE)
-            .with_context(|| format!("give --token-file or set {TOKEN_VARIABLE}"))?,
-    };
+    let token = admin_token(args.token_file.as_deref())?
+        .context("give --token-file or set MORPHOGEN_ADMIN_TOKEN in the environment")?;
     let changes = read_changes(&args.input)?;
     let timeout = Duration::from_secs(args.timeout);
     let admins: Vec<Arc<Admin>> = args

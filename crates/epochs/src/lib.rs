@@ -18,10 +18,16 @@
 //!
 //! The row diffs of the last `window` epochs are kept in a [`History`], so
 //! that a server can answer as of an older epoch ([`rewind`]).
+//!
+//! A server may swap to a new snapshot as one more sequenced step: the new
+//! file starts at the swap's sequence number with a fresh log
+//! ([`Epochs::create`]), so epoch numbers never repeat across snapshots, and
+//! a [`SnapshotDir`] records durably which snapshot is served.
 
 mod history;
 mod log;
 mod plan;
+mod snapshots;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +36,7 @@ use morphogen_table::{Layout, PageWrite, Table};
 pub use history::{EpochDiff, History, RowDiff, Unavailable, rewind};
 pub use log::{LOG_HEADER_LEN, TornTail};
 pub use plan::Change;
+pub use snapshots::{POINTER_FILE, Pointer, SnapshotDir, log_path};
 
 use crate::log::{UpdateLog, decode_batch, encode_batch};
 use crate::plan::{Placement, place};
@@ -79,6 +86,7 @@ impl Plan {
 pub struct Epochs {
     chain: Chain,
     log: UpdateLog,
+    base: u64,
 }
 
 /// What opening a table's epochs found in its log.
@@ -161,7 +169,15 @@ impl Epochs {
         };
         let (log, base, torn) = UpdateLog::open(log_path, &snapshot, 0, &mut replay)?;
         let chain = chain.unwrap_or_else(|| Chain::at_snapshot(table, base, window));
-        Ok((Epochs { chain, log }, Replayed { batches, torn }))
+        Ok((Epochs { chain, log, base }, Replayed { batches, torn }))
+    }
+
+    /// Starts the epochs of `table` at epoch `base` with a new, empty update
+    /// log at `log_path` (replacing any log there): a snapshot swapped in
+    /// at sequence number `base`, whose digest is that epoch's.
+    pub fn create(table: &Table, log_path: &Path, base: u64, window: u64) -> Result<Epochs, Error> {
+        let log = UpdateLog::create(log_path, &table.digest(), base)?;
+        Ok(Epochs { chain: Chain::at_snapshot(table, base, window), log, base })
     }
 
     /// Places `batch` into `table`, which must be the table as of the
@@ -184,6 +200,12 @@ impl Epochs {
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
         self.chain.epoch
+    }
+
+    /// The snapshot's first epoch: 0, or the sequence number it was
+    /// swapped in at.
+    pub fn base(&self) -> u64 {
+        self.base
     }
 
     /// The current epoch's digest.
@@ -286,6 +308,9 @@ pub enum Error {
         /// The log.
         path: PathBuf,
     },
+    /// A snapshot file or pointer is unusable.
+    #[error("{0}")]
+    Snapshot(String),
     /// The table refused a write.
     #[error(transparent)]
     Table(#[from] morphogen_table::Error),

@@ -137,7 +137,7 @@ impl UpdateLog {
     }
 
     /// A new log with only its header, synced, its directory entry too.
-    fn create(path: &Path, snapshot: &[u8; 32], base_epoch: u64) -> Result<UpdateLog, Error> {
+    pub(crate) fn create(path: &Path, snapshot: &[u8; 32], base_epoch: u64) -> Result<UpdateLog, Error> {
         let io = |action, e: &std::io::Error| Error::io(action, path, e);
         let mut file = OpenOptions::new()
             .read(true)

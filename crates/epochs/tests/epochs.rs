@@ -268,3 +268,63 @@ fn answers_taken_back_to_an_older_epoch_equal_that_epochs_answers() {
     assert_eq!(history.between(3, 12).unwrap_err(), Unavailable::TooOld { wanted: 3, oldest: 4 });
     assert_eq!(history.between(13, 13).unwrap_err(), Unavailable::Ahead { wanted: 13, current: 12 });
 }
+
+#[test]
+fn a_swapped_in_snapshot_starts_at_its_sequence_number_with_a_fresh_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table.log");
+    let mut old = table(200);
+    let mut epochs = open(&mut old, dir.path());
+    update(&mut epochs, &mut old, vec![Change::set(b"key1", b"old")]).unwrap();
+    assert!(epochs.log_len() > morphogen_epochs::LOG_HEADER_LEN as u64);
+
+    // The same log path reused for a new snapshot swapped in at 42: its
+    // earlier records are gone, and epochs go on from the swap.
+    let mut new = table(150);
+    let mut swapped = Epochs::create(&new, &path, 42, DEFAULT_WINDOW).unwrap();
+    assert_eq!((swapped.base(), swapped.epoch()), (42, 42));
+    assert_eq!(swapped.digest(), new.digest(), "the swap's epoch has the snapshot's digest");
+    assert_eq!(swapped.history().oldest(), 42);
+    // Batch 43 follows the swap at 42.
+    update(&mut swapped, &mut new, vec![Change::set(b"key1", b"new")]).unwrap();
+    assert!(matches!(
+        swapped.plan(&new, Batch { sequence: 43, changes: vec![] }),
+        Err(Error::Sequence { expected: 44, actual: 43 })
+    ));
+    let digest = swapped.digest();
+    drop(swapped);
+
+    let mut restarted = table(150);
+    let (reopened, replayed) = Epochs::open(&mut restarted, &path, DEFAULT_WINDOW).unwrap();
+    assert_eq!((reopened.base(), reopened.epoch(), replayed.batches), (42, 43, 1));
+    assert_eq!(reopened.digest(), digest);
+}
+
+#[test]
+fn the_snapshot_pointer_names_plain_files_and_is_replaced_whole() {
+    use morphogen_epochs::{POINTER_FILE, Pointer, SnapshotDir, log_path};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b.mgdb"), b"x").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let snapshots = SnapshotDir::new(dir.path()).unwrap();
+    assert_eq!(snapshots.file("b.mgdb").unwrap(), dir.path().join("b.mgdb"));
+    for bad in ["", "../b.mgdb", "sub/b.mgdb", "/etc/passwd", ".hidden", "..", "sub", POINTER_FILE, "none.mgdb"] {
+        assert!(snapshots.file(bad).is_err(), "{bad:?} is refused");
+    }
+    assert!(SnapshotDir::new(&dir.path().join("b.mgdb")).is_err(), "a file is not a directory");
+    assert_eq!(log_path(Path::new("x/b.mgdb")), Path::new("x/b.mgdb.log"));
+
+    assert_eq!(snapshots.current().unwrap(), None);
+    let first = Pointer { file: "b.mgdb".to_string(), digest: "ab".repeat(32), epoch: 7 };
+    snapshots.set_current(&first).unwrap();
+    assert_eq!(snapshots.current().unwrap(), Some(first));
+    let second = Pointer { file: "c.mgdb".to_string(), digest: "cd".repeat(32), epoch: 9 };
+    snapshots.set_current(&second).unwrap();
+    assert_eq!(snapshots.current().unwrap(), Some(second));
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 3, "no staging file is left behind: {names:?}");
+
+    std::fs::write(dir.path().join(POINTER_FILE), b"{\"file\": 3").unwrap();
+    let error = snapshots.current().unwrap_err().to_string();
+    assert!(error.contains("not a snapshot pointer"), "{error}");
+}

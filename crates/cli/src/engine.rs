@@ -29,6 +29,17 @@ pub enum EngineChoice {
     Reference,
 }
 
+impl EngineChoice {
+    /// The kind of `engine`, as opening it again would need.
+    pub fn of(engine: &dyn Engine) -> EngineChoice {
+        match engine.name() {
+            "cuda" => EngineChoice::Cuda,
+            "reference" => EngineChoice::Reference,
+            _ => EngineChoice::Cpu,
+        }
+    }
+}
+
 /// The pages an engine answers from.
 pub enum TableSource {
     /// A table in host memory or mapped from a file.

@@ -126,7 +126,10 @@ impl Target {
                 let request = key_shares(server.layout(), &KeyDigest::of(&key))
                     .and_then(|(party_0, _)| encode_request(Epoch::Latest, vec![party_0]));
                 match request {
-                    Ok(body) => server.query(&body, 1, Instant::now() + server.timeout()).await.map(|_| true),
+                    Ok(body) => server
+                        .query(&body, 1, server.layout(), Instant::now() + server.timeout())
+                        .await
+                        .map(|_| true),
                     Err(error) => Err(error),
                 }
             }

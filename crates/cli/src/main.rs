@@ -8,6 +8,8 @@ mod load;
 mod progress;
 mod selftest;
 mod serve;
+mod snapshots;
+mod swap;
 mod table_cmds;
 mod update;
 
@@ -37,6 +39,9 @@ enum Command {
     Get(get::GetArgs),
     /// Send a CSV of changes to the servers as the next update batch (epoch).
     Update(update::UpdateArgs),
+    /// Swap the servers to a new table file of their snapshot directories,
+    /// as the next epoch, while they keep answering.
+    Snapshot(swap::SnapshotArgs),
     /// Time an engine's passes over a table (no HTTP), next to a plain read of every page.
     Bench(bench::BenchArgs),
     /// Load-test two servers (or one) with many concurrent private lookups,
@@ -59,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&args),
         Command::Get(args) => get::run(&args),
         Command::Update(args) => update::run(&args),
+        Command::Snapshot(args) => swap::run(&args),
         Command::Selftest(args) => selftest::run(&args),
         Command::Load(args) => load::run(&args),
     }

@@ -7,15 +7,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
-use morphogen_epochs::{DEFAULT_WINDOW, Epochs};
-use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Server};
+use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir};
+use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Server, SnapshotLoader};
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
 use crate::engine::{self, EngineChoice, TableSource};
+use crate::snapshots::{self, FileSnapshots};
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("table").required(true).args(["db", "pages"]))]
+#[command(group = clap::ArgGroup::new("table").required(true).multiple(true).args(["db", "pages", "snapshot_dir"]))]
 pub struct ServeArgs {
     /// The table file (.mgdb) to serve. Its pages are hashed and checked
     /// against the digest in its header before the server starts.
@@ -25,7 +26,8 @@ pub struct ServeArgs {
     /// sub-tables and no records, generated where the engine keeps its table
     /// (GPU memory for the CUDA engine): for capacity tests with
     /// `morphogen load --single-server` (N = 16777216 is 64 GiB).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..),
+          conflicts_with_all = ["db", "snapshot_dir"])]
     pages: Option<u64>,
     /// Address and port to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -57,6 +59,14 @@ pub struct ServeArgs {
     /// routes are disabled.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// A directory of table files the server may be told to swap to
+    /// (`morphogen snapshot`, POST /admin/v1/snapshot); needs the admin
+    /// routes. The server records the snapshot it serves in
+    /// DIR/current.json and, once a swap has happened, serves that one at
+    /// start-up instead of --db. Each file's update log is beside it
+    /// (`<file>.log`).
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
     /// Serve the admin routes on this address only, instead of beside the
     /// public ones: keep it on a private network.
     #[arg(long, value_name = "ADDR")]
@@ -82,17 +92,40 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if args.admin_listen.is_some() && admin_token.is_none() {
         anyhow::bail!("--admin-listen needs an admin token (--admin-token-file or {TOKEN_VARIABLE})");
     }
-    let mut source = TableSource::from_options(args.db.as_deref(), args.pages, Verify::Digest)?;
-    let epochs = match (&mut source, &args.db) {
-        (TableSource::Host(table), Some(db)) => {
-            let log = args.log.clone().unwrap_or_else(|| default_log_path(db));
+    let snapshot_dir = match &args.snapshot_dir {
+        Some(dir) => {
+            if admin_token.is_none() {
+                anyhow::bail!("--snapshot-dir needs an admin token (--admin-token-file or {TOKEN_VARIABLE})");
+            }
+            Some(SnapshotDir::new(dir).context("--snapshot-dir")?)
+        }
+        None => None,
+    };
+    let start = snapshots::start(snapshot_dir.as_ref(), args.db.as_deref(), args.log.as_deref())?;
+    if start.is_none() && args.pages.is_none() {
+        anyhow::bail!("no snapshot has been swapped in yet: give --db for the first one");
+    }
+    let table_path = start.as_ref().map(|start| start.table.as_path());
+    let mut source = TableSource::from_options(table_path, args.pages, Verify::Digest)?;
+    let epochs = match (&mut source, &start) {
+        (TableSource::Host(table), Some(start)) => {
             let table = Arc::get_mut(table).expect("the table was just opened");
-            open_epochs(table, &log, args.epoch_window, admin_token.is_some())?
+            let epochs = open_epochs(table, &start.log, args.epoch_window, admin_token.is_some())?;
+            if let (Some(pointer), Some(epochs)) = (&start.pointer, &epochs) {
+                snapshots::check_pointer(pointer, table, epochs)?;
+            }
+            epochs
         }
         _ => None,
     };
     let engine = engine::open(args.engine, &source, args.max_batch)?;
     let info = source.info();
+    let loader = snapshot_dir.map(|dir| {
+        let kind = EngineChoice::of(engine.as_ref());
+        let served = start.as_ref().map(|start| start.table.as_path());
+        Arc::new(FileSnapshots::new(dir, kind, args.max_batch, args.epoch_window, served))
+            as Arc<dyn SnapshotLoader>
+    });
     // The engine must hold the only reference to the table, so that
     // updates write its pages in place instead of copying the table.
     drop(source);
@@ -102,7 +135,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         digest = %hex::encode(info.digest),
         "table loaded"
     );
-    let config = Config { max_batch: args.max_batch, max_queue: args.max_queue, admin_token };
+    let config =
+        Config { max_batch: args.max_batch, max_queue: args.max_queue, admin_token, snapshots: loader };
     let server = Server::new(info, engine, epochs, config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -143,13 +177,6 @@ pub fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
         Some(token) if token.is_empty() => anyhow::bail!("the admin token is empty"),
         token => Ok(token),
     }
-}
-
-/// `table.mgdb` → `table.mgdb.log`.
-fn default_log_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".log");
-    PathBuf::from(name)
 }
 
 /// Replays the table's update log, if there is one or updates are enabled.

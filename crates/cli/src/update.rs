@@ -127,7 +127,7 @@ async fn next_sequence(admins: &[Arc<Admin>]) -> anyhow::Result<u64> {
     for admin in admins {
         let status =
             admin.status().await.with_context(|| format!("reading the status of {}", admin.url()))?;
-        epochs.push(status.epoch);
+        epochs.push(status.meta.epoch);
     }
     if epochs.windows(2).any(|pair| pair[0] != pair[1]) {
         bail!(

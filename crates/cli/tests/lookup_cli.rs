@@ -342,7 +342,7 @@ fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
     let twin = start(&twin_table);
     let twin_admin = admin(&twin);
     let digests: Vec<String> = runtime.block_on(async {
-        let mut digests = vec![twin_admin.status().await.unwrap().digest];
+        let mut digests = vec![twin_admin.status().await.unwrap().meta.digest];
         for batch in &batches {
             digests.push(twin_admin.update(batch).await.unwrap().digest);
         }
@@ -369,7 +369,7 @@ fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
     let restarted = start(&table);
     let restarted_admin = admin(&restarted);
     runtime.block_on(async {
-        let status = restarted_admin.status().await.unwrap();
+        let status = restarted_admin.status().await.unwrap().meta;
         // The 16th batch may have reached the log unacknowledged: either is right.
         assert!(
             status.epoch == acknowledged || status.epoch == 16,
@@ -380,7 +380,7 @@ fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
         for batch in &batches[status.epoch as usize..] {
             restarted_admin.update(batch).await.unwrap();
         }
-        assert_eq!(restarted_admin.status().await.unwrap().digest, digests[40]);
+        assert_eq!(restarted_admin.status().await.unwrap().meta.digest, digests[40]);
     });
     // Lookups through the restarted server and its twin see the last value
     // each batch gave the key.

@@ -1,9 +1,9 @@
-//! The admin side of a server: its state and update batches, behind its
-//! bearer token.
+//! The admin side of a server: its state, update batches and snapshot
+//! swaps, behind its bearer token.
 
 use std::time::{Duration, Instant};
 
-use morphogen_protocol::{Meta, UpdateReply, UpdateRequest};
+use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
 use reqwest::Url;
 
 use crate::{Error, http_client, parse_url, success_body, transport_error};
@@ -36,9 +36,9 @@ impl Admin {
         self.url.as_str()
     }
 
-    /// The server's metadata as of its current epoch; the next batch's
-    /// sequence number is its `epoch` plus one.
-    pub async fn status(&self) -> Result<Meta, Error> {
+    /// The server's metadata as of its current epoch (the next sequence
+    /// number is its `epoch` plus one) and its latest snapshot swap.
+    pub async fn status(&self) -> Result<AdminStatus, Error> {
         let url = self.url.join("admin/v1/status").expect("a fixed relative path");
         let request = self.http.get(url).bearer_auth(&self.token);
         let bytes = self.send(request).await?;
@@ -52,6 +52,16 @@ impl Admin {
         let request = self.http.post(url).bearer_auth(&self.token).json(batch);
         let bytes = self.send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable update reply: {e}")))
+    }
+
+    /// Asks the server to swap to a snapshot file of its snapshot
+    /// directory; answered at once, while the server loads it. Follow it
+    /// with [`Admin::status`].
+    pub async fn swap(&self, request: &SnapshotRequest) -> Result<SwapStatus, Error> {
+        let url = self.url.join("admin/v1/snapshot").expect("a fixed relative path");
+        let request = self.http.post(url).bearer_auth(&self.token).json(request);
+        let bytes = self.send(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable swap status: {e}")))
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {

@@ -8,7 +8,10 @@
 //! tables change by epochs: the client asks both for the newest epoch both
 //! have reached, re-reading their metadata at most every second and
 //! whenever a server says the epoch asked for is not available, so it never
-//! combines answers from different epochs.
+//! combines answers from different epochs. When the servers swap to a new
+//! snapshot (a server says `snapshot_changed`), the client re-reads their
+//! metadata, waits while only one of them has swapped, and asks again with
+//! keys for the new snapshot's parameters.
 
 mod admin;
 
@@ -38,7 +41,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const META_REFRESH: Duration = Duration::from_secs(1);
 
 /// Times a lookup re-reads the metadata after a server said the epoch
-/// asked for is not available, before it gives up.
+/// asked for is not available or the snapshot changed, before it gives up.
 const EPOCH_RETRIES: u32 = 3;
 
 /// A client of two servers holding the same table.
@@ -103,9 +106,21 @@ impl Client {
         if !fresh && view.read_at.elapsed() < META_REFRESH {
             return Ok(view);
         }
-        let (a, b) =
-            tokio::try_join!(self.servers[0].fetch_meta(deadline), self.servers[1].fetch_meta(deadline))?;
-        let layout = if a.hash_seed == view.meta.hash_seed && a.sub_tables == view.meta.sub_tables {
+        let mut wait = FIRST_BACKOFF;
+        let (a, b) = loop {
+            let (a, b) =
+                tokio::try_join!(self.servers[0].fetch_meta(deadline), self.servers[1].fetch_meta(deadline))?;
+            // A swap reaches the two servers a moment apart: while only one
+            // has swapped, wait for the other (View::of refuses the pair
+            // once the deadline is near).
+            if a.snapshot_digest == b.snapshot_digest || Instant::now() + wait >= deadline {
+                break (a, b);
+            }
+            let jittered = wait.mul_f64(rand::rng().random_range(0.5..1.0));
+            tokio::time::sleep(jittered).await;
+            wait = (wait * 2).min(MAX_BACKOFF);
+        };
+        let layout = if a.snapshot_digest == view.meta.snapshot_digest {
             view.layout
         } else {
             layout_of(&a)
@@ -138,10 +153,12 @@ impl Client {
         loop {
             let view = self.view(fresh, deadline).await?;
             match self.lookup_at(&view, keys, deadline).await {
-                // The epoch fell out of a window, or a server restarted
-                // behind it: read where both servers are, and ask again.
+                // The epoch fell out of a window, a server restarted behind
+                // it, or a server swapped to another snapshot: read where
+                // both servers are, and ask again.
                 Err(Error::Server { status: 410, ref code, .. })
-                    if code == "epoch_unavailable" && retries < EPOCH_RETRIES =>
+                    if (code == "epoch_unavailable" || code == "snapshot_changed")
+                        && retries < EPOCH_RETRIES =>
                 {
                     retries += 1;
                     fresh = true;
@@ -175,8 +192,8 @@ impl Client {
         let epoch = Epoch::Exact(view.meta.epoch);
         let (body_a, body_b) = (encode_request(epoch, queries_a)?, encode_request(epoch, queries_b)?);
         let (answer_a, answer_b) = tokio::try_join!(
-            self.servers[0].query(&body_a, keys.len(), deadline),
-            self.servers[1].query(&body_b, keys.len(), deadline)
+            self.servers[0].query(&body_a, keys.len(), layout, deadline),
+            self.servers[1].query(&body_b, keys.len(), layout, deadline)
         )?;
         if answer_a.epoch != view.meta.epoch || answer_b.epoch != view.meta.epoch {
             return Err(Error::Mismatch("epoch of the answers"));
@@ -260,7 +277,7 @@ impl Connection {
         fetch_meta(&self.http, &self.url, deadline).await
     }
 
-    /// The layout of the server's table.
+    /// The layout of the server's table when it was connected to.
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -270,11 +287,17 @@ impl Connection {
         self.timeout
     }
 
-    /// Sends an encoded request of `queries` queries and checks the shape
-    /// of the answer. A server at capacity (503 `overloaded`) is asked again
+    /// Sends an encoded request of `queries` queries made for `layout` and
+    /// checks the shape of the answer. A server at capacity (503 `overloaded`) is asked again
     /// after a growing, jittered wait while `deadline` allows; resending the
     /// same keys to the same server tells it nothing new.
-    pub async fn query(&self, body: &[u8], queries: usize, deadline: Instant) -> Result<Response, Error> {
+    pub async fn query(
+        &self,
+        body: &[u8],
+        queries: usize,
+        layout: &Layout,
+        deadline: Instant,
+    ) -> Result<Response, Error> {
         let url = self.url.join("v1/query").expect("a fixed relative path");
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -300,7 +323,7 @@ impl Connection {
                 .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
                 .map(Duration::from_secs);
             match success_body(&self.url, response).await {
-                Ok(bytes) => return self.check_answer(&bytes, queries),
+                Ok(bytes) => return self.check_answer(&bytes, queries, layout),
                 // 503 is transient by definition, from the server or a proxy.
                 Err(Error::Server { status: 503, .. }) => {
                     let cap = retry_after.unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
@@ -321,11 +344,11 @@ impl Connection {
         }
     }
 
-    fn check_answer(&self, bytes: &[u8], queries: usize) -> Result<Response, Error> {
+    fn check_answer(&self, bytes: &[u8], queries: usize, layout: &Layout) -> Result<Response, Error> {
         let server = &self.url;
         let answer = Response::decode(bytes)
             .map_err(|e| Error::Protocol { server: server.to_string(), message: e.to_string() })?;
-        let expected = (queries, usize::from(self.layout.choices()), self.layout.page_size() as usize);
+        let expected = (queries, usize::from(layout.choices()), layout.page_size() as usize);
         if (answer.queries, answer.choices, answer.page_size) != expected {
             return Err(Error::Protocol {
                 server: server.to_string(),

@@ -308,7 +308,9 @@ fn the_snapshot_pointer_names_plain_files_and_is_replaced_whole() {
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let snapshots = SnapshotDir::new(dir.path()).unwrap();
     assert_eq!(snapshots.file("b.mgdb").unwrap(), dir.path().join("b.mgdb"));
-    for bad in ["", "../b.mgdb", "sub/b.mgdb", "/etc/passwd", ".hidden", "..", "sub", POINTER_FILE, "none.mgdb"] {
+    for bad in
+        ["", "../b.mgdb", "sub/b.mgdb", "/etc/passwd", ".hidden", "..", "sub", POINTER_FILE, "none.mgdb"]
+    {
         assert!(snapshots.file(bad).is_err(), "{bad:?} is refused");
     }
     assert!(SnapshotDir::new(&dir.path().join("b.mgdb")).is_err(), "a file is not a directory");

@@ -89,3 +89,52 @@ pub struct UpdateReply {
     /// Rows the batch changed.
     pub changed_rows: usize,
 }
+
+/// `POST /admin/v1/snapshot`: swap to another table file as the next
+/// sequenced step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// The file's name in the server's snapshot directory.
+    pub file: String,
+    /// One more than the last batch applied: the epoch the new snapshot
+    /// starts at.
+    pub sequence: u64,
+}
+
+/// Where a snapshot swap stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapState {
+    /// The file is being loaded and verified; the old snapshot answers.
+    Loading,
+    /// The new snapshot answers from the swap's epoch on.
+    Swapped,
+    /// The swap did not happen; the old snapshot still answers.
+    Failed,
+}
+
+/// The latest snapshot swap a server was asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapStatus {
+    /// Where it stands.
+    pub state: SwapState,
+    /// The file asked for.
+    pub file: String,
+    /// Its sequence number: the epoch the new snapshot starts at.
+    pub sequence: u64,
+    /// With `failed`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /admin/v1/status`: the metadata of `/v1/meta` and the latest
+/// snapshot swap, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminStatus {
+    /// What `/v1/meta` answers now.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// The latest swap since the server started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_swap: Option<SwapStatus>,
+}

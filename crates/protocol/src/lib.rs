@@ -17,7 +17,10 @@
 
 mod json;
 
-pub use json::{ChangeBody, ErrorBody, Meta, UpdateReply, UpdateRequest};
+pub use json::{
+    AdminStatus, ChangeBody, ErrorBody, Meta, SnapshotRequest, SwapState, SwapStatus, UpdateReply,
+    UpdateRequest,
+};
 use morphogen_dpf::Key;
 
 /// The version byte this crate writes and reads.

@@ -1,13 +1,16 @@
-//! The admin routes, behind a bearer token: the server's state and update
-//! batches.
+//! The admin routes, behind a bearer token: the server's state, update
+//! batches and snapshot swaps.
 //!
-//! `GET /admin/v1/status` answers the metadata of `/v1/meta`, so that a
-//! feeder reaching only the admin address learns the current epoch (the
-//! next batch's sequence number is one more).
+//! `GET /admin/v1/status` answers the metadata of `/v1/meta` and the latest
+//! snapshot swap, so that a feeder reaching only the admin address learns
+//! the current epoch (the next sequence number is one more).
 //! `POST /admin/v1/updates` takes a batch of changes (JSON, keys and values
 //! in hex) with its sequence number and answers once the batch is in the
 //! update log, synced, and in the engine's pages: the new epoch, its digest
 //! and the record count. Keys and values are never logged.
+//! `POST /admin/v1/snapshot` names a table file of the snapshot directory
+//! and the next sequence number; it answers 202 at once, loads the file in
+//! the background and swaps between passes (see [`crate::snapshot`]).
 
 use std::sync::Arc;
 
@@ -18,10 +21,11 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change};
-use morphogen_protocol::{ChangeBody, UpdateReply, UpdateRequest};
+use morphogen_protocol::{AdminStatus, ChangeBody, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
 use morphogen_table::{KeyDigest, MAX_KEY_LEN};
 
 use crate::batcher::UpdateError;
+use crate::snapshot::SwapRefused;
 use crate::{ApiError, State};
 
 /// Largest admin body: a million changes of short values.
@@ -31,6 +35,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/updates", post(updates).layer(DefaultBodyLimit::max(MAX_ADMIN_BODY)))
+        .route("/admin/v1/snapshot", post(snapshot))
         .with_state(state)
 }
 
@@ -55,9 +60,69 @@ fn authorize(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn status(Shared(state): Shared<Arc<State>>, headers: HeaderMap) -> axum::response::Response {
     match authorize(&state, &headers) {
-        Ok(()) => Json(state.meta()).into_response(),
+        Ok(()) => {
+            Json(AdminStatus { meta: state.meta(), snapshot_swap: state.swaps.latest() }).into_response()
+        }
         Err(error) => error.into_response(),
     }
+}
+
+async fn snapshot(
+    Shared(state): Shared<Arc<State>>,
+    headers: HeaderMap,
+    body: Result<Json<SnapshotRequest>, JsonRejection>,
+) -> axum::response::Response {
+    match start_swap(&state, &headers, body) {
+        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        Err(error) => {
+            if error.status != StatusCode::UNAUTHORIZED {
+                state.metrics.snapshot_swap(error.code);
+            }
+            tracing::warn!(code = error.code, message = %error.message, "snapshot swap refused");
+            error.into_response()
+        }
+    }
+}
+
+fn start_swap(
+    state: &Arc<State>,
+    headers: &HeaderMap,
+    body: Result<Json<SnapshotRequest>, JsonRejection>,
+) -> Result<SwapStatus, ApiError> {
+    authorize(state, headers)?;
+    let Json(request) = body.map_err(bad_body)?;
+    state.swaps.start(request, &state.batcher.live(), state.clone()).map_err(|refused| match refused {
+        SwapRefused::Disabled => ApiError::client(
+            StatusCode::CONFLICT,
+            "snapshots_disabled",
+            "this server takes no snapshot swaps: start it with a snapshot directory (--snapshot-dir)",
+        ),
+        SwapRefused::InProgress => swap_in_progress(),
+        SwapRefused::Sequence { expected } => ApiError {
+            expected_sequence: Some(expected),
+            ..ApiError::client(
+                StatusCode::CONFLICT,
+                "sequence",
+                format!("a swap takes the next sequence number: this server expects {expected}"),
+            )
+        },
+    })
+}
+
+/// 409 `swap_in_progress`: a snapshot is loading; update batches and other
+/// swaps wait for it (the admin status says when it is done).
+fn swap_in_progress() -> ApiError {
+    ApiError::client(
+        StatusCode::CONFLICT,
+        "swap_in_progress",
+        "a snapshot swap is loading; try again when GET /admin/v1/status shows it swapped or failed",
+    )
+}
+
+fn bad_body(rejection: JsonRejection) -> ApiError {
+    let code =
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
+    ApiError::client(rejection.status(), code, rejection.body_text())
 }
 
 async fn updates(
@@ -83,11 +148,10 @@ async fn apply_updates(
     body: Result<Json<UpdateRequest>, JsonRejection>,
 ) -> Result<UpdateReply, ApiError> {
     authorize(state, headers)?;
-    let Json(request) = body.map_err(|rejection| {
-        let code =
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
-        ApiError::client(rejection.status(), code, rejection.body_text())
-    })?;
+    let Json(request) = body.map_err(bad_body)?;
+    if state.swaps.loading() {
+        return Err(swap_in_progress());
+    }
     let changes = request
         .changes
         .iter()

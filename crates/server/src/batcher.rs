@@ -7,9 +7,12 @@
 //! request holding more queries than a pass has room for is split across
 //! passes; its answers are gathered in order and sent back whole.
 //!
-//! Update batches reach the same thread and are applied between passes, so
-//! every pass answers from exactly one epoch, and never while a split
-//! request is half answered, so every request is answered from one epoch.
+//! Update batches and snapshot swaps reach the same thread and are applied
+//! between passes, so every pass answers from exactly one epoch, and never
+//! while a split request is half answered, so every request is answered
+//! from one epoch. A request is queued for the snapshot its keys were
+//! checked against; a swap fails the requests still queued for the old one
+//! (`snapshot_changed`), and refuses those submitted for it afterwards.
 //!
 //! The queue is bounded in queries, not requests: when a request does not
 //! fit, [`Batcher::submit`] refuses it at once (the server answers 503), so
@@ -26,6 +29,7 @@ use morphogen_scan::{Engine, Query};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
+use crate::snapshot::{LoadedSnapshot, Snapshot, SnapshotLoader};
 
 /// A request's answers: its queries' answers in order (each `choices`
 /// pages), all from one epoch.
@@ -42,8 +46,17 @@ impl std::fmt::Debug for Answered {
     }
 }
 
-/// What a request gets back: its answers, or why the engine failed.
-pub(crate) type Reply = Result<Answered, morphogen_scan::Error>;
+/// Why a queued request was not answered.
+#[derive(Clone, Debug)]
+pub(crate) enum PassError {
+    /// The engine failed.
+    Engine(morphogen_scan::Error),
+    /// The snapshot its keys were made for was swapped out before its pass.
+    SnapshotChanged,
+}
+
+/// What a request gets back: its answers, or why it has none.
+pub(crate) type Reply = Result<Answered, PassError>;
 
 /// The table as of the epoch that passes answer from now.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +71,13 @@ impl Current {
     pub(crate) fn of(epochs: &Epochs) -> Current {
         Current { epoch: epochs.epoch(), digest: epochs.digest(), records: epochs.records() }
     }
+}
+
+/// What the server answers from now: the snapshot and its current epoch.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) current: Current,
 }
 
 /// An update batch applied.
@@ -82,10 +102,14 @@ pub(crate) enum UpdateError {
 /// What an update batch gets back.
 pub(crate) type UpdateOutcome = Result<Applied, UpdateError>;
 
-/// An update batch waiting for the scan thread.
-struct UpdateJob {
-    batch: Batch,
-    reply: oneshot::Sender<UpdateOutcome>,
+/// What a swap gets back: the server as it stands after it, or why it
+/// did not happen (for the operator).
+pub(crate) type SwapOutcome = Result<(), String>;
+
+/// A change of the table waiting for the scan thread, applied in arrival order.
+enum Job {
+    Update { batch: Batch, reply: oneshot::Sender<UpdateOutcome> },
+    Swap { loaded: Box<LoadedSnapshot>, loader: Arc<dyn SnapshotLoader>, reply: oneshot::Sender<SwapOutcome> },
 }
 
 /// The handlers' side of the queue. Dropping it stops the scan thread once
@@ -94,11 +118,14 @@ pub(crate) struct Batcher {
     shared: Arc<Shared>,
 }
 
-/// A request refused because the queue is full.
+/// Why a request was refused unqueued.
 #[derive(Debug)]
-pub(crate) struct Overloaded {
-    /// Seconds after which trying again is likely to succeed (at least 1).
-    pub(crate) retry_after_secs: u64,
+pub(crate) enum Refused {
+    /// The queue is full; trying again after `retry_after_secs` (at least
+    /// 1) is likely to succeed.
+    Overloaded { retry_after_secs: u64 },
+    /// Its keys were checked against a snapshot swapped out since.
+    SnapshotChanged,
 }
 
 struct Shared {
@@ -109,15 +136,19 @@ struct Shared {
     max_batch: usize,
     /// Duration of the latest pass, for the Retry-After estimate.
     last_pass_nanos: AtomicU64,
-    current: std::sync::RwLock<Current>,
+    /// Written by the scan thread only; by a swap under the intake lock,
+    /// together with [`Intake::base`].
+    live: std::sync::RwLock<Live>,
     metrics: Metrics,
 }
 
 struct Intake {
     /// Requests the scan thread has not yet seen.
     arrived: Vec<Pending>,
-    /// Update batches waiting, in arrival order.
-    updates: Vec<UpdateJob>,
+    /// Update batches and swaps waiting, in arrival order.
+    jobs: Vec<Job>,
+    /// The first epoch of the snapshot that requests are queued for.
+    base: u64,
     /// Queries of every request not yet in a pass, seen by the scan thread or not.
     queued_queries: usize,
     closed: bool,
@@ -138,21 +169,23 @@ struct Pending {
 impl Batcher {
     /// Starts the scan thread, which owns `engine` and `epochs` from now
     /// on. Without `epochs` the table takes no updates and stays at
-    /// `current`.
+    /// `live`'s epoch.
     pub(crate) fn start(
         engine: Box<dyn Engine>,
         epochs: Option<Epochs>,
-        current: Current,
+        live: Live,
         limits: (usize, usize),
         metrics: Metrics,
     ) -> std::io::Result<Batcher> {
         let (max_batch, max_queue) = limits;
         assert!(max_batch >= 1 && max_queue >= max_batch, "the server checks its limits");
-        metrics.epoch(current.epoch);
+        metrics.epoch(live.current.epoch);
+        metrics.snapshot_base(live.snapshot.base);
         let shared = Arc::new(Shared {
             intake: Mutex::new(Intake {
                 arrived: Vec::new(),
-                updates: Vec::new(),
+                jobs: Vec::new(),
+                base: live.snapshot.base,
                 queued_queries: 0,
                 closed: false,
             }),
@@ -160,7 +193,7 @@ impl Batcher {
             max_queue,
             max_batch,
             last_pass_nanos: AtomicU64::new(0),
-            current: std::sync::RwLock::new(current),
+            live: std::sync::RwLock::new(live),
             metrics,
         });
         let scan_side = shared.clone();
@@ -170,33 +203,53 @@ impl Batcher {
         Ok(Batcher { shared })
     }
 
-    /// The table as of the epoch passes answer from now.
-    pub(crate) fn current(&self) -> Current {
-        *self.shared.current.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The snapshot and epoch passes answer from now.
+    pub(crate) fn live(&self) -> Live {
+        self.shared.live()
     }
 
     /// Queues an update batch for the scan thread, which applies it between
-    /// passes; the outcome arrives on the returned channel once the batch
-    /// is in the log and the engine's pages.
-    pub(crate) fn update(&self, batch: Batch) -> oneshot::Receiver<UpdateOutcome> {
+    /// passes; the outcome arrives once the batch is in the log and the
+    /// engine's pages.
+    pub(crate) async fn update(&self, batch: Batch) -> Result<UpdateOutcome, oneshot::error::RecvError> {
         let (reply, outcome) = oneshot::channel();
-        self.shared.lock().updates.push(UpdateJob { batch, reply });
-        self.shared.wakeup.notify_one();
-        outcome
+        self.queue_job(Job::Update { batch, reply });
+        outcome.await
     }
 
-    /// Queues a request's queries (at most the batch limit); its answers
-    /// arrive on the returned channel.
-    pub(crate) fn submit(&self, queries: Vec<Query>) -> Result<oneshot::Receiver<Reply>, Overloaded> {
+    /// Queues the swap to `loaded` for the scan thread, which has `loader`
+    /// commit it and swaps between passes.
+    pub(crate) async fn swap(
+        &self,
+        loaded: LoadedSnapshot,
+        loader: Arc<dyn SnapshotLoader>,
+    ) -> Result<SwapOutcome, oneshot::error::RecvError> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue_job(Job::Swap { loaded: Box::new(loaded), loader, reply });
+        outcome.await
+    }
+
+    fn queue_job(&self, job: Job) {
+        self.shared.lock().jobs.push(job);
+        self.shared.wakeup.notify_one();
+    }
+
+    /// Queues a request's queries (at most the batch limit), made for the
+    /// snapshot that starts at epoch `base`; its answers arrive on the
+    /// returned channel.
+    pub(crate) fn submit(&self, queries: Vec<Query>, base: u64) -> Result<oneshot::Receiver<Reply>, Refused> {
         debug_assert!(!queries.is_empty() && queries.len() <= self.shared.max_batch);
         let count = queries.len();
         let (reply, answer) = oneshot::channel();
         let mut intake = self.shared.lock();
+        if intake.base != base {
+            return Err(Refused::SnapshotChanged);
+        }
         if intake.queued_queries + count > self.shared.max_queue {
             let queued = intake.queued_queries;
             drop(intake);
             self.shared.metrics.lookups("rejected", count);
-            return Err(Overloaded { retry_after_secs: self.shared.retry_after_secs(queued) });
+            return Err(Refused::Overloaded { retry_after_secs: self.shared.retry_after_secs(queued) });
         }
         intake.queued_queries += count;
         self.shared.metrics.queue_depth(intake.queued_queries);
@@ -221,6 +274,10 @@ impl Drop for Batcher {
 }
 
 impl Shared {
+    fn live(&self) -> Live {
+        self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Intake> {
         // A panic while holding the lock leaves plain counters and a list
         // behind, still consistent enough to drain: keep serving.
@@ -237,46 +294,51 @@ impl Shared {
 }
 
 /// The scan thread: gathers a batch, runs a pass, hands the answers out,
-/// and applies update batches between passes; until the batcher is dropped
-/// and nothing is left to answer.
-fn scan_loop(mut engine: Box<dyn Engine>, mut epochs: Option<Epochs>, shared: &Shared) {
+/// and applies update batches and swaps between passes; until the batcher
+/// is dropped and nothing is left to answer.
+fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
+    let mut scanner = Scanner { engine, epochs, broken: None };
     // Requests the scan thread has taken in from `arrived`, oldest first.
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut batch: Vec<Query> = Vec::with_capacity(shared.max_batch);
     // How many queries of queue[i] the current pass holds.
     let mut taken: Vec<usize> = Vec::with_capacity(shared.max_batch);
-    let page_bytes = engine.layout().page_size() as usize * usize::from(engine.layout().choices());
-    // Set when an update reached the log but not the engine: the engine
-    // no longer answers from any epoch, so nothing more is answered.
-    let mut broken: Option<String> = None;
     loop {
         match gather(shared, &mut queue, &mut batch, &mut taken) {
             Work::Closed => return,
-            Work::Updates(jobs) => {
+            Work::Jobs(jobs) => {
                 for job in jobs {
-                    let outcome = apply(engine.as_mut(), epochs.as_mut(), &mut broken, job.batch, shared);
-                    let _ = job.reply.send(outcome);
+                    match job {
+                        Job::Update { batch, reply } => {
+                            let _ = reply.send(scanner.apply(batch, shared));
+                        }
+                        Job::Swap { loaded, loader, reply } => {
+                            let _ = reply.send(scanner.swap(*loaded, loader.as_ref(), &mut queue, shared));
+                        }
+                    }
                 }
                 continue;
             }
             Work::Pass => {}
         }
-        let epoch = shared.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).epoch;
+        let epoch = shared.live().current.epoch;
         let started = Instant::now();
         for pending in queue.iter_mut().take(taken.len()).filter(|p| !p.started) {
             pending.started = true;
             shared.metrics.queue_wait(started - pending.arrived);
         }
-        let result = match &broken {
-            None => engine.pass(&batch),
+        let result = match &scanner.broken {
+            None => scanner.engine.pass(&batch),
             Some(reason) => Err(morphogen_scan::Error::Fault(reason.clone())),
         };
         let elapsed = started.elapsed();
         shared.last_pass_nanos.store(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        shared.metrics.pass(batch.len(), elapsed, &engine.last_pass_phases());
+        shared.metrics.pass(batch.len(), elapsed, &scanner.engine.last_pass_phases());
 
         match result {
             Ok(answers) => {
+                let layout = scanner.engine.layout();
+                let page_bytes = layout.page_size() as usize * usize::from(layout.choices());
                 let mut bytes = answers.as_bytes().chunks_exact(page_bytes);
                 for (pending, &count) in queue.iter_mut().zip(&taken) {
                     for answer in bytes.by_ref().take(count) {
@@ -299,7 +361,7 @@ fn scan_loop(mut engine: Box<dyn Engine>, mut epochs: Option<Epochs>, shared: &S
                 shared.lock().queued_queries -= unscanned;
                 shared.metrics.lookups("failed", unscanned);
                 for pending in failed {
-                    let _ = pending.reply.send(Err(error.clone()));
+                    let _ = pending.reply.send(Err(PassError::Engine(error.clone())));
                 }
             }
         }
@@ -308,52 +370,100 @@ fn scan_loop(mut engine: Box<dyn Engine>, mut epochs: Option<Epochs>, shared: &S
     }
 }
 
-/// Places, logs and applies one update batch, and publishes its epoch.
-fn apply(
-    engine: &mut dyn Engine,
-    epochs: Option<&mut Epochs>,
-    broken: &mut Option<String>,
-    batch: Batch,
-    shared: &Shared,
-) -> UpdateOutcome {
-    if let Some(reason) = broken {
-        return Err(UpdateError::Failed(reason.clone()));
+/// What the scan thread owns: the engine and the epochs of the snapshot
+/// it answers from.
+struct Scanner {
+    engine: Box<dyn Engine>,
+    epochs: Option<Epochs>,
+    /// Set when an update reached the log but not the engine: the engine
+    /// no longer answers from any epoch, so nothing more is answered until
+    /// a restart or a swap to another snapshot.
+    broken: Option<String>,
+}
+
+impl Scanner {
+    /// Places, logs and applies one update batch, and publishes its epoch.
+    fn apply(&mut self, batch: Batch, shared: &Shared) -> UpdateOutcome {
+        if let Some(reason) = &self.broken {
+            return Err(UpdateError::Failed(reason.clone()));
+        }
+        let (Some(epochs), Some(table)) = (self.epochs.as_mut(), self.engine.table()) else {
+            return Err(UpdateError::ReadOnly);
+        };
+        let started = Instant::now();
+        let plan = epochs.plan(table, batch).map_err(UpdateError::Refused)?;
+        let changed_rows = plan.changed_rows();
+        // In the log and synced before anything changes: nothing acknowledged is lost.
+        let writes = epochs.commit(plan).map_err(|error| UpdateError::Failed(error.to_string()))?;
+        if let Err(error) = self.engine.write_pages(&writes) {
+            let reason = format!(
+                "update batch {} is in the log but the engine could not take it ({error}); \
+                 restart the server to replay the log",
+                epochs.epoch()
+            );
+            self.broken = Some(reason.clone());
+            return Err(UpdateError::Failed(reason));
+        }
+        let current = Current::of(epochs);
+        shared.live.write().unwrap_or_else(std::sync::PoisonError::into_inner).current = current;
+        shared.metrics.epoch(current.epoch);
+        shared.metrics.update_applied(started.elapsed(), changed_rows);
+        Ok(Applied { current, changed_rows })
     }
-    let (Some(epochs), Some(table)) = (epochs, engine.table()) else {
-        return Err(UpdateError::ReadOnly);
-    };
-    let started = Instant::now();
-    let plan = epochs.plan(table, batch).map_err(UpdateError::Refused)?;
-    let changed_rows = plan.changed_rows();
-    // In the log and synced before anything changes: nothing acknowledged is lost.
-    let writes = epochs.commit(plan).map_err(|error| UpdateError::Failed(error.to_string()))?;
-    if let Err(error) = engine.write_pages(&writes) {
-        let reason = format!(
-            "update batch {} is in the log but the engine could not take it ({error}); \
-             restart the server to replay the log",
-            epochs.epoch()
-        );
-        *broken = Some(reason.clone());
-        return Err(UpdateError::Failed(reason));
+
+    /// Swaps to the loaded snapshot if its first epoch is the next one:
+    /// the loader records the swap durably first. Every request still
+    /// queued for the old snapshot is told so.
+    fn swap(
+        &mut self,
+        loaded: LoadedSnapshot,
+        loader: &dyn SnapshotLoader,
+        queue: &mut VecDeque<Pending>,
+        shared: &Shared,
+    ) -> SwapOutcome {
+        let next = shared.live().current.epoch + 1;
+        let base = loaded.epochs.base();
+        if base != next {
+            return Err(format!(
+                "sequence number {base} is no longer the next one ({next}): an update batch came first"
+            ));
+        }
+        loader.commit(&loaded)?;
+        let LoadedSnapshot { table, engine, epochs, .. } = loaded;
+        let snapshot = Snapshot::new(&table, engine.name(), Some(&epochs), shared.max_batch);
+        let live = Live { snapshot: Arc::new(snapshot), current: Current::of(&epochs) };
+        // The old engine and its table are dropped here.
+        *self = Scanner { engine, epochs: Some(epochs), broken: None };
+
+        let mut intake = shared.lock();
+        intake.base = base;
+        *shared.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = live;
+        let stale: Vec<Pending> = queue.drain(..).chain(intake.arrived.drain(..)).collect();
+        let unscanned: usize = stale.iter().map(|p| p.queries.len()).sum();
+        intake.queued_queries -= unscanned;
+        shared.metrics.queue_depth(intake.queued_queries);
+        drop(intake);
+        shared.metrics.lookups("snapshot_changed", unscanned);
+        shared.metrics.epoch(base);
+        shared.metrics.snapshot_base(base);
+        for pending in stale {
+            let _ = pending.reply.send(Err(PassError::SnapshotChanged));
+        }
+        Ok(())
     }
-    let current = Current::of(epochs);
-    *shared.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = current;
-    shared.metrics.epoch(current.epoch);
-    shared.metrics.update_applied(started.elapsed(), changed_rows);
-    Ok(Applied { current, changed_rows })
 }
 
 /// What the scan thread does next.
 enum Work {
     /// Run a pass over the gathered batch.
     Pass,
-    /// Apply these update batches, in order.
-    Updates(Vec<UpdateJob>),
+    /// Apply these update batches and swaps, in order.
+    Jobs(Vec<Job>),
     /// Stop: the batcher is gone and nothing is left.
     Closed,
 }
 
-/// Waits for work. Update batches come first, unless a request is half
+/// Waits for work. Update batches and swaps come first, unless a request is half
 /// answered (split across passes): it is finished from the same epoch
 /// first. Otherwise fills `batch` with up to `max_batch` queries from the
 /// front of `queue` (recording in `taken` how many from each request).
@@ -376,8 +486,8 @@ fn gather(
             !abandoned
         });
         let half_answered = queue.front().is_some_and(|p| !p.answers.is_empty());
-        if !intake.updates.is_empty() && !half_answered {
-            return Work::Updates(std::mem::take(&mut intake.updates));
+        if !intake.jobs.is_empty() && !half_answered {
+            return Work::Jobs(std::mem::take(&mut intake.jobs));
         }
         if !queue.is_empty() {
             break;
@@ -469,9 +579,10 @@ mod tests {
                 gate: gate_rx,
             };
             let current = Current { epoch: 0, digest: table.digest(), records: table.records() };
+            let snapshot = Snapshot::new(&crate::TableInfo::of(&table), "gated", None, max_batch);
+            let live = Live { snapshot: Arc::new(snapshot), current };
             let batcher =
-                Batcher::start(Box::new(engine), None, current, (max_batch, max_queue), Metrics::new())
-                    .unwrap();
+                Batcher::start(Box::new(engine), None, live, (max_batch, max_queue), Metrics::new()).unwrap();
             Harness { batcher, table, entered, gate, rng: StdRng::seed_from_u64(7) }
         }
 
@@ -493,7 +604,7 @@ mod tests {
         /// Submits `queries`, returning them for the expected answers.
         fn submit(&mut self, count: usize) -> (Vec<Query>, oneshot::Receiver<Reply>) {
             let queries = self.queries(count);
-            let answer = self.batcher.submit(queries.clone()).expect("room in the queue");
+            let answer = self.batcher.submit(queries.clone(), 0).expect("room in the queue");
             (queries, answer)
         }
 
@@ -536,8 +647,8 @@ mod tests {
         assert_eq!(h.next_pass(), 2);
         let queued = [h.submit(2), h.submit(2)];
         let extra = h.queries(1);
-        let refused = h.batcher.submit(extra).expect_err("the queue holds 4 queries");
-        assert!(refused.retry_after_secs >= 1);
+        let refused = h.batcher.submit(extra, 0).expect_err("the queue holds 4 queries");
+        assert!(matches!(refused, Refused::Overloaded { retry_after_secs } if retry_after_secs >= 1));
         h.release(Ok(()));
         in_pass.blocking_recv().unwrap().unwrap();
         for (queries, answer) in queued {

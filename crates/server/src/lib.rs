@@ -11,7 +11,8 @@
 //!
 //! Routes: `GET /v1/health`, `GET /v1/meta` (JSON), `POST /v1/query` (binary,
 //! see `docs/PROTOCOL.md`), `GET /metrics` (Prometheus), and, with an admin
-//! token, `POST /admin/v1/updates`. Scans run on a thread of their own that
+//! token, the admin routes: `GET /admin/v1/status`, `POST /admin/v1/updates`
+//! and `POST /admin/v1/snapshot` (see [`SnapshotLoader`]). Scans run on a thread of their own that
 //! owns the engine, never on the async runtime's workers; concurrent
 //! requests share passes through one bounded queue (continuous batching,
 //! see [`batcher`](crate::batcher)), and update batches are applied on that
@@ -22,19 +23,22 @@ mod batcher;
 mod errors;
 mod metrics;
 mod routes;
+mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use morphogen_dpf::Key;
-use morphogen_epochs::{Epochs, History};
-use morphogen_protocol::{Meta, PROTOCOL_VERSION};
+use morphogen_epochs::Epochs;
+use morphogen_protocol::Meta;
 use morphogen_scan::Engine;
-use morphogen_table::{Layout, Table};
+use morphogen_table::{CHOICES, Layout, MAX_PAGES_PER_TABLE, Table};
 use tokio::net::TcpListener;
 
-use batcher::{Batcher, Current};
+use batcher::{Batcher, Current, Live};
 pub use errors::ApiError;
+pub use snapshot::{LoadedSnapshot, SnapshotLoader};
+use snapshot::{Snapshot, Swaps};
 
 /// Limits and settings of a server.
 #[derive(Clone, Debug)]
@@ -46,11 +50,18 @@ pub struct Config {
     pub max_queue: usize,
     /// The bearer token of the admin routes; `None` disables them.
     pub admin_token: Option<String>,
+    /// Loads the snapshots the server may swap to; `None` disables swaps.
+    pub snapshots: Option<Arc<dyn SnapshotLoader>>,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { max_batch: DEFAULT_MAX_BATCH, max_queue: DEFAULT_MAX_QUEUE, admin_token: None }
+        Config {
+            max_batch: DEFAULT_MAX_BATCH,
+            max_queue: DEFAULT_MAX_QUEUE,
+            admin_token: None,
+            snapshots: None,
+        }
     }
 }
 
@@ -100,17 +111,16 @@ pub struct Server {
 
 /// What every request handler shares.
 pub(crate) struct State {
-    /// The metadata that does not change between epochs.
-    meta: Meta,
-    layout: Layout,
-    /// Diffs of recent epochs; `None` for a table that takes no updates.
-    history: Option<History>,
     /// BLAKE3 of the admin token: compared in constant time.
     admin_token: Option<blake3::Hash>,
-    /// The largest body a request of `max_batch` queries can need, with room
-    /// to spare so that an oversized batch is reported as such.
+    /// The largest body a request of `max_batch` queries can need for any
+    /// table, with room to spare so that an oversized batch is reported as
+    /// such.
     max_body_bytes: usize,
+    /// Most queries one request may hold.
+    max_batch: usize,
     batcher: Batcher,
+    swaps: Swaps,
     metrics: metrics::Metrics,
 }
 
@@ -135,43 +145,30 @@ impl Server {
                 config.max_queue, config.max_batch
             )));
         }
-        let layout = &table.layout;
-        assert_eq!(layout, engine.layout(), "the engine answers from another table");
+        assert_eq!(&table.layout, engine.layout(), "the engine answers from another table");
         if config.admin_token.as_ref().is_some_and(|token| token.trim().is_empty()) {
             return Err(Error::Config("the admin token is empty".to_string()));
+        }
+        if config.snapshots.is_some() && config.admin_token.is_none() {
+            return Err(Error::Config("snapshot swaps need the admin routes (an admin token)".to_string()));
         }
         let current = match &epochs {
             Some(epochs) => Current::of(epochs),
             None => Current { epoch: 0, digest: table.digest, records: table.records },
         };
-        let history = epochs.as_ref().map(|epochs| epochs.history().clone());
-        let meta = Meta {
-            protocol_version: PROTOCOL_VERSION,
-            digest: hex::encode(table.digest),
-            epoch: 0,
-            snapshot_digest: hex::encode(table.digest),
-            oldest_epoch: 0,
-            epoch_window: history.as_ref().map_or(0, History::window),
-            page_size: layout.page_size(),
-            row_size: layout.row_size(),
-            value_size: layout.value_size(),
-            sub_tables: vec![layout.pages_per_table(); usize::from(layout.choices())],
-            hash_seed: hex::encode(layout.seed()),
-            records: table.records,
-            engine: engine.name().to_string(),
-            max_batch: config.max_batch,
-        };
-        let key_len =
-            Key::encoded_len(layout.pages_per_table()).expect("a layout's page count is a DPF domain");
-        let max_body_bytes = 2
-            * (morphogen_protocol::HEADER_LEN + config.max_batch * usize::from(layout.choices()) * key_len)
-            + (64 << 10);
+        let snapshot = Snapshot::new(&table, engine.name(), epochs.as_ref(), config.max_batch);
+        let live = Live { snapshot: Arc::new(snapshot), current };
+        // Any table the server may swap to: the longest keys, the most sub-tables.
+        let key_len = Key::encoded_len(MAX_PAGES_PER_TABLE).expect("the largest page count is a DPF domain");
+        let max_keys = config.max_batch * usize::from(*CHOICES.end());
+        let max_body_bytes = 2 * (morphogen_protocol::HEADER_LEN + max_keys * key_len) + (64 << 10);
         let metrics = metrics::Metrics::new();
         let limits = (config.max_batch, config.max_queue);
-        let batcher = Batcher::start(engine, epochs, current, limits, metrics.clone())?;
+        let batcher = Batcher::start(engine, epochs, live, limits, metrics.clone())?;
         let admin_token = config.admin_token.as_deref().map(|token| blake3::hash(token.trim().as_bytes()));
-        let state =
-            State { meta, layout: layout.clone(), history, admin_token, max_body_bytes, batcher, metrics };
+        let swaps = Swaps::new(config.snapshots);
+        let max_batch = config.max_batch;
+        let state = State { admin_token, max_body_bytes, max_batch, batcher, swaps, metrics };
         Ok(Server { state: Arc::new(state) })
     }
 
@@ -220,18 +217,26 @@ impl Server {
 impl State {
     /// The metadata as of the current epoch.
     fn meta(&self) -> Meta {
-        let current = self.batcher.current();
+        Live::meta(&self.batcher.live())
+    }
+}
+
+impl Live {
+    /// `/v1/meta` for the server standing here.
+    pub(crate) fn meta(&self) -> Meta {
+        let current = self.current;
         Meta {
             digest: hex::encode(current.digest),
             epoch: current.epoch,
             records: current.records,
-            oldest_epoch: self.oldest_epoch(current.epoch),
-            ..self.meta.clone()
+            oldest_epoch: self.oldest_epoch(),
+            ..self.snapshot.meta.clone()
         }
     }
 
-    /// The oldest epoch a query may name when `current` is the newest.
-    fn oldest_epoch(&self, current: u64) -> u64 {
-        self.history.as_ref().map_or(current, |history| history.oldest().min(current))
+    /// The oldest epoch a query may name.
+    pub(crate) fn oldest_epoch(&self) -> u64 {
+        let current = self.current.epoch;
+        self.snapshot.history.as_ref().map_or(current, |history| history.oldest().min(current))
     }
 }

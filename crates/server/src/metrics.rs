@@ -68,7 +68,7 @@ impl Metrics {
             );
             metrics::describe_counter!(
                 "morphogen_lookups_total",
-                "Queries by outcome: answered, rejected (queue full), abandoned (client gone before its pass), failed (engine fault)."
+                "Queries by outcome: answered, rejected (queue full), abandoned (client gone before its pass), failed (engine fault), snapshot_changed (queued when the snapshot was swapped)."
             );
             metrics::describe_gauge!("morphogen_epoch", "The epoch passes answer from now.");
             metrics::describe_counter!(
@@ -83,6 +83,18 @@ impl Metrics {
             metrics::describe_counter!(
                 "morphogen_asof_answers_total",
                 "Queries answered as of an older epoch than their pass's, by rewinding page diffs."
+            );
+            metrics::describe_counter!(
+                "morphogen_snapshot_swaps_total",
+                "Snapshot swaps by outcome: swapped, failed (the old snapshot kept answering), or the error code the request was refused with."
+            );
+            metrics::describe_histogram!(
+                "morphogen_snapshot_load_seconds",
+                "Time to load and verify a snapshot file and ready an engine over it, in the background."
+            );
+            metrics::describe_gauge!(
+                "morphogen_snapshot_base_epoch",
+                "The epoch the snapshot answered from now was swapped in at (0 for the first)."
             );
             metrics::describe_gauge!(
                 "morphogen_resident_memory_bytes",
@@ -143,6 +155,21 @@ impl Metrics {
     /// Counts an update batch refused with `code`.
     pub(crate) fn update_refused(&self, code: &'static str) {
         self.with(|| counter!("morphogen_updates_total", "outcome" => code).increment(1));
+    }
+
+    /// Records how long loading a snapshot took.
+    pub(crate) fn snapshot_loaded(&self, duration: Duration) {
+        self.with(|| histogram!("morphogen_snapshot_load_seconds").record(duration.as_secs_f64()));
+    }
+
+    /// Counts a snapshot swap that ended in `outcome` (`swapped` or `failed`).
+    pub(crate) fn snapshot_swap(&self, outcome: &'static str) {
+        self.with(|| counter!("morphogen_snapshot_swaps_total", "outcome" => outcome).increment(1));
+    }
+
+    /// Sets the first epoch of the snapshot answered from.
+    pub(crate) fn snapshot_base(&self, epoch: u64) {
+        self.with(|| gauge!("morphogen_snapshot_base_epoch").set(epoch as f64));
     }
 
     /// Counts queries answered as of an older epoch.

@@ -15,7 +15,8 @@ use morphogen_epochs::{Unavailable, rewind};
 use morphogen_protocol::{CONTENT_TYPE, Epoch, Request, Response};
 use morphogen_scan::{Query, validate};
 
-use crate::batcher::Answered;
+use crate::batcher::{Answered, Live, PassError, Refused};
+use crate::snapshot::Snapshot;
 use crate::{ApiError, State};
 
 /// Content types a query body may be sent with.
@@ -97,50 +98,61 @@ async fn answer(
             "body_too_large",
             format!(
                 "the body is larger than the {} bytes a batch of {} queries needs",
-                state.max_body_bytes, state.meta.max_batch
+                state.max_body_bytes, state.max_batch
             ),
         ),
         status => ApiError::client(status, "bad_body", rejection.body_text()),
     })?;
-    let request = Request::decode(&body, state.meta.max_batch)?;
+    let request = Request::decode(&body, state.max_batch)?;
+    // The snapshot the keys are checked against and queued for; a swap
+    // after this point fails the request with `snapshot_changed`.
+    let live = state.batcher.live();
     let wanted = match request.epoch {
         Epoch::Latest => None,
         Epoch::Exact(epoch) => Some(epoch),
     };
     if let Some(wanted) = wanted {
-        check_epoch(state, wanted)?;
+        check_epoch(&live, wanted)?;
     }
+    let snapshot = live.snapshot;
     let queries: Vec<Query> = request.queries.into_iter().map(|keys| Query { keys }).collect();
-    validate(&state.layout, &queries)?;
+    validate(&snapshot.layout, &queries)?;
     // Keys to take the answers back to an older epoch with, should the
     // pass answer from a newer one.
     let keys: Option<Vec<Vec<Key>>> = wanted.map(|_| queries.iter().map(|q| q.keys.clone()).collect());
 
-    let answer = state.batcher.submit(queries).map_err(|overloaded| {
-        ApiError::overloaded(
-            overloaded.retry_after_secs,
+    let answer = state.batcher.submit(queries, snapshot.base).map_err(|refused| match refused {
+        Refused::Overloaded { retry_after_secs } => ApiError::overloaded(
+            retry_after_secs,
             "the server's queue is full; try again after the time in Retry-After",
-        )
+        ),
+        Refused::SnapshotChanged => snapshot_changed(),
     })?;
-    let Answered { epoch, mut answers } =
-        answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))??;
+    let reply = answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))?;
+    let Answered { epoch, mut answers } = reply.map_err(|error| match error {
+        PassError::Engine(error) => ApiError::from(error),
+        PassError::SnapshotChanged => snapshot_changed(),
+    })?;
     let epoch = match (wanted, keys) {
         (Some(wanted), Some(keys)) if wanted < epoch => {
-            rewind_answers(state, wanted, epoch, keys, &mut answers).await?;
+            rewind_answers(state, &snapshot, wanted, epoch, keys, &mut answers).await?;
             wanted
         }
         _ => epoch,
     };
-    let layout = &state.layout;
+    let layout = &snapshot.layout;
     Response::encode(epoch, usize::from(layout.choices()), layout.page_size() as usize, &answers)
         .map_err(ApiError::internal)
 }
 
-/// Refuses an epoch the server cannot answer as of: newer than its
-/// current one, or older than its window.
-fn check_epoch(state: &State, wanted: u64) -> Result<(), ApiError> {
-    let current = state.batcher.current().epoch;
-    let oldest = state.oldest_epoch(current);
+/// Refuses an epoch the server cannot answer as of: one of an earlier
+/// snapshot, newer than its current one, or older than its window.
+fn check_epoch(live: &Live, wanted: u64) -> Result<(), ApiError> {
+    if wanted < live.snapshot.base {
+        return Err(snapshot_changed());
+    }
+    let current = live.current.epoch;
+    let oldest = live.oldest_epoch();
     let problem = if wanted > current {
         format!("epoch {wanted} is newer than this server's current epoch {current}")
     } else if wanted < oldest {
@@ -158,23 +170,36 @@ fn epoch_unavailable(problem: String, oldest: u64) -> ApiError {
     }
 }
 
+/// 410 `snapshot_changed`: the request was made for a snapshot this server
+/// no longer serves; its parameters (page count, hash seed) may differ now.
+fn snapshot_changed() -> ApiError {
+    ApiError::client(
+        StatusCode::GONE,
+        "snapshot_changed",
+        "the server swapped to another snapshot since this request's epoch; read /v1/meta and ask again",
+    )
+}
+
 /// Takes the answers of a pass at epoch `from` back to epoch `wanted`,
 /// evaluating each query's own keys at the pages changed in between only.
 async fn rewind_answers(
     state: &State,
+    snapshot: &Snapshot,
     wanted: u64,
     from: u64,
     keys: Vec<Vec<Key>>,
     answers: &mut Vec<u8>,
 ) -> Result<(), ApiError> {
-    let history =
-        state.history.as_ref().ok_or_else(|| ApiError::internal("a table without updates changed epoch"))?;
+    let history = snapshot
+        .history
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("a table without updates changed epoch"))?;
     let diffs = history.between(wanted, from).map_err(|unavailable| match unavailable {
         Unavailable::TooOld { oldest, .. } => epoch_unavailable(unavailable.to_string(), oldest),
         Unavailable::Ahead { .. } => ApiError::internal(unavailable),
     })?;
     state.metrics.asof_answers(keys.len());
-    let layout = state.layout.clone();
+    let layout = snapshot.layout.clone();
     let mut taken = std::mem::take(answers);
     // Many point evaluations for a deep rewind: off the async workers.
     let rewound = tokio::task::spawn_blocking(move || {

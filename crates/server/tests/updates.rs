@@ -218,7 +218,7 @@ async fn answers_as_of_an_epoch_outside_the_window_are_gone() {
         assert_eq!((status, error.code.as_str(), error.oldest_epoch), (410, "epoch_unavailable", Some(2)));
         assert!(error.error.contains(problem), "{}", error.error);
     }
-    let meta = server.admin.status().await.unwrap();
+    let meta = server.admin.status().await.unwrap().meta;
     assert_eq!((meta.epoch, meta.oldest_epoch, meta.epoch_window), (5, 2, 3));
     assert_eq!(meta.digest, states[5].1);
     assert_eq!(meta.snapshot_digest, hex::encode(table.digest()));
@@ -293,11 +293,11 @@ async fn the_admin_routes_refuse_bad_tokens_sequences_and_batches_and_change_not
     assert_eq!(status, 422);
 
     // Nothing was applied; the good batch still is.
-    let meta = server.admin.status().await.unwrap();
+    let meta = server.admin.status().await.unwrap().meta;
     assert_eq!((meta.epoch, meta.records, meta.digest), (0, 2_000, hex::encode(table.digest())));
     let (status, _) = post_update(&server.url, Some(TOKEN), good).await;
     assert_eq!(status, 200);
-    assert_eq!(server.admin.status().await.unwrap().epoch, 1);
+    assert_eq!(server.admin.status().await.unwrap().meta.epoch, 1);
     let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
     for outcome in ["applied", "sequence", "table_full", "value_too_long"] {
         assert!(metrics.contains(&format!("morphogen_updates_total{{outcome=\"{outcome}\"}}")), "{outcome}");

@@ -209,24 +209,25 @@ impl Batcher {
     }
 
     /// Queues an update batch for the scan thread, which applies it between
-    /// passes; the outcome arrives once the batch is in the log and the
-    /// engine's pages.
-    pub(crate) async fn update(&self, batch: Batch) -> Result<UpdateOutcome, oneshot::error::RecvError> {
+    /// passes; the outcome arrives on the returned channel once the batch
+    /// is in the log and the engine's pages.
+    pub(crate) fn update(&self, batch: Batch) -> oneshot::Receiver<UpdateOutcome> {
         let (reply, outcome) = oneshot::channel();
         self.queue_job(Job::Update { batch, reply });
-        outcome.await
+        outcome
     }
 
     /// Queues the swap to `loaded` for the scan thread, which has `loader`
-    /// commit it and swaps between passes.
-    pub(crate) async fn swap(
+    /// commit it and swaps between passes; the outcome arrives on the
+    /// returned channel.
+    pub(crate) fn swap(
         &self,
         loaded: LoadedSnapshot,
         loader: Arc<dyn SnapshotLoader>,
-    ) -> Result<SwapOutcome, oneshot::error::RecvError> {
+    ) -> oneshot::Receiver<SwapOutcome> {
         let (reply, outcome) = oneshot::channel();
         self.queue_job(Job::Swap { loaded: Box::new(loaded), loader, reply });
-        outcome.await
+        outcome
     }
 
     fn queue_job(&self, job: Job) {
@@ -516,6 +517,7 @@ mod tests {
     use std::sync::mpsc;
 
     use morphogen_dpf::generate;
+    use morphogen_epochs::Epochs;
     use morphogen_scan::{Answers, ReferenceEngine};
     use morphogen_table::{BuildOptions, Layout, NoProgress, PageWrite, Table, build};
     use rand::SeedableRng;
@@ -704,5 +706,83 @@ mod tests {
             h.release(Ok(()));
             assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
         }
+    }
+
+    /// A loader that only commits, successfully or not.
+    #[derive(Debug)]
+    struct Committer {
+        fails: bool,
+    }
+
+    impl SnapshotLoader for Committer {
+        fn load(&self, _: &str, _: u64) -> Result<LoadedSnapshot, String> {
+            unreachable!("the tests hand the batcher loaded snapshots")
+        }
+        fn commit(&self, _: &LoadedSnapshot) -> Result<(), String> {
+            if self.fails { Err("the disk is full".to_string()) } else { Ok(()) }
+        }
+    }
+
+    /// A snapshot of other parameters than the harness's, loaded to start at `epoch`.
+    fn loaded(dir: &std::path::Path, epoch: u64) -> (Arc<Table>, LoadedSnapshot) {
+        let records: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..1000u32).map(|i| (i.to_le_bytes().to_vec(), i.to_be_bytes().to_vec())).collect();
+        let options = BuildOptions { page_size: 1024, value_size: Some(8), choices: 3, seed: None };
+        let table = Arc::new(build(&records[..], &options, &NoProgress).unwrap());
+        let epochs = Epochs::create(&table, &dir.join("new.log"), epoch, 16).unwrap();
+        let engine = Box::new(ReferenceEngine::new(table.clone()));
+        let loaded =
+            LoadedSnapshot { file: "new".to_string(), table: crate::TableInfo::of(&table), engine, epochs };
+        (table, loaded)
+    }
+
+    #[test]
+    fn a_swap_fails_the_requests_queued_for_the_old_snapshot_and_refuses_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Harness::new(8, 64);
+        let (first, in_pass) = h.submit(2);
+        assert_eq!(h.next_pass(), 2);
+        let (_, queued) = h.submit(3);
+        let (new_table, snapshot) = loaded(dir.path(), 1);
+        let swapped = h.batcher.swap(snapshot, Arc::new(Committer { fails: false }));
+        h.release(Ok(()));
+        // The pass under way answers from the old snapshot; the swap follows it.
+        let answered = in_pass.blocking_recv().unwrap().unwrap();
+        assert_eq!((answered.epoch, answered.answers), (0, h.expected(&first)));
+        swapped.blocking_recv().unwrap().unwrap();
+        assert!(matches!(queued.blocking_recv().unwrap(), Err(PassError::SnapshotChanged)));
+        let live = h.batcher.live();
+        assert_eq!((live.snapshot.base, live.current.epoch), (1, 1));
+        assert_eq!(&live.snapshot.layout, new_table.layout());
+        assert_eq!(live.current.digest, new_table.digest());
+        let stale = h.queries(1);
+        assert!(matches!(h.batcher.submit(stale, 0), Err(Refused::SnapshotChanged)));
+
+        // Queries for the new snapshot are answered by its engine, and the
+        // queue has room for a full queue's worth again.
+        h.table = new_table;
+        let queries = h.queries(8);
+        let answer = h.batcher.submit(queries.clone(), 1).unwrap();
+        let answered = answer.blocking_recv().unwrap().unwrap();
+        assert_eq!((answered.epoch, answered.answers), (1, h.expected(&queries)));
+        for _ in 0..8 {
+            let queries = h.queries(8);
+            h.batcher.submit(queries, 1).expect("room for 64 queries");
+        }
+    }
+
+    #[test]
+    fn a_swap_that_cannot_be_committed_or_is_out_of_sequence_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::new(8, 64);
+        let (_, snapshot) = loaded(dir.path(), 1);
+        let refused = h.batcher.swap(snapshot, Arc::new(Committer { fails: true })).blocking_recv().unwrap();
+        assert_eq!(refused.unwrap_err(), "the disk is full");
+        let (_, snapshot) = loaded(dir.path(), 2);
+        let refused = h.batcher.swap(snapshot, Arc::new(Committer { fails: false })).blocking_recv().unwrap();
+        assert!(refused.unwrap_err().contains("no longer the next one"));
+        let live = h.batcher.live();
+        assert_eq!((live.snapshot.base, live.current.epoch), (0, 0));
+        assert_eq!(&live.snapshot.layout, h.table.layout());
     }
 }

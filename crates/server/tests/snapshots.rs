@@ -1,0 +1,343 @@
+//! Snapshot swaps through real servers: lookups running across a swap to
+//! a table of other parameters, and the admin route's refusals.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use morphogen_client::{Admin, Client};
+use morphogen_dpf::generate;
+use morphogen_epochs::{Epochs, Pointer, SnapshotDir, log_path};
+use morphogen_protocol::{
+    AdminStatus, CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, SnapshotRequest, SwapState,
+    UpdateRequest,
+};
+use morphogen_scan::CpuEngine;
+use morphogen_server::{Config, LoadedSnapshot, Server, SnapshotLoader, TableInfo};
+use morphogen_table::{BuildOptions, NoProgress, Table, Verify, build};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "test admin token";
+
+/// `count` records `key-i` → `{prefix}-i`.
+fn write_table(path: &Path, count: usize, prefix: &str, page_size: u32, choices: u8) -> Table {
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..count).map(|i| (format!("key-{i}").into_bytes(), format!("{prefix}-{i}").into_bytes())).collect();
+    let options = BuildOptions { page_size, value_size: Some(16), choices, seed: None };
+    let table = build(&records[..], &options, &NoProgress).unwrap();
+    table.write(path).unwrap();
+    table
+}
+
+/// Loads table files of a directory onto the CPU engine; `gate`, when set,
+/// holds each load until the test lets it go.
+#[derive(Debug)]
+struct DirLoader {
+    dir: SnapshotDir,
+    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl SnapshotLoader for DirLoader {
+    fn load(&self, file: &str, epoch: u64) -> Result<LoadedSnapshot, String> {
+        if let Some(gate) = self.gate.lock().unwrap().as_ref() {
+            gate.recv().map_err(|_| "the test went away".to_string())?;
+        }
+        let path = self.dir.file(file).map_err(|e| e.to_string())?;
+        let table = Table::open(&path, Verify::Digest, &NoProgress).map_err(|e| e.to_string())?;
+        let epochs = Epochs::create(&table, &log_path(&path), epoch, 1024).map_err(|e| e.to_string())?;
+        let info = TableInfo::of(&table);
+        let engine = Box::new(CpuEngine::new(Arc::new(table)));
+        Ok(LoadedSnapshot { file: file.to_string(), table: info, engine, epochs })
+    }
+
+    fn commit(&self, loaded: &LoadedSnapshot) -> Result<(), String> {
+        let pointer = Pointer {
+            file: loaded.file.clone(),
+            digest: hex::encode(loaded.table.digest),
+            epoch: loaded.epochs.base(),
+        };
+        self.dir.set_current(&pointer).map_err(|e| e.to_string())
+    }
+}
+
+/// A running server; stops when dropped.
+struct Live {
+    url: String,
+    admin: Admin,
+    /// Its snapshot directory.
+    dir: PathBuf,
+    _stop: oneshot::Sender<()>,
+}
+
+/// How a test server takes swaps.
+enum Swaps {
+    Disabled,
+    Enabled,
+    /// Each load waits for a message on this channel.
+    Gated(std::sync::mpsc::Receiver<()>),
+}
+
+/// Serves `first`, a table file of `dir`, with an update log, from a
+/// directory of its own holding copies of the files of `dir` (as each
+/// server has its own disk).
+async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
+    let own = dir.join(format!("server-{}", rand::random::<u64>()));
+    std::fs::create_dir(&own).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "mgdb") {
+            std::fs::copy(&path, own.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let path = own.join(first);
+    let mut table = Table::open(&path, Verify::Digest, &NoProgress).unwrap();
+    let (epochs, _) = Epochs::open(&mut table, &log_path(&path), 1024).unwrap();
+    let info = TableInfo::of(&table);
+    let gate = match swaps {
+        Swaps::Disabled => None,
+        Swaps::Enabled => Some(None),
+        Swaps::Gated(gate) => Some(Some(gate)),
+    };
+    let snapshots = gate.map(|gate| {
+        let loader = DirLoader { dir: SnapshotDir::new(&own).unwrap(), gate: Mutex::new(gate) };
+        Arc::new(loader) as Arc<dyn SnapshotLoader>
+    });
+    let config =
+        Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), snapshots, ..Config::default() };
+    let server = Server::new(info, Box::new(CpuEngine::new(Arc::new(table))), Some(epochs), config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, None, async move {
+        let _ = stopped.await;
+    }));
+    let admin = Admin::new(&url, TOKEN, Duration::from_secs(30)).unwrap();
+    Live { url, admin, dir: own, _stop: stop }
+}
+
+/// Waits until the server's latest swap is no longer loading.
+async fn swap_done(server: &Live) -> AdminStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = server.admin.status().await.unwrap();
+        let swap = status.snapshot_swap.as_ref().expect("a swap was asked for");
+        if swap.state != SwapState::Loading {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the swap finishes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn padded(value: &str) -> Vec<u8> {
+    let mut bytes = value.as_bytes().to_vec();
+    bytes.resize(16, 0);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_new_table() {
+    let dir = tempfile::tempdir().unwrap();
+    // The new snapshot differs in every parameter a client derives its keys from.
+    let old = write_table(&dir.path().join("old.mgdb"), 1_500, "old", 512, 3);
+    let new = write_table(&dir.path().join("new.mgdb"), 2_500, "new", 1024, 2);
+    assert_ne!(old.layout(), new.layout());
+    let (a, b) = (
+        start(dir.path(), "old.mgdb", Swaps::Enabled).await,
+        start(dir.path(), "old.mgdb", Swaps::Enabled).await,
+    );
+    let client = Arc::new(Client::new(&a.url, &b.url).await.unwrap());
+
+    // Lookups of keys of both tables, checked as they come back: each
+    // value is the old table's or the new one's, never anything else.
+    let swapped = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut lookers = Vec::new();
+    for seed in 0..4 {
+        let (client, swapped, stop) = (client.clone(), swapped.clone(), stop.clone());
+        lookers.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (mut before, mut after) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let indexes: Vec<usize> =
+                    (0..rng.random_range(1..12)).map(|_| rng.random_range(0..3_000)).collect();
+                let keys: Vec<String> = indexes.iter().map(|i| format!("key-{i}")).collect();
+                let done_before = swapped.load(Ordering::Relaxed);
+                let values = client.get_many(&keys).await.expect("no lookup fails across a swap");
+                for (&i, value) in indexes.iter().zip(values) {
+                    let old_value = (i < 1_500).then(|| padded(&format!("old-{i}")));
+                    let new_value = (i < 2_500).then(|| padded(&format!("new-{i}")));
+                    if done_before {
+                        assert_eq!(value, new_value, "key-{i} after the swap");
+                    } else {
+                        assert!(value == old_value || value == new_value, "key-{i}: {value:?}");
+                    }
+                }
+                if done_before { after += 1 } else { before += 1 }
+            }
+            (before, after)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 1 };
+    for server in [&a, &b] {
+        let status = server.admin.swap(&request).await.unwrap();
+        assert_eq!(status.state, SwapState::Loading);
+    }
+    let (status_a, status_b) = (swap_done(&a).await, swap_done(&b).await);
+    for status in [&status_a, &status_b] {
+        assert_eq!(status.snapshot_swap.as_ref().unwrap().state, SwapState::Swapped, "{status:?}");
+        assert_eq!(status.meta.epoch, 1);
+        assert_eq!(status.meta.snapshot_digest, hex::encode(new.digest()));
+        assert_eq!(status.meta.digest, status.meta.snapshot_digest, "the swap's epoch has the file's digest");
+        assert_eq!((status.meta.oldest_epoch, status.meta.records), (1, 2_500));
+    }
+    swapped.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The new snapshot takes updates from the next sequence number on.
+    let update = UpdateRequest {
+        sequence: 2,
+        changes: vec![ChangeBody { key: hex::encode("key-3"), value: Some(hex::encode("updated")) }],
+    };
+    for server in [&a, &b] {
+        assert_eq!(server.admin.update(&update).await.unwrap().epoch, 2);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut counts = Vec::new();
+    for looker in lookers {
+        counts.push(looker.await.unwrap());
+    }
+    assert!(
+        counts.iter().all(|&(before, after)| before > 0 && after > 0),
+        "lookups on both sides: {counts:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(client.get(b"key-3").await.unwrap(), Some(padded("updated")));
+    assert_eq!(client.meta().epoch, 2);
+    assert_eq!(client.meta().page_size, 1024);
+
+    // Each server recorded the swap for its restarts.
+    for server in [&a, &b] {
+        let pointer = SnapshotDir::new(&server.dir).unwrap().current().unwrap().unwrap();
+        assert_eq!((pointer.file.as_str(), pointer.epoch), ("new.mgdb", 1));
+        assert_eq!(pointer.digest, hex::encode(new.digest()));
+    }
+    let mut told_to_reread = 0;
+    for server in [&a, &b] {
+        let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("morphogen_snapshot_swaps_total{outcome=\"swapped\"} 1"), "{metrics}");
+        assert!(metrics.contains("morphogen_snapshot_base_epoch 1"));
+        told_to_reread += metrics
+            .lines()
+            .filter_map(|line| line.strip_prefix("morphogen_requests_total{outcome=\"snapshot_changed\"} "))
+            .map(|count| count.parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    // Lookups did reach a swapped server with the old snapshot's epoch, and
+    // the client recovered from it unseen.
+    assert!(told_to_reread > 0);
+}
+
+/// Posts a raw JSON body to an admin route; returns the status and error.
+async fn post(url: &str, route: &str, body: serde_json::Value) -> (u16, ErrorBody) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}{route}"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write_table(&dir.path().join("old.mgdb"), 1_000, "old", 512, 3);
+    write_table(&dir.path().join("new.mgdb"), 800, "new", 512, 2);
+    std::fs::write(dir.path().join("broken.mgdb"), b"not a table").unwrap();
+
+    let no_swaps = start(dir.path(), "old.mgdb", Swaps::Disabled).await;
+    let body = serde_json::json!({"file": "new.mgdb", "sequence": 1});
+    let (status, error) = post(&no_swaps.url, "/admin/v1/snapshot", body.clone()).await;
+    assert_eq!((status, error.code.as_str()), (409, "snapshots_disabled"));
+
+    let (release, gate) = std::sync::mpsc::channel();
+    let server = start(dir.path(), "old.mgdb", Swaps::Gated(gate)).await;
+    let (status, error) =
+        post(&server.url, "/admin/v1/snapshot", serde_json::json!({"file": "new.mgdb", "sequence": 2})).await;
+    assert_eq!((status, error.code.as_str(), error.expected_sequence), (409, "sequence", Some(1)));
+
+    // A file that is not a table: the swap fails, the old snapshot answers on.
+    let (status, _) =
+        post(&server.url, "/admin/v1/snapshot", serde_json::json!({"file": "broken.mgdb", "sequence": 1}))
+            .await;
+    assert_eq!(status, 202);
+    release.send(()).unwrap();
+    let failed = swap_done(&server).await;
+    let swap = failed.snapshot_swap.unwrap();
+    assert_eq!(swap.state, SwapState::Failed);
+    assert!(swap.error.as_deref().unwrap_or_default().contains("broken.mgdb"), "{swap:?}");
+    assert_eq!((failed.meta.epoch, failed.meta.snapshot_digest), (0, hex::encode(old.digest())));
+    for name in ["../old.mgdb", "missing.mgdb"] {
+        post(&server.url, "/admin/v1/snapshot", serde_json::json!({"file": name, "sequence": 1})).await;
+        release.send(()).unwrap();
+        assert_eq!(swap_done(&server).await.snapshot_swap.unwrap().state, SwapState::Failed, "{name}");
+    }
+
+    // While a swap loads, update batches and other swaps are refused.
+    let (status, _) = post(&server.url, "/admin/v1/snapshot", body.clone()).await;
+    assert_eq!(status, 202);
+    let (status, error) = post(&server.url, "/admin/v1/snapshot", body.clone()).await;
+    assert_eq!((status, error.code.as_str()), (409, "swap_in_progress"));
+    let update = serde_json::json!({"sequence": 1, "changes": []});
+    let (status, error) = post(&server.url, "/admin/v1/updates", update).await;
+    assert_eq!((status, error.code.as_str()), (409, "swap_in_progress"));
+    // Queries made for the old snapshot are answered meanwhile.
+    let layout = old.layout();
+    let mut rng = StdRng::seed_from_u64(1);
+    let keys: Vec<_> =
+        (0..layout.choices()).map(|_| generate(layout.pages_per_table(), 3, &mut rng).unwrap().0).collect();
+    let old_query = Request { epoch: Epoch::Exact(0), queries: vec![keys] }.encode().unwrap();
+    assert_eq!(raw_query(&server.url, &old_query).await.0, 200);
+    release.send(()).unwrap();
+    assert_eq!(swap_done(&server).await.snapshot_swap.unwrap().state, SwapState::Swapped);
+
+    // After the swap, a query for the old snapshot's epoch is told to re-read.
+    let (status, body) = raw_query(&server.url, &old_query).await;
+    let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, error.code.as_str()), (410, "snapshot_changed"));
+    let meta = server.admin.status().await.unwrap().meta;
+    assert_eq!((meta.epoch, meta.sub_tables.len(), meta.records), (1, 2, 800));
+    let names: BTreeSet<String> = std::fs::read_dir(&server.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".log"))
+        .collect();
+    assert!(names.contains("new.mgdb.log"), "the new snapshot's log is beside it: {names:?}");
+    let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+    for outcome in ["swapped", "failed", "sequence", "swap_in_progress"] {
+        assert!(
+            metrics.contains(&format!("morphogen_snapshot_swaps_total{{outcome=\"{outcome}\"}}")),
+            "{outcome}"
+        );
+    }
+}
+
+async fn raw_query(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/query"))
+        .header("content-type", CONTENT_TYPE)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+}

@@ -24,7 +24,12 @@ fn demo_looks_keys_up_through_two_servers_without_mismatches() {
 
 /// Builds `dir/t.mgdb` (pages of 512 bytes) from CSV `rows` (`key,value` lines, no header).
 fn build_from_csv(dir: &Path, rows: &str) -> PathBuf {
-    let (csv, table) = (dir.join("in.csv"), dir.join("t.mgdb"));
+    build_named(dir, "t.mgdb", rows)
+}
+
+/// Builds `dir/name` (pages of 512 bytes) from CSV `rows` (`key,value` lines, no header).
+fn build_named(dir: &Path, name: &str, rows: &str) -> PathBuf {
+    let (csv, table) = (dir.join(format!("{name}.csv")), dir.join(name));
     fs::write(&csv, format!("key,value\n{rows}")).unwrap();
     let built = morphogen(&[
         "build",
@@ -391,4 +396,104 @@ fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let found: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(found[0]["value"].as_str(), expected.as_deref(), "{found}");
+}
+
+#[test]
+fn morphogen_snapshot_swaps_both_servers_and_a_restart_serves_the_new_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_rows: String = (0..500u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i))).collect();
+    let new_rows: String =
+        (0..900u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i) + 7)).collect();
+    let token = dir.path().join("token");
+    fs::write(&token, "swap test token\n").unwrap();
+    let token = token.to_str().unwrap().to_string();
+    // Two servers, each with its own snapshot directory holding both files.
+    let dirs: Vec<PathBuf> = ["a", "b"].iter().map(|name| dir.path().join(name)).collect();
+    for server_dir in &dirs {
+        fs::create_dir(server_dir).unwrap();
+        build_named(server_dir, "old.mgdb", &old_rows);
+        build_named(server_dir, "new.mgdb", &new_rows);
+    }
+    let options = |server_dir: &Path| {
+        let db = server_dir.join("old.mgdb").to_str().unwrap().to_string();
+        let snapshots = server_dir.to_str().unwrap().to_string();
+        ["--db", &db, "--snapshot-dir", &snapshots, "--engine", "cpu", "--admin-token-file", &token]
+            .map(str::to_string)
+    };
+    let start =
+        |server_dir: &Path| serve_with(&options(server_dir).iter().map(String::as_str).collect::<Vec<_>>());
+    let (mut a, b) = (start(&dirs[0]), start(&dirs[1]));
+    let admins = |a: &Serving, b: &Serving| {
+        vec![
+            "--admin".to_string(),
+            a.url.clone(),
+            "--admin".into(),
+            b.url.clone(),
+            "--token-file".into(),
+            token.clone(),
+        ]
+    };
+    let run = |command: &str, admins: &[String], extra: &[&str]| {
+        let mut args = vec![command];
+        args.extend(admins.iter().map(String::as_str));
+        args.extend(extra);
+        morphogen(&args)
+    };
+
+    let changes = dir.path().join("changes.csv");
+    fs::write(&changes, "key,value\n00000002,00000000000000aa\n").unwrap();
+    let updated = run("update", &admins(&a, &b), &["--input", changes.to_str().unwrap()]);
+    assert!(updated.status.success(), "{}", text(&updated.stderr));
+
+    let missing = run("snapshot", &admins(&a, &b), &["--file", "missing.mgdb"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("did not swap"), "{}", text(&missing.stderr));
+    let swapped = run("snapshot", &admins(&a, &b), &["--file", "new.mgdb"]);
+    let stdout = text(&swapped.stdout);
+    assert!(swapped.status.success(), "{}", text(&swapped.stderr));
+    assert_eq!(stdout.matches("swapped to new.mgdb at epoch 2, 900 records").count(), 2, "{stdout}");
+
+    fs::write(&changes, "key,value\n00000004,00000000000000bb\n").unwrap();
+    let updated = run("update", &admins(&a, &b), &["--input", changes.to_str().unwrap(), "--json"]);
+    assert!(updated.status.success(), "{}", text(&updated.stderr));
+    let replies: serde_json::Value = serde_json::from_slice(&updated.stdout).unwrap();
+    assert_eq!(replies[0]["epoch"], 3);
+    let digest = replies[0]["digest"].as_str().unwrap().to_string();
+
+    // Killed and started again with the same command line, the server
+    // serves the new snapshot and its update, not --db.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let a = start(&dirs[0]);
+    let looked_up: serde_json::Value = serde_json::from_slice(
+        &morphogen(&["get", "--json", "--server", &a.url, "--server", &b.url, "00000004"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(looked_up[0]["value"].as_str(), Some("00000000000000bb"), "{looked_up}");
+    let output =
+        morphogen(&["get", "--json", "--server", &a.url, "--server", &b.url, "00000002", "00000640"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // key 2 is the new file's (the update to the old snapshot is gone with it); key 0x640 = 800 * 2 is new.
+    assert_eq!(found[0]["value"].as_str(), Some("0000000000000008"), "{found}");
+    assert_eq!(found[1]["value"].as_str(), Some("0000000000000327"), "{found}");
+    let status = run("update", &admins(&a, &b), &["--input", changes.to_str().unwrap(), "--sequence", "3"]);
+    assert!(!status.status.success(), "batch 3 was replayed: the restarted server expects 4");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let restarted = runtime.block_on(async {
+        let admin =
+            morphogen_client::Admin::new(&a.url, "swap test token", std::time::Duration::from_secs(10))
+                .unwrap();
+        admin.status().await.unwrap().meta
+    });
+    assert_eq!((restarted.epoch, restarted.digest), (3, digest));
+
+    // Without the admin routes there are no swaps.
+    let refused = morphogen(&["serve", "--snapshot-dir", dirs[0].to_str().unwrap(), "--engine", "cpu"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("--snapshot-dir needs an admin token"),
+        "{}",
+        text(&refused.stderr)
+    );
 }

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use morphogen_client::Admin;
 use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapState};
 use serde::Serialize;
 
-use crate::serve::admin_token;
+use crate::update::{connect_admins, next_sequence};
 
 #[derive(Args)]
 pub struct SnapshotArgs {
@@ -56,16 +56,8 @@ struct Outcome {
 }
 
 pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
-    ensure!(args.admins.len() <= 2, "give one or two --admin URLs (got {})", args.admins.len());
-    let token = admin_token(args.token_file.as_deref())?
-        .context("give --token-file or set MORPHOGEN_ADMIN_TOKEN in the environment")?;
     // Each admin request is short; the wait for the load has its own limit.
-    let request_timeout = Duration::from_secs(60);
-    let admins: Vec<Arc<Admin>> = args
-        .admins
-        .iter()
-        .map(|url| Admin::new(url, &token, request_timeout).map(Arc::new))
-        .collect::<Result<_, _>>()?;
+    let admins = connect_admins(&args.admins, args.token_file.as_deref(), Duration::from_secs(60))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcomes = runtime.block_on(swap_all(&admins, args))?;
     let digests: Vec<&str> = outcomes.iter().map(|o| o.status.meta.snapshot_digest.as_str()).collect();
@@ -95,24 +87,9 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
 }
 
 async fn swap_all(admins: &[Arc<Admin>], args: &SnapshotArgs) -> anyhow::Result<Vec<Outcome>> {
-    let mut statuses = Vec::with_capacity(admins.len());
-    for admin in admins {
-        statuses
-            .push(admin.status().await.with_context(|| format!("reading the status of {}", admin.url()))?);
-    }
     let sequence = match args.sequence {
         Some(sequence) => sequence,
-        None => {
-            let epochs: Vec<u64> = statuses.iter().map(|status| status.meta.epoch).collect();
-            if epochs.windows(2).any(|pair| pair[0] != pair[1]) {
-                bail!(
-                    "the servers are at different epochs ({}); feed the one behind its missing batches \
-                     (see docs/OPERATIONS.md), or give --sequence",
-                    epochs.iter().map(u64::to_string).collect::<Vec<_>>().join(" and ")
-                );
-            }
-            epochs[0] + 1
-        }
+        None => next_sequence(admins).await?,
     };
     let request = SnapshotRequest { file: args.file.clone(), sequence };
     let started = Instant::now();

@@ -52,16 +52,8 @@ struct Outcome {
 }
 
 pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
-    ensure!(args.admins.len() <= 2, "give one or two --admin URLs (got {})", args.admins.len());
-    let token = admin_token(args.token_file.as_deref())?
-        .context("give --token-file or set MORPHOGEN_ADMIN_TOKEN in the environment")?;
+    let admins = connect_admins(&args.admins, args.token_file.as_deref(), Duration::from_secs(args.timeout))?;
     let changes = read_changes(&args.input)?;
-    let timeout = Duration::from_secs(args.timeout);
-    let admins: Vec<Arc<Admin>> = args
-        .admins
-        .iter()
-        .map(|url| Admin::new(url, &token, timeout).map(Arc::new))
-        .collect::<Result<_, _>>()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcomes = runtime.block_on(async {
         let sequence = match args.sequence {
@@ -121,8 +113,23 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
     crate::print_stdout(&text)
 }
 
+/// The admin routes of one or two servers (`--admin URL`), with the token
+/// of `token_file` or the environment; each request bounded by `timeout`.
+pub fn connect_admins(
+    urls: &[String],
+    token_file: Option<&Path>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Arc<Admin>>> {
+    ensure!(urls.len() <= 2, "give one or two --admin URLs (got {})", urls.len());
+    let token = admin_token(token_file)?
+        .context("give --token-file or set MORPHOGEN_ADMIN_TOKEN in the environment")?;
+    let admins =
+        urls.iter().map(|url| Admin::new(url, &token, timeout).map(Arc::new)).collect::<Result<_, _>>()?;
+    Ok(admins)
+}
+
 /// Both servers' next sequence number, which must agree.
-async fn next_sequence(admins: &[Arc<Admin>]) -> anyhow::Result<u64> {
+pub async fn next_sequence(admins: &[Arc<Admin>]) -> anyhow::Result<u64> {
     let mut epochs = Vec::with_capacity(admins.len());
     for admin in admins {
         let status =

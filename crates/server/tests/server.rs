@@ -1,6 +1,10 @@
 //! Two real servers on loopback: private lookups through the client, and
 //! every kind of malformed request answered with its documented error.
 
+mod common;
+
+use common::{padded, spawn};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +16,6 @@ use morphogen_server::{Config, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// Records `key-i` → `value-i` for even i below 2n (odd i are absent).
@@ -36,20 +39,9 @@ async fn start(table: &Arc<Table>, config: Config) -> Running {
 }
 
 async fn start_with(table: &Arc<Table>, engine: Box<dyn Engine>, config: Config) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let server = Server::new(TableInfo::of(table), engine, None, config).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(listener, None, async move {
-        let _ = stopped.await;
-    }));
+    let (url, stop) = spawn(server).await;
     Running { url, _stop: stop }
-}
-
-fn padded(value: &str) -> Vec<u8> {
-    let mut bytes = value.as_bytes().to_vec();
-    bytes.resize(16, 0);
-    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +84,7 @@ async fn client_reports_an_unreachable_server() {
     let table = small_table();
     let a = start(&table, Config::default()).await;
     // A port that was free a moment ago.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let error = Client::new(&a.url, &format!("http://{closed}")).await.unwrap_err();
     assert!(matches!(error, morphogen_client::Error::Unreachable { .. }), "{error}");
 }

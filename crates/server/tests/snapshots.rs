@@ -1,6 +1,10 @@
 //! Snapshot swaps through real servers: lookups running across a swap to
 //! a table of other parameters, and the admin route's refusals.
 
+mod common;
+
+use common::{padded, spawn};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +23,6 @@ use morphogen_server::{Config, LoadedSnapshot, Server, SnapshotLoader, TableInfo
 use morphogen_table::{BuildOptions, NoProgress, Table, Verify, build};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "test admin token";
@@ -110,12 +113,7 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
     let config =
         Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), snapshots, ..Config::default() };
     let server = Server::new(info, Box::new(CpuEngine::new(Arc::new(table))), Some(epochs), config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(listener, None, async move {
-        let _ = stopped.await;
-    }));
+    let (url, stop) = spawn(server).await;
     let admin = Admin::new(&url, TOKEN, Duration::from_secs(30)).unwrap();
     Live { url, admin, dir: own, _stop: stop }
 }
@@ -132,12 +130,6 @@ async fn swap_done(server: &Live) -> AdminStatus {
         assert!(Instant::now() < deadline, "the swap finishes");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn padded(value: &str) -> Vec<u8> {
-    let mut bytes = value.as_bytes().to_vec();
-    bytes.resize(16, 0);
-    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

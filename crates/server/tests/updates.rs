@@ -2,6 +2,10 @@
 //! batches, answers as of older epochs, two servers kept in step, and the
 //! admin routes' refusals.
 
+mod common;
+
+use common::{padded, spawn};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +18,6 @@ use morphogen_server::{Config, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "test admin token";
@@ -47,12 +50,7 @@ async fn start(table: &Table, window: u64) -> Live {
 }
 
 async fn serve(server: Server, dir: tempfile::TempDir) -> Live {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(listener, None, async move {
-        let _ = stopped.await;
-    }));
+    let (url, stop) = spawn(server).await;
     let admin = Admin::new(&url, TOKEN, Duration::from_secs(30)).unwrap();
     Live { url, admin, _stop: stop, _dir: dir }
 }
@@ -229,11 +227,6 @@ async fn the_client_reads_the_epoch_both_servers_have_reached() {
     let table = table();
     let (a, b) = (start(&table, 1024).await, start(&table, 1024).await);
     let client = Client::new(&a.url, &b.url).await.unwrap();
-    let padded = |value: &str| {
-        let mut bytes = value.as_bytes().to_vec();
-        bytes.resize(16, 0);
-        bytes
-    };
     assert_eq!(client.get(b"key-7").await.unwrap(), Some(padded("value-7")));
 
     let changes = vec![("key-7".to_string(), Some("seven".to_string())), ("key-8".to_string(), None)];

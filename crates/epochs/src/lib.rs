@@ -109,8 +109,10 @@ struct Chain {
 
 impl Chain {
     fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
-        if batch.sequence != self.epoch + 1 {
-            return Err(Error::Sequence { expected: self.epoch + 1, actual: batch.sequence });
+        // A log may name any first epoch, even the last one there is.
+        let expected = self.epoch.checked_add(1).ok_or(Error::EpochsExhausted)?;
+        if batch.sequence != expected {
+            return Err(Error::Sequence { expected, actual: batch.sequence });
         }
         let placement = place(table, self.records, &batch.changes)?;
         let digest = self.next_digest(batch.sequence, &placement);
@@ -269,6 +271,9 @@ pub enum Error {
         /// The table's value size.
         value_size: u32,
     },
+    /// The epoch is the largest number there is: no batch can follow.
+    #[error("the epoch is at its largest possible value; no batch can follow (build a new snapshot)")]
+    EpochsExhausted,
     /// A batch too large for one log record (1 GiB).
     #[error("the batch is larger than one log record may be (1 GiB)")]
     BatchTooLarge,

@@ -330,3 +330,14 @@ fn the_snapshot_pointer_names_plain_files_and_is_replaced_whole() {
     let error = snapshots.current().unwrap_err().to_string();
     assert!(error.contains("not a snapshot pointer"), "{error}");
 }
+
+#[test]
+fn a_snapshot_at_the_last_epoch_there_is_takes_no_batch() {
+    // Found by the decoder suite: a log naming this first epoch made the
+    // next sequence number overflow.
+    let dir = tempfile::tempdir().unwrap();
+    let table = table(50);
+    let epochs = Epochs::create(&table, &dir.path().join("table.log"), u64::MAX, DEFAULT_WINDOW).unwrap();
+    let batch = Batch { sequence: 0, changes: vec![Change::set(b"key1", b"x")] };
+    assert!(matches!(epochs.plan(&table, batch), Err(Error::EpochsExhausted)));
+}

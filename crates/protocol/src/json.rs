@@ -70,6 +70,42 @@ pub struct ChangeBody {
     pub value: Option<String>,
 }
 
+impl ChangeBody {
+    /// The change's key and value (`None`: delete), decoded from hex and
+    /// checked: the key is 1 to `max_key_len` bytes. The error quotes
+    /// neither.
+    pub fn decode(&self, max_key_len: usize) -> Result<(Vec<u8>, Option<Vec<u8>>), ChangeError> {
+        let key = hex::decode(&self.key).map_err(|_| ChangeError::KeyNotHex)?;
+        if key.is_empty() || key.len() > max_key_len {
+            return Err(ChangeError::KeyLength { len: key.len(), max: max_key_len });
+        }
+        let value = match &self.value {
+            Some(value) => Some(hex::decode(value).map_err(|_| ChangeError::ValueNotHex)?),
+            None => None,
+        };
+        Ok((key, value))
+    }
+}
+
+/// Why a change of an update batch does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// The key is not hex.
+    #[error("the key is not hex")]
+    KeyNotHex,
+    /// The key is empty or too long.
+    #[error("the key is {len} bytes; keys are 1 to {max} bytes")]
+    KeyLength {
+        /// Its length.
+        len: usize,
+        /// The longest allowed.
+        max: usize,
+    },
+    /// The value is not hex.
+    #[error("the value is not hex")]
+    ValueNotHex,
+}
+
 impl std::fmt::Debug for ChangeBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Keys and values are not for logs.

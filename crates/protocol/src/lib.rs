@@ -18,8 +18,8 @@
 mod json;
 
 pub use json::{
-    AdminStatus, ChangeBody, ErrorBody, Meta, SnapshotRequest, SwapState, SwapStatus, UpdateReply,
-    UpdateRequest,
+    AdminStatus, ChangeBody, ChangeError, ErrorBody, Meta, SnapshotRequest, SwapState, SwapStatus,
+    UpdateReply, UpdateRequest,
 };
 use morphogen_dpf::Key;
 

@@ -21,7 +21,9 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change};
-use morphogen_protocol::{AdminStatus, ChangeBody, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
+use morphogen_protocol::{
+    AdminStatus, ChangeBody, ChangeError, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
+};
 use morphogen_table::{KeyDigest, MAX_KEY_LEN};
 
 use crate::batcher::UpdateError;
@@ -183,20 +185,10 @@ async fn apply_updates(
 /// A change of the request as the table takes it; the error names the
 /// change's position, never its bytes.
 fn decode_change(index: usize, change: &ChangeBody) -> Result<Change, ApiError> {
-    let bad = |code, problem: &str| {
-        ApiError::client(StatusCode::BAD_REQUEST, code, format!("change {index}: {problem}"))
-    };
-    let key = hex::decode(&change.key).map_err(|_| bad("bad_key", "the key is not hex"))?;
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(bad(
-            "bad_key",
-            &format!("the key is {} bytes; keys are 1 to {MAX_KEY_LEN} bytes", key.len()),
-        ));
-    }
-    let value = match &change.value {
-        Some(value) => Some(hex::decode(value).map_err(|_| bad("bad_value", "the value is not hex"))?),
-        None => None,
-    };
+    let (key, value) = change.decode(MAX_KEY_LEN).map_err(|error| {
+        let code = if error == ChangeError::ValueNotHex { "bad_value" } else { "bad_key" };
+        ApiError::client(StatusCode::BAD_REQUEST, code, format!("change {index}: {error}"))
+    })?;
     Ok(Change { key: KeyDigest::of(&key), value })
 }
 

@@ -422,7 +422,7 @@ impl Scanner {
         queue: &mut VecDeque<Pending>,
         shared: &Shared,
     ) -> SwapOutcome {
-        let next = shared.live().current.epoch + 1;
+        let next = shared.live().current.epoch.saturating_add(1);
         let base = loaded.epochs.base();
         if base != next {
             return Err(format!(

@@ -154,7 +154,7 @@ impl Swaps {
         if latest.as_ref().is_some_and(|status| status.state == SwapState::Loading) {
             return Err(SwapRefused::InProgress);
         }
-        let expected = live.current.epoch + 1;
+        let expected = live.current.epoch.saturating_add(1);
         if request.sequence != expected {
             return Err(SwapRefused::Sequence { expected });
         }

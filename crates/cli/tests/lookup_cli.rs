@@ -48,6 +48,8 @@ fn build_named(dir: &Path, name: &str, rows: &str) -> PathBuf {
 struct Serving {
     child: Child,
     url: String,
+    /// Everything it has logged so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Serving {
@@ -63,22 +65,35 @@ fn serve(table: &Path, engine: &str) -> Serving {
 
 /// `morphogen serve` with `options`, which name the table.
 fn serve_with(options: &[&str]) -> Serving {
+    serve_with_env(options, &[])
+}
+
+/// `morphogen serve` with `options` and the environment variables `env`.
+fn serve_with_env(options: &[&str], env: &[(&str, &str)]) -> Serving {
     let mut child = Command::new(env!("CARGO_BIN_EXE_morphogen"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(options)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let address = loop {
         let line = lines.next().expect("the server exits before it serves").unwrap();
+        log.lock().unwrap().push_str(&(line.clone() + "\n"));
         if let Some((_, address)) = line.split_once("serving address=") {
             break address.trim().to_string();
         }
     };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Serving { child, url: format!("http://{address}") }
+    // Keep reading the log so the server never blocks on a full pipe.
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    Serving { child, url: format!("http://{address}"), log }
 }
 
 #[test]
@@ -496,4 +511,95 @@ fn morphogen_snapshot_swaps_both_servers_and_a_restart_serves_the_new_snapshot()
         "{}",
         text(&refused.stderr)
     );
+}
+
+#[test]
+fn nothing_secret_reaches_the_logs_or_metrics_at_the_most_verbose_level() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keys and values no log line has any business holding.
+    let (key, value) = (hex::encode("secret-key-0451"), hex::encode("secret-value-0451"));
+    let (new_key, new_value) = (hex::encode("secret-key-1984"), hex::encode("secret-value-1984"));
+    let others: String = (0..300u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i))).collect();
+    let table = build_from_csv(dir.path(), &format!("{key},{value}\n{others}"));
+    let token = "token-that-must-stay-secret";
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, token).unwrap();
+    let options = [
+        "--db",
+        table.to_str().unwrap(),
+        "--engine",
+        "cpu",
+        "--admin-token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let copy = dir.path().join("copy.mgdb");
+    fs::copy(&table, &copy).unwrap();
+    let mut copy_options = options;
+    copy_options[1] = copy.to_str().unwrap();
+    let trace = [("RUST_LOG", "trace")];
+    let (a, b) = (serve_with_env(&options, &trace), serve_with_env(&copy_options, &trace));
+
+    let changes = dir.path().join("changes.csv");
+    fs::write(&changes, format!("key,value\n{new_key},{new_value}\n")).unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_morphogen"))
+            .args(args)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
+        output
+    };
+    let updated = run(&[
+        "update",
+        "--admin",
+        &a.url,
+        "--admin",
+        &b.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--input",
+        changes.to_str().unwrap(),
+    ]);
+    let got = run(&["get", "--server", &a.url, "--server", &b.url, &key, &new_key]);
+    let found = text(&got.stdout);
+    assert!(found.contains(&value) && found.contains(&new_value), "{found}");
+
+    let metrics: String = [&a, &b].iter().map(|server| text(&morphogen_metrics(&server.url))).collect();
+    let mut everything = [&a, &b].iter().map(|server| server.log.lock().unwrap().clone()).collect::<String>();
+    everything += &text(&updated.stderr);
+    everything += &text(&got.stderr);
+    everything += &metrics;
+    assert!(everything.contains("TRACE") || everything.contains("DEBUG"), "the most verbose level was on");
+    for secret in [&key, &value, &new_key, &new_value, &hex::encode(token), token] {
+        let plain = String::from_utf8(hex::decode(secret).unwrap_or_default()).unwrap_or_default();
+        for form in [secret.to_string(), secret.to_uppercase(), plain] {
+            if !form.is_empty() {
+                assert!(!everything.contains(&form), "{form:?} appears in the logs or metrics");
+            }
+        }
+    }
+    // Nor byte arrays printed with Debug, which is how key shares would show.
+    let byte_list = regex_lite_byte_list(&everything);
+    assert!(byte_list.is_none(), "a byte list in the logs: {byte_list:?}");
+}
+
+/// The text of `GET {url}/metrics`.
+fn morphogen_metrics(url: &str) -> Vec<u8> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        reqwest::get(format!("{url}/metrics")).await.unwrap().bytes().await.unwrap().to_vec()
+    })
+}
+
+/// The first run of eight or more comma-separated small numbers in
+/// brackets (`[12, 250, 7, ...]`), if any.
+fn regex_lite_byte_list(text: &str) -> Option<String> {
+    text.match_indices('[').find_map(|(start, _)| {
+        let rest = &text[start + 1..];
+        let end = rest.find(']')?;
+        let items: Vec<&str> = rest[..end].split(',').map(str::trim).collect();
+        let bytes = items.len() >= 8 && items.iter().all(|item| item.parse::<u8>().is_ok());
+        bytes.then(|| rest[..end].chars().take(60).collect())
+    })
 }

@@ -138,10 +138,28 @@ fn get_needs_two_reachable_servers_and_hex_keys() {
 }
 
 #[test]
-fn serve_refuses_a_missing_table() {
+fn serve_refuses_a_missing_truncated_or_corrupt_table() {
     let output = morphogen(&["serve", "--db", "/nonexistent/t.mgdb", "--listen", "127.0.0.1:0"]);
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("t.mgdb"), "{}", text(&output.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..300u32).map(|i| format!("{:08x},{:016x}\n", i, i)).collect();
+    let table = build_from_csv(dir.path(), &rows);
+    let bytes = fs::read(&table).unwrap();
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    for (damage, file, expected) in [
+        ("truncated", &bytes[..bytes.len() - 512], "truncated or damaged"),
+        ("one bit flipped in a page", &flipped[..], "digest"),
+    ] {
+        fs::write(&table, file).unwrap();
+        let output = morphogen(&["serve", "--db", table.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{damage}");
+        assert!(stderr.contains(expected), "{damage}: {stderr}");
+    }
 }
 
 #[test]

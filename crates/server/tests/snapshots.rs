@@ -255,6 +255,8 @@ async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm()
     let old = write_table(&dir.path().join("old.mgdb"), 1_000, "old", 512, 3);
     write_table(&dir.path().join("new.mgdb"), 800, "new", 512, 2);
     std::fs::write(dir.path().join("broken.mgdb"), b"not a table").unwrap();
+    let whole = std::fs::read(dir.path().join("new.mgdb")).unwrap();
+    std::fs::write(dir.path().join("truncated.mgdb"), &whole[..whole.len() - 100]).unwrap();
 
     let no_swaps = start(dir.path(), "old.mgdb", Swaps::Disabled).await;
     let body = serde_json::json!({"file": "new.mgdb", "sequence": 1});
@@ -278,10 +280,16 @@ async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm()
     assert_eq!(swap.state, SwapState::Failed);
     assert!(swap.error.as_deref().unwrap_or_default().contains("broken.mgdb"), "{swap:?}");
     assert_eq!((failed.meta.epoch, failed.meta.snapshot_digest), (0, hex::encode(old.digest())));
-    for name in ["../old.mgdb", "missing.mgdb"] {
+    for (name, problem) in [
+        ("../old.mgdb", "not a table file name"),
+        ("missing.mgdb", "cannot read"),
+        ("truncated.mgdb", "truncated"),
+    ] {
         post(&server.url, "/admin/v1/snapshot", serde_json::json!({"file": name, "sequence": 1})).await;
         release.send(()).unwrap();
-        assert_eq!(swap_done(&server).await.snapshot_swap.unwrap().state, SwapState::Failed, "{name}");
+        let swap = swap_done(&server).await.snapshot_swap.unwrap();
+        assert_eq!(swap.state, SwapState::Failed, "{name}");
+        assert!(swap.error.as_deref().unwrap_or_default().contains(problem), "{name}: {swap:?}");
     }
 
     // While a swap loads, update batches and other swaps are refused.

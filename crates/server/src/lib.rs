@@ -11,12 +11,13 @@
 //!
 //! Routes: `GET /v1/health`, `GET /v1/meta` (JSON), `POST /v1/query` (binary,
 //! see `docs/PROTOCOL.md`), `GET /metrics` (Prometheus), and, with an admin
-//! token, the admin routes: `GET /admin/v1/status`, `POST /admin/v1/updates`
-//! and `POST /admin/v1/snapshot` (see [`SnapshotLoader`]). Scans run on a thread of their own that
-//! owns the engine, never on the async runtime's workers; concurrent
-//! requests share passes through one bounded queue (continuous batching,
-//! see [`batcher`](crate::batcher)), and update batches are applied on that
-//! thread between passes. Keys, values and answers are never logged.
+//! token, `GET /admin/v1/status`, `POST /admin/v1/updates` and
+//! `POST /admin/v1/snapshot` (see [`SnapshotLoader`]). Scans run on a thread
+//! of their own that owns the engine, never on the async runtime's workers;
+//! concurrent requests share passes through one bounded queue (continuous
+//! batching, see [`batcher`](crate::batcher)), and update batches and
+//! snapshot swaps are applied on that thread between passes. Keys, values
+//! and answers are never logged.
 
 mod admin;
 mod batcher;

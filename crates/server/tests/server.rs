@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{padded, spawn};
+use common::{padded, post_query, spawn};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,15 +91,7 @@ async fn client_reports_an_unreachable_server() {
 
 /// Posts `body` and returns the status and the decoded error body.
 async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, ErrorBody) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/query"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.unwrap();
+    let (status, bytes) = post_query(url, content_type, body).await;
     (status, serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("status {status}: not a JSON error")))
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{padded, spawn};
+use common::{padded, post_admin, post_query, spawn};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -236,17 +236,10 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
     assert!(told_to_reread > 0);
 }
 
-/// Posts a raw JSON body to an admin route; returns the status and error.
+/// Posts a raw JSON body to an admin route with the admin token; returns
+/// the status and error.
 async fn post(url: &str, route: &str, body: serde_json::Value) -> (u16, ErrorBody) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}{route}"))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
+    post_admin(url, route, Some(TOKEN), body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,12 +299,12 @@ async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm()
     let keys: Vec<_> =
         (0..layout.choices()).map(|_| generate(layout.pages_per_table(), 3, &mut rng).unwrap().0).collect();
     let old_query = Request { epoch: Epoch::Exact(0), queries: vec![keys] }.encode().unwrap();
-    assert_eq!(raw_query(&server.url, &old_query).await.0, 200);
+    assert_eq!(post_query(&server.url, CONTENT_TYPE, old_query.clone()).await.0, 200);
     release.send(()).unwrap();
     assert_eq!(swap_done(&server).await.snapshot_swap.unwrap().state, SwapState::Swapped);
 
     // After the swap, a query for the old snapshot's epoch is told to re-read.
-    let (status, body) = raw_query(&server.url, &old_query).await;
+    let (status, body) = post_query(&server.url, CONTENT_TYPE, old_query.clone()).await;
     let error: ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!((status, error.code.as_str()), (410, "snapshot_changed"));
     let meta = server.admin.status().await.unwrap().meta;
@@ -329,15 +322,4 @@ async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm()
             "{outcome}"
         );
     }
-}
-
-async fn raw_query(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/query"))
-        .header("content-type", CONTENT_TYPE)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{padded, spawn};
+use common::{padded, post_admin, post_query, spawn};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,15 +122,7 @@ fn queries(table: &Table, count: usize, rng: &mut StdRng) -> Vec<Vec<Key>> {
 /// Sends a raw query request; returns the answer or the status and error.
 async fn query(url: &str, epoch: Epoch, queries: &[Vec<Key>]) -> Result<Response, (u16, ErrorBody)> {
     let body = Request { epoch, queries: queries.to_vec() }.encode().unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/query"))
-        .header("content-type", CONTENT_TYPE)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.unwrap();
+    let (status, bytes) = post_query(url, CONTENT_TYPE, body).await;
     if status == 200 {
         Ok(Response::decode(&bytes).unwrap())
     } else {
@@ -246,13 +238,7 @@ async fn the_client_reads_the_epoch_both_servers_have_reached() {
 
 /// Posts a raw update body with `token`; returns the status and error body.
 async fn post_update(url: &str, token: Option<&str>, body: serde_json::Value) -> (u16, ErrorBody) {
-    let mut request = reqwest::Client::new().post(format!("{url}/admin/v1/updates")).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
+    post_admin(url, "/admin/v1/updates", token, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

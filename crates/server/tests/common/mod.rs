@@ -1,4 +1,6 @@
-//! What the server's integration tests share.
+//! What the server's integration tests share. Each test binary uses a
+//! part of it.
+#![allow(dead_code)]
 
 use morphogen_server::Server;
 use tokio::net::TcpListener;
@@ -21,4 +23,35 @@ pub fn padded(value: &str) -> Vec<u8> {
     let mut bytes = value.as_bytes().to_vec();
     bytes.resize(16, 0);
     bytes
+}
+
+/// Posts `body` to `{url}/v1/query` as `content_type`; returns the status
+/// and the body.
+pub async fn post_query(url: &str, content_type: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/query"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+}
+
+/// Posts the JSON `body` to the admin route `route` of `url`, with `token`
+/// as bearer token if given; returns the status and the error body (empty
+/// when the answer is no error).
+pub async fn post_admin(
+    url: &str,
+    route: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, morphogen_protocol::ErrorBody) {
+    let mut request = reqwest::Client::new().post(format!("{url}{route}")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
 }

@@ -93,7 +93,7 @@ fn start_swap(
 ) -> Result<SwapStatus, ApiError> {
     authorize(state, headers)?;
     let Json(request) = body.map_err(bad_body)?;
-    state.swaps.start(request, &state.batcher.live(), state.clone()).map_err(|refused| match refused {
+    state.swaps.start(request, state.clone()).map_err(|refused| match refused {
         SwapRefused::Disabled => ApiError::client(
             StatusCode::CONFLICT,
             "snapshots_disabled",

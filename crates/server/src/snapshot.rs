@@ -20,7 +20,6 @@ use morphogen_scan::Engine;
 use morphogen_table::Layout;
 
 use crate::TableInfo;
-use crate::batcher::Live;
 use crate::metrics::Metrics;
 
 /// Loads the table files a server may be told to swap to
@@ -141,12 +140,12 @@ impl Swaps {
         self.lock().as_ref().is_some_and(|status| status.state == SwapState::Loading)
     }
 
-    /// Starts the swap `request` asks for, in the background, when the
-    /// server stands at `live`. Returns its status (loading).
+    /// Starts the swap `request` asks for, in the background, if its
+    /// sequence number follows the server's current epoch. Returns its
+    /// status (loading).
     pub(crate) fn start(
         &self,
         request: SnapshotRequest,
-        live: &Live,
         state: Arc<crate::State>,
     ) -> Result<SwapStatus, SwapRefused> {
         let loader = self.loader.clone().ok_or(SwapRefused::Disabled)?;
@@ -154,7 +153,7 @@ impl Swaps {
         if latest.as_ref().is_some_and(|status| status.state == SwapState::Loading) {
             return Err(SwapRefused::InProgress);
         }
-        let expected = live.current.epoch.saturating_add(1);
+        let expected = state.batcher.live().current.epoch.saturating_add(1);
         if request.sequence != expected {
             return Err(SwapRefused::Sequence { expected });
         }

@@ -7,6 +7,8 @@ use clap::Args;
 use morphogen_client::Client;
 use serde::Serialize;
 
+use crate::trust::TrustArgs;
+
 #[derive(Args)]
 pub struct GetArgs {
     /// Base URL of a server; give exactly two (the two must not collude).
@@ -21,6 +23,8 @@ pub struct GetArgs {
     /// Seconds to wait for each server request.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     timeout: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 fn parse_hex_key(text: &str) -> Result<Vec<u8>, String> {
@@ -39,11 +43,10 @@ struct Found {
 
 pub fn run(args: &GetArgs) -> anyhow::Result<()> {
     ensure!(args.servers.len() == 2, "give exactly two --server URLs (got {})", args.servers.len());
+    let settings = args.trust.settings(Duration::from_secs(args.timeout))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let values = runtime.block_on(async {
-        let client =
-            Client::with_timeout(&args.servers[0], &args.servers[1], Duration::from_secs(args.timeout))
-                .await?;
+        let client = Client::with_settings(&args.servers[0], &args.servers[1], &settings).await?;
         client.get_many(&args.keys).await
     })?;
     let found: Vec<Found> = args

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::percentile;
 use crate::table_cmds::SYNTHETIC_KEY_SIZE;
+use crate::trust::TrustArgs;
 
 #[derive(Args)]
 pub struct LoadArgs {
@@ -32,7 +33,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     concurrency: u32,
     /// How long to keep looking keys up.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = crate::positive_seconds)]
     duration: f64,
     /// The servers' table holds the records of `morphogen build --synthetic
     /// N`: lookups draw keys from them and check every value. Required
@@ -48,18 +49,13 @@ pub struct LoadArgs {
     #[arg(long)]
     single_server: bool,
     /// Deadline of one lookup, retries of refused requests included.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = crate::positive_seconds)]
     timeout: f64,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-}
-
-fn positive_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(seconds) if seconds > 0.0 && seconds.is_finite() => Ok(seconds),
-        _ => Err("must be a positive number of seconds".to_string()),
-    }
 }
 
 /// What the run measured.
@@ -185,12 +181,12 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
-    let timeout = Duration::from_secs_f64(args.timeout);
+    let settings = args.trust.settings(Duration::from_secs_f64(args.timeout))?;
     let target = match (args.single_server, args.servers.as_slice()) {
-        (true, [url]) => Target::Single(Box::new(Connection::connect(url, timeout).await?)),
+        (true, [url]) => Target::Single(Box::new(Connection::connect(url, &settings).await?)),
         (true, _) => bail!("--single-server takes exactly one --server"),
         (false, [a, b]) => {
-            let client = Client::with_timeout(a, b, timeout).await?;
+            let client = Client::with_settings(a, b, &settings).await?;
             let Some(count) = args.synthetic else {
                 bail!(
                     "give --synthetic N, the record count the table was built with, so that answers can be checked"

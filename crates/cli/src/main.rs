@@ -11,6 +11,7 @@ mod serve;
 mod snapshots;
 mod swap;
 mod table_cmds;
+mod trust;
 mod update;
 
 use clap::{Parser, Subcommand};
@@ -77,6 +78,17 @@ fn parse_hex_arg(text: &str, what: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Logs to standard error at `default_level`, or as `RUST_LOG` says.
+/// A time in seconds for clap: more than zero and small enough to be a
+/// `Duration`.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && std::time::Duration::try_from_secs_f64(seconds).is_ok() => {
+            Ok(seconds)
+        }
+        _ => Err("must be a positive number of seconds".to_string()),
+    }
+}
+
 fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));

@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
 use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir};
-use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Server, SnapshotLoader};
+use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Limits, Server, SnapshotLoader};
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
@@ -75,6 +76,62 @@ pub struct ServeArgs {
     /// servers sharing one machine half of its cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     cpu_threads: Option<usize>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// TLS on both listeners. Without it the server speaks plain HTTP, which
+/// is only safe on loopback or behind a TLS-terminating proxy on the same
+/// host: anyone who sees both servers' traffic learns the key looked up.
+#[derive(Args)]
+struct TlsArgs {
+    /// The server's certificate chain (PEM, its own certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_key", help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+}
+
+/// What one client may hold of the server (docs/SECURITY.md).
+#[derive(Args)]
+struct LimitArgs {
+    /// Most open connections per listener; further ones wait until one closes.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize), help_heading = "Limits")]
+    max_connections: usize,
+    /// Seconds for a TLS handshake and for a request's headers; an idle
+    /// keep-alive connection is closed after as long.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_timeout.as_secs_f64(),
+          value_parser = crate::positive_seconds, help_heading = "Limits")]
+    header_timeout: f64,
+    /// Longest pause, in seconds, while a request body arrives (408 body_timeout).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().body_timeout.as_secs_f64(),
+          value_parser = crate::positive_seconds, help_heading = "Limits")]
+    body_timeout: f64,
+    /// Seconds from a request's headers to its answer, queue and pass
+    /// included (503 deadline_exceeded).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().request_timeout.as_secs_f64(),
+          value_parser = crate::positive_seconds, help_heading = "Limits")]
+    request_timeout: f64,
+    /// Largest request path and headers, in bytes (431 headers_too_large).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_header_bytes,
+          value_parser = clap::value_parser!(u32).range(1024..).map(|n| n as usize), help_heading = "Limits")]
+    max_header_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs_f64(self.header_timeout),
+            body_timeout: Duration::from_secs_f64(self.body_timeout),
+            request_timeout: Duration::from_secs_f64(self.request_timeout),
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
@@ -89,6 +146,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .context("starting the CPU engine's threads")?;
     }
     let admin_token = admin_token(args.admin_token_file.as_deref())?;
+    // Before the table is loaded: a wrong path should not cost minutes.
+    let tls = match (&args.tls.tls_cert, &args.tls.tls_key) {
+        (Some(certificate), Some(key)) => Some(morphogen_server::tls_config(certificate, key)?),
+        _ => None,
+    };
     if args.admin_listen.is_some() && admin_token.is_none() {
         anyhow::bail!("--admin-listen needs an admin token (--admin-token-file or {TOKEN_VARIABLE})");
     }
@@ -135,8 +197,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         digest = %hex::encode(info.digest),
         "table loaded"
     );
-    let config =
-        Config { max_batch: args.max_batch, max_queue: args.max_queue, admin_token, snapshots: loader };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let config = Config {
+        max_batch: args.max_batch,
+        max_queue: args.max_queue,
+        admin_token,
+        snapshots: loader,
+        limits: args.limits.limits(),
+        tls,
+    };
     let server = Server::new(info, engine, epochs, config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -149,11 +218,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         if let Some(admin) = &admin_listener {
-            tracing::info!(address = %admin.local_addr()?, "admin routes");
+            tracing::info!(address = %admin.local_addr()?, scheme, "admin routes");
         }
         tracing::info!(epoch = server.meta().epoch, "serving from epoch");
         // Scripts and tests read the address from the end of this line.
-        tracing::info!(address = %listener.local_addr()?, "serving");
+        tracing::info!(scheme, address = %listener.local_addr()?, "serving");
         server.serve(listener, admin_listener, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())

@@ -12,6 +12,7 @@ use morphogen_client::Admin;
 use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapState};
 use serde::Serialize;
 
+use crate::trust::TrustArgs;
 use crate::update::{connect_admins, next_sequence};
 
 #[derive(Args)]
@@ -37,6 +38,8 @@ pub struct SnapshotArgs {
     /// Seconds to wait for the servers to load the file and swap.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     timeout: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Print JSON: each server's status after the swap.
     #[arg(long)]
     json: bool,
@@ -57,7 +60,8 @@ struct Outcome {
 
 pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     // Each admin request is short; the wait for the load has its own limit.
-    let admins = connect_admins(&args.admins, args.token_file.as_deref(), Duration::from_secs(60))?;
+    let settings = args.trust.settings(Duration::from_secs(60))?;
+    let admins = connect_admins(&args.admins, args.token_file.as_deref(), &settings)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcomes = runtime.block_on(swap_all(&admins, args))?;
     let digests: Vec<&str> = outcomes.iter().map(|o| o.status.meta.snapshot_digest.as_str()).collect();

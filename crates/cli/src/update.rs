@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
-use morphogen_client::Admin;
+use morphogen_client::{Admin, Settings};
 use morphogen_protocol::{ChangeBody, UpdateReply, UpdateRequest};
 use morphogen_table::{CsvFile, MAX_KEY_LEN, RecordSource};
 use serde::Serialize;
 
 use crate::serve::admin_token;
+use crate::trust::TrustArgs;
 
 #[derive(Args)]
 pub struct UpdateArgs {
@@ -36,6 +37,8 @@ pub struct UpdateArgs {
     /// Seconds to wait for each server.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Print JSON: one object per server.
     #[arg(long)]
     json: bool,
@@ -52,7 +55,8 @@ struct Outcome {
 }
 
 pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
-    let admins = connect_admins(&args.admins, args.token_file.as_deref(), Duration::from_secs(args.timeout))?;
+    let settings = args.trust.settings(Duration::from_secs(args.timeout))?;
+    let admins = connect_admins(&args.admins, args.token_file.as_deref(), &settings)?;
     let changes = read_changes(&args.input)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcomes = runtime.block_on(async {
@@ -114,17 +118,17 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
 }
 
 /// The admin routes of one or two servers (`--admin URL`), with the token
-/// of `token_file` or the environment; each request bounded by `timeout`.
+/// of `token_file` or the environment, reached with `settings`.
 pub fn connect_admins(
     urls: &[String],
     token_file: Option<&Path>,
-    timeout: Duration,
+    settings: &Settings,
 ) -> anyhow::Result<Vec<Arc<Admin>>> {
     ensure!(urls.len() <= 2, "give one or two --admin URLs (got {})", urls.len());
     let token = admin_token(token_file)?
         .context("give --token-file or set MORPHOGEN_ADMIN_TOKEN in the environment")?;
     let admins =
-        urls.iter().map(|url| Admin::new(url, &token, timeout).map(Arc::new)).collect::<Result<_, _>>()?;
+        urls.iter().map(|url| Admin::new(url, &token, settings).map(Arc::new)).collect::<Result<_, _>>()?;
     Ok(admins)
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
 use reqwest::Url;
 
-use crate::{Error, http_client, parse_url, success_body, transport_error};
+use crate::{Error, Settings, http_client, parse_url, success_body, transport_error};
 
 /// One server's admin routes.
 pub struct Admin {
@@ -26,9 +26,14 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// The admin routes at `url` (the server's `--admin-listen` address, or
     /// its public one), authenticated by `token`; every request is bounded by
-    /// `timeout`.
-    pub fn new(url: &str, token: &str, timeout: Duration) -> Result<Admin, Error> {
-        Ok(Admin { http: http_client()?, url: parse_url(url)?, token: token.trim().to_string(), timeout })
+    /// the settings' timeout.
+    pub fn new(url: &str, token: &str, settings: &Settings) -> Result<Admin, Error> {
+        Ok(Admin {
+            http: http_client(settings)?,
+            url: parse_url(url)?,
+            token: token.trim().to_string(),
+            timeout: settings.timeout,
+        })
     }
 
     /// The server's base URL.

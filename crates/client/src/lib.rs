@@ -14,10 +14,13 @@
 //! keys for the new snapshot's parameters.
 
 mod admin;
+mod http;
 
 use std::time::{Duration, Instant};
 
 pub use admin::Admin;
+use http::http_client;
+pub use http::{DEFAULT_TIMEOUT, Settings, Trust};
 
 use morphogen_dpf::{Key, generate};
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Meta, PROTOCOL_VERSION, Request, Response};
@@ -25,9 +28,6 @@ use morphogen_table::{KeyDigest, Layout, MAX_KEY_LEN};
 use rand::RngExt;
 use reqwest::Url;
 use reqwest::header::RETRY_AFTER;
-
-/// How long a lookup may take, retries included, unless told otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// First wait before sending a request again that a server refused as
 /// overloaded; it doubles on every refusal.
@@ -70,17 +70,19 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to two servers (base URLs such as `http://127.0.0.1:8080`)
-    /// with [`DEFAULT_TIMEOUT`], reads both servers' metadata and checks that
-    /// they serve the same table.
+    /// with the default [`Settings`], reads both servers' metadata and
+    /// checks that they serve the same table.
     pub async fn new(url_a: &str, url_b: &str) -> Result<Client, Error> {
-        Client::with_timeout(url_a, url_b, DEFAULT_TIMEOUT).await
+        Client::with_settings(url_a, url_b, &Settings::default()).await
     }
 
     /// Like [`Client::new`], with a time limit for every lookup (retries
-    /// of requests a server refused as overloaded included).
-    pub async fn with_timeout(url_a: &str, url_b: &str, timeout: Duration) -> Result<Client, Error> {
+    /// of requests a server refused as overloaded included) and the
+    /// certificates `https` servers must present.
+    pub async fn with_settings(url_a: &str, url_b: &str, settings: &Settings) -> Result<Client, Error> {
         let (url_a, url_b) = (parse_url(url_a)?, parse_url(url_b)?);
-        let http = http_client()?;
+        let http = http_client(settings)?;
+        let timeout = settings.timeout;
         let (a, b) = tokio::try_join!(
             Connection::open(http.clone(), url_a, timeout),
             Connection::open(http, url_b, timeout)
@@ -253,10 +255,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Reads the metadata of the server at `url`; `timeout` bounds every
-    /// later request, retries included.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Connection, Error> {
-        Connection::open(http_client()?, parse_url(url)?, timeout).await
+    /// Reads the metadata of the server at `url`; the settings' timeout
+    /// bounds every later request, retries included.
+    pub async fn connect(url: &str, settings: &Settings) -> Result<Connection, Error> {
+        Connection::open(http_client(settings)?, parse_url(url)?, settings.timeout).await
     }
 
     async fn open(http: reqwest::Client, url: Url, timeout: Duration) -> Result<Connection, Error> {
@@ -362,10 +364,6 @@ impl Connection {
     }
 }
 
-fn http_client() -> Result<reqwest::Client, Error> {
-    reqwest::Client::builder().build().map_err(|e| Error::Setup(e.to_string()))
-}
-
 fn parse_url(text: &str) -> Result<Url, Error> {
     let with_slash = if text.ends_with('/') { text.to_string() } else { format!("{text}/") };
     let url =
@@ -417,10 +415,17 @@ async fn success_body(server: &Url, response: reqwest::Response) -> Result<Vec<u
 fn transport_error(server: &Url, error: reqwest::Error) -> Error {
     let message = if error.is_timeout() {
         "timed out".to_string()
-    } else if error.is_connect() {
-        "could not connect".to_string()
     } else {
-        error.to_string()
+        // reqwest's own message names only the URL; the causes say why
+        // (connection refused, a certificate no trusted authority signed).
+        let mut causes = Vec::new();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(error) = cause {
+            causes.push(error.to_string());
+            cause = error.source();
+        }
+        let what = if error.is_connect() { "could not connect" } else { "the request failed" };
+        if causes.is_empty() { what.to_string() } else { format!("{what}: {}", causes.join(": ")) }
     };
     Error::Unreachable { server: server.to_string(), message }
 }

@@ -122,9 +122,7 @@ fn swap_in_progress() -> ApiError {
 }
 
 fn bad_body(rejection: JsonRejection) -> ApiError {
-    let code =
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
-    ApiError::client(rejection.status(), code, rejection.body_text())
+    ApiError::unreadable_body(rejection.status(), rejection.body_text(), &rejection)
 }
 
 async fn updates(

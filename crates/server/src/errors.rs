@@ -46,6 +46,30 @@ impl ApiError {
         }
     }
 
+    /// A body that could not be read: too large (413 `body_too_large`),
+    /// too slow (408 `body_timeout`), or broken off (`bad_body`). `status`
+    /// and `text` are the extractor's rejection, `error` the rejection
+    /// itself, whose causes tell a timeout.
+    pub(crate) fn unreadable_body(
+        status: StatusCode,
+        text: String,
+        error: &(dyn std::error::Error + 'static),
+    ) -> ApiError {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if error.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::client(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body stopped arriving; send it without pauses",
+                );
+            }
+            cause = error.source();
+        }
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
+        ApiError::client(status, code, text)
+    }
+
     /// An internal fault: logged in full here, reported to the client only as such.
     pub fn internal(details: impl std::fmt::Display) -> ApiError {
         tracing::error!(%details, "internal error while answering a request");

@@ -22,9 +22,12 @@
 mod admin;
 mod batcher;
 mod errors;
+mod limits;
+mod listen;
 mod metrics;
 mod routes;
 mod snapshot;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,8 +41,10 @@ use tokio::net::TcpListener;
 
 use batcher::{Batcher, Current, Live};
 pub use errors::ApiError;
+pub use limits::Limits;
 pub use snapshot::{LoadedSnapshot, SnapshotLoader};
 use snapshot::{Snapshot, Swaps};
+pub use tls::{TlsError, server_config as tls_config};
 
 /// Limits and settings of a server.
 #[derive(Clone, Debug)]
@@ -53,6 +58,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Loads the snapshots the server may swap to; `None` disables swaps.
     pub snapshots: Option<Arc<dyn SnapshotLoader>>,
+    /// What one client may hold of the server.
+    pub limits: Limits,
+    /// TLS for both listeners (see [`tls_config`]); `None` serves plain
+    /// HTTP, for loopback or behind a TLS-terminating proxy.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -62,6 +72,8 @@ impl Default for Config {
             max_queue: DEFAULT_MAX_QUEUE,
             admin_token: None,
             snapshots: None,
+            limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -123,6 +135,8 @@ pub(crate) struct State {
     batcher: Batcher,
     swaps: Swaps,
     metrics: metrics::Metrics,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -150,6 +164,7 @@ impl Server {
         if config.admin_token.as_ref().is_some_and(|token| token.trim().is_empty()) {
             return Err(Error::Config("the admin token is empty".to_string()));
         }
+        config.limits.check().map_err(Error::Config)?;
         if config.snapshots.is_some() && config.admin_token.is_none() {
             return Err(Error::Config("snapshot swaps need the admin routes (an admin token)".to_string()));
         }
@@ -169,7 +184,8 @@ impl Server {
         let admin_token = config.admin_token.as_deref().map(|token| blake3::hash(token.trim().as_bytes()));
         let swaps = Swaps::new(config.snapshots);
         let max_batch = config.max_batch;
-        let state = State { admin_token, max_body_bytes, max_batch, batcher, swaps, metrics };
+        let (limits, tls) = (config.limits, config.tls);
+        let state = State { admin_token, max_body_bytes, max_batch, batcher, swaps, metrics, limits, tls };
         Ok(Server { state: Arc::new(state) })
     }
 
@@ -181,34 +197,35 @@ impl Server {
     /// Serves requests from `listener` until `shutdown` completes, then
     /// finishes the requests in flight. The admin routes (if an admin token
     /// is configured) are served from `admin_listener` when one is given,
-    /// and otherwise from `listener` too.
+    /// and otherwise from `listener` too. Both speak TLS if configured.
     pub async fn serve(
         self,
         listener: TcpListener,
         admin_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let upkeep = tokio::spawn(self.state.metrics.clone().upkeep());
-        let admin = self.state.admin_token.is_some().then(|| admin::router(self.state.clone()));
-        let public = routes::router(self.state);
+        let state = self.state;
+        let upkeep = tokio::spawn(state.metrics.clone().upkeep());
+        let with_limits = |router| limits::apply(router, &state.limits, state.metrics.clone());
+        let admin = state.admin_token.is_some().then(|| with_limits(admin::router(state.clone())));
+        let public = with_limits(routes::router(state.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(());
-        let signal = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
-            let _ = stopped.changed().await;
-        };
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop.send(());
         });
+        let tls = state.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let serve = |listener, router, stopped| {
+            listen::serve(listener, router, tls.clone(), &state.limits, state.metrics.clone(), stopped)
+        };
         let result = match (admin, admin_listener) {
             (Some(admin), Some(admin_listener)) => {
-                let public = axum::serve(listener, public).with_graceful_shutdown(signal(stopped.clone()));
-                let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(signal(stopped));
-                tokio::try_join!(public.into_future(), admin.into_future()).map(|_| ())
+                let public = serve(listener, public, stopped.clone());
+                let admin = serve(admin_listener, admin, stopped);
+                tokio::try_join!(public, admin).map(|_| ())
             }
-            (Some(admin), None) => {
-                axum::serve(listener, public.merge(admin)).with_graceful_shutdown(signal(stopped)).await
-            }
-            (None, _) => axum::serve(listener, public).with_graceful_shutdown(signal(stopped)).await,
+            (Some(admin), None) => serve(listener, public.merge(admin), stopped).await,
+            (None, _) => serve(listener, public, stopped).await,
         };
         upkeep.abort();
         result

@@ -96,6 +96,15 @@ impl Metrics {
                 "morphogen_snapshot_base_epoch",
                 "The epoch the snapshot answered from now was swapped in at (0 for the first)."
             );
+            metrics::describe_gauge!("morphogen_open_connections", "Connections open now, on all listeners.");
+            metrics::describe_counter!(
+                "morphogen_tls_handshake_failures_total",
+                "Connections closed because their TLS handshake failed or timed out."
+            );
+            metrics::describe_counter!(
+                "morphogen_deadline_exceeded_total",
+                "Requests answered 503 deadline_exceeded: not answered within the request timeout."
+            );
             metrics::describe_gauge!(
                 "morphogen_resident_memory_bytes",
                 "Resident memory of the server process (Linux only)."
@@ -109,6 +118,22 @@ impl Metrics {
             counter!("morphogen_requests_total", "outcome" => outcome).increment(1);
             histogram!("morphogen_request_duration_seconds").record(duration.as_secs_f64());
         });
+    }
+
+    /// Counts a connection open until the returned guard is dropped.
+    pub(crate) fn connection_opened(&self) -> OpenConnection {
+        self.with(|| gauge!("morphogen_open_connections").increment(1.0));
+        OpenConnection(self.clone())
+    }
+
+    /// Counts a connection whose TLS handshake failed or timed out.
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.with(|| counter!("morphogen_tls_handshake_failures_total").increment(1));
+    }
+
+    /// Counts a request that missed its deadline.
+    pub(crate) fn deadline_exceeded(&self) {
+        self.with(|| counter!("morphogen_deadline_exceeded_total").increment(1));
     }
 
     /// Records one engine pass and the phases the engine timed.
@@ -204,4 +229,13 @@ fn resident_memory_bytes() -> Option<u64> {
     let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
     let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kib * 1024)
+}
+
+/// An open connection, counted in `morphogen_open_connections` while it lives.
+pub(crate) struct OpenConnection(Metrics);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.with(|| gauge!("morphogen_open_connections").decrement(1.0));
+    }
 }

@@ -101,7 +101,7 @@ async fn answer(
                 state.max_body_bytes, state.max_batch
             ),
         ),
-        status => ApiError::client(status, "bad_body", rejection.body_text()),
+        status => ApiError::unreadable_body(status, rejection.body_text(), &rejection),
     })?;
     let request = Request::decode(&body, state.max_batch)?;
     // The snapshot the keys are checked against and queued for; a swap

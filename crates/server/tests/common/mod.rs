@@ -2,7 +2,12 @@
 //! part of it.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use morphogen_scan::{Answers, CpuEngine, Engine, Query};
 use morphogen_server::Server;
+use morphogen_table::Table;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -16,6 +21,44 @@ pub async fn spawn(server: Server) -> (String, oneshot::Sender<()>) {
         let _ = stopped.await;
     }));
     (url, stop)
+}
+
+/// The CPU engine, made slow: every pass takes at least `pass_time`, so that
+/// concurrent requests queue up behind it as they would behind a large table.
+pub struct SlowEngine {
+    inner: CpuEngine,
+    pass_time: Duration,
+}
+
+impl SlowEngine {
+    pub fn new(table: &Arc<Table>, pass_ms: u64) -> SlowEngine {
+        SlowEngine { inner: CpuEngine::new(table.clone()), pass_time: Duration::from_millis(pass_ms) }
+    }
+}
+
+impl Engine for SlowEngine {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn device(&self) -> String {
+        "test".to_string()
+    }
+    fn layout(&self) -> &morphogen_table::Layout {
+        self.inner.layout()
+    }
+    fn pass(&mut self, queries: &[Query]) -> Result<Answers, morphogen_scan::Error> {
+        std::thread::sleep(self.pass_time);
+        self.inner.pass(queries)
+    }
+    fn table(&self) -> Option<&Table> {
+        self.inner.table()
+    }
+    fn write_pages(&mut self, writes: &[morphogen_table::PageWrite]) -> Result<(), morphogen_scan::Error> {
+        self.inner.write_pages(writes)
+    }
+    fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
+        self.inner.plain_read_seconds()
+    }
 }
 
 /// `value` as the tests' tables store it: zero-padded to 16 bytes.

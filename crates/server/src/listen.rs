@@ -1,0 +1,114 @@
+//! Accepting connections: the connection limit, TLS, and the time limits of
+//! the HTTP layer, in front of the routes.
+//!
+//! One accept loop per listener. It takes a connection slot before it
+//! accepts, so that past the limit new connections wait in the kernel's
+//! backlog instead of costing the server memory. Each connection then gets
+//! its own task: the TLS handshake (bounded by the header timeout), then
+//! HTTP/1.1, whose request heads must arrive within the header timeout (an
+//! idle keep-alive connection is closed after it too). Body and request
+//! deadlines are enforced by the routes' layers (see [`Limits`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::Limits;
+
+/// How long a graceful shutdown waits for requests in flight before it
+/// closes their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves `router` on `listener` until `stopped` changes, then stops
+/// accepting and waits (up to [`SHUTDOWN_GRACE`]) for open connections to
+/// finish their requests.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    limits: &Limits,
+    metrics: crate::metrics::Metrics,
+    mut stopped: watch::Receiver<()>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // Room for the largest head the routes accept (they answer a larger
+        // one with a JSON 431 themselves) and the start of a body.
+        .max_buf_size((4 * limits.max_header_bytes).max(MIN_HYPER_BUFFER));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = stopped.changed() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, or a connection reset before it
+                // was accepted: neither stops the server. Pause a moment so
+                // that a persistent error does not spin.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_timeout;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _open = metrics.connection_opened();
+            let result = match tls {
+                None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                        Ok(Err(error)) => {
+                            metrics.tls_handshake_failed();
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.tls_handshake_failed();
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(error) = result {
+                // Timeouts, resets and malformed heads (answered 400/431 by
+                // hyper) end up here; they are the client's doing.
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period; closing them");
+    }
+    Ok(())
+}
+
+/// The smallest read buffer hyper accepts.
+const MIN_HYPER_BUFFER: usize = 8192;

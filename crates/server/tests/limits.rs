@@ -1,0 +1,188 @@
+//! What one client may hold of a server: slow heads and bodies are cut
+//! off, a request past its deadline is answered, and connections beyond the
+//! limit wait. Each test talks raw HTTP over TCP where a well-behaved
+//! client library would not misbehave on purpose.
+
+mod common;
+
+use common::{SlowEngine, spawn};
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use morphogen_dpf::generate;
+use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
+use morphogen_server::{Config, Limits, Server, TableInfo};
+use morphogen_table::{BuildOptions, NoProgress, Table, build};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+fn table() -> Arc<Table> {
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..500).map(|i| (format!("key-{i}").into_bytes(), format!("value-{i}").into_bytes())).collect();
+    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 2, seed: None };
+    Arc::new(build(&records[..], &options, &NoProgress).unwrap())
+}
+
+/// A server whose passes take `pass_ms`, with `limits`; its address
+/// (host:port) and the sender that stops it.
+async fn start(table: &Arc<Table>, pass_ms: u64, limits: Limits) -> (String, oneshot::Sender<()>) {
+    let config = Config { limits, ..Config::default() };
+    let server = Server::new(TableInfo::of(table), Box::new(SlowEngine::new(table, pass_ms)), None, config);
+    let (url, stop) = spawn(server.unwrap()).await;
+    (url.trim_start_matches("http://").to_string(), stop)
+}
+
+/// A valid query body for `table`.
+fn query_body(table: &Table) -> Vec<u8> {
+    let pages = table.layout().pages_per_table();
+    let mut rng = StdRng::seed_from_u64(9);
+    let keys = (0..2).map(|_| generate(pages, 0, &mut rng).unwrap().0).collect();
+    Request { epoch: Epoch::Latest, queries: vec![keys] }.encode().unwrap()
+}
+
+fn head(address: &str, content_length: usize) -> String {
+    format!(
+        "POST /v1/query HTTP/1.1\r\nhost: {address}\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {content_length}\r\n\r\n"
+    )
+}
+
+/// Reads until the server closes the connection or `within` passes;
+/// returns what was read and whether the server closed it.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
+
+/// The JSON error at the end of a raw HTTP answer.
+fn error_of(answer: &str) -> ErrorBody {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_else(|| panic!("no body in {answer:?}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_stalls_is_cut_off_at_the_header_timeout() {
+    let table = table();
+    let limits = Limits { header_timeout: Duration::from_millis(300), ..Limits::default() };
+    let (address, _stop) = start(&table, 0, limits).await;
+
+    // Half a request line, then nothing.
+    let mut stalled = TcpStream::connect(&address).await.unwrap();
+    stalled.write_all(b"POST /v1/qu").await.unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+    assert!(closed, "a stalled head held its connection for 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed before the timeout");
+
+    // An idle connection is closed after as long: no request at all.
+    let mut idle = TcpStream::connect(&address).await.unwrap();
+    let (received, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(closed && received.is_empty(), "an idle connection stayed open: {received:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_gets_408_body_timeout() {
+    let table = table();
+    let limits = Limits { body_timeout: Duration::from_millis(300), ..Limits::default() };
+    let (address, _stop) = start(&table, 0, limits).await;
+    let body = query_body(&table);
+
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream.write_all(head(&address, body.len()).as_bytes()).await.unwrap();
+    stream.write_all(&body[..body.len() / 2]).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "a stalled body held its connection for 5 s: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(error_of(&answer).code, "body_timeout");
+
+    // The same body sent whole is answered.
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream.write_all(head(&address, body.len()).as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_not_answered_by_its_deadline_gets_503_deadline_exceeded() {
+    let table = table();
+    let limits = Limits { request_timeout: Duration::from_millis(200), ..Limits::default() };
+    // Every pass takes 600 ms: no query can make its deadline.
+    let (address, _stop) = start(&table, 600, limits).await;
+    let url = format!("http://{address}");
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/query"))
+        .header("content-type", CONTENT_TYPE)
+        .body(query_body(&table))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    let error: ErrorBody = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(error.code, "deadline_exceeded");
+    assert!(elapsed < Duration::from_millis(550), "answered after {elapsed:?}, not at the deadline");
+
+    // Quick routes are unaffected, and the refusal is counted.
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("morphogen_deadline_exceeded_total 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let table = table();
+    let limits = Limits { max_connections: 2, ..Limits::default() };
+    let (address, _stop) = start(&table, 0, limits).await;
+    let health = format!("GET /v1/health HTTP/1.1\r\nhost: {address}\r\n\r\n");
+
+    let mut first = TcpStream::connect(&address).await.unwrap();
+    let mut second = TcpStream::connect(&address).await.unwrap();
+    for held in [&mut first, &mut second] {
+        held.write_all(health.as_bytes()).await.unwrap();
+        let mut status = [0u8; 12];
+        held.read_exact(&mut status).await.unwrap();
+        assert_eq!(&status, b"HTTP/1.1 200");
+    }
+    // The third connects (the kernel's backlog) but is not served...
+    let mut third = TcpStream::connect(&address).await.unwrap();
+    third.write_all(health.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read_exact(&mut status)).await;
+    assert!(waited.is_err(), "a third connection was served past a limit of two");
+    // ...until one of the first two closes.
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), third.read_exact(&mut status)).await.unwrap().unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+}
+
+#[test]
+fn limits_that_would_answer_nothing_are_refused() {
+    let table = table();
+    let cases = [
+        Limits { max_connections: 0, ..Limits::default() },
+        Limits { header_timeout: Duration::ZERO, ..Limits::default() },
+        Limits { request_timeout: Duration::ZERO, ..Limits::default() },
+        Limits { max_header_bytes: 100, ..Limits::default() },
+    ];
+    for limits in cases {
+        let config = Config { limits: limits.clone(), ..Config::default() };
+        let engine = Box::new(SlowEngine::new(&table, 0));
+        assert!(Server::new(TableInfo::of(&table), engine, None, config).is_err(), "{limits:?}");
+    }
+}

@@ -197,7 +197,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         digest = %hex::encode(info.digest),
         "table loaded"
     );
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    warn_if_exposed(args, tls.is_some());
     let config = Config {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
@@ -218,15 +218,31 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         if let Some(admin) = &admin_listener {
-            tracing::info!(address = %admin.local_addr()?, scheme, "admin routes");
+            tracing::info!(address = %admin.local_addr()?, "admin routes");
         }
         tracing::info!(epoch = server.meta().epoch, "serving from epoch");
         // Scripts and tests read the address from the end of this line.
-        tracing::info!(scheme, address = %listener.local_addr()?, "serving");
+        tracing::info!(address = %listener.local_addr()?, "serving");
         server.serve(listener, admin_listener, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Plain HTTP beyond loopback shows both key shares to anyone on the path
+/// (docs/SECURITY.md): acceptable only behind a TLS-terminating proxy.
+fn warn_if_exposed(args: &ServeArgs, tls: bool) {
+    if tls {
+        tracing::info!("TLS on every listener");
+        return;
+    }
+    let exposed = std::iter::once(args.listen).chain(args.admin_listen).filter(|a| !a.ip().is_loopback());
+    for address in exposed {
+        tracing::warn!(
+            %address,
+            "plain HTTP on a non-loopback address: only safe behind a TLS-terminating proxy (see --tls-cert)"
+        );
+    }
 }
 
 /// The environment variable that may hold the admin token.

@@ -1,18 +1,13 @@
 //! `morphogen demo`, `serve`, `get` and `bench` from the outside: real
 //! processes on loopback, exit codes and output.
 
+mod common;
+
+use common::{Serving, build_from_csv, build_named, morphogen, serve, serve_with, serve_with_env, text};
+
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-fn morphogen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_morphogen")).args(args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use std::process::Command;
 
 #[test]
 fn demo_looks_keys_up_through_two_servers_without_mismatches() {
@@ -20,80 +15,6 @@ fn demo_looks_keys_up_through_two_servers_without_mismatches() {
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
     assert!(stdout.contains("lookups: 200 (180 present, 20 absent), mismatches: 0"), "{stdout}");
-}
-
-/// Builds `dir/t.mgdb` (pages of 512 bytes) from CSV `rows` (`key,value` lines, no header).
-fn build_from_csv(dir: &Path, rows: &str) -> PathBuf {
-    build_named(dir, "t.mgdb", rows)
-}
-
-/// Builds `dir/name` (pages of 512 bytes) from CSV `rows` (`key,value` lines, no header).
-fn build_named(dir: &Path, name: &str, rows: &str) -> PathBuf {
-    let (csv, table) = (dir.join(format!("{name}.csv")), dir.join(name));
-    fs::write(&csv, format!("key,value\n{rows}")).unwrap();
-    let built = morphogen(&[
-        "build",
-        "--input",
-        csv.to_str().unwrap(),
-        "--output",
-        table.to_str().unwrap(),
-        "--page-size",
-        "512",
-    ]);
-    assert!(built.status.success(), "{}", text(&built.stderr));
-    table
-}
-
-/// A `morphogen serve` process on a loopback port of the system's choice; killed when dropped.
-struct Serving {
-    child: Child,
-    url: String,
-    /// Everything it has logged so far.
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(table: &Path, engine: &str) -> Serving {
-    serve_with(&["--db", table.to_str().unwrap(), "--engine", engine])
-}
-
-/// `morphogen serve` with `options`, which name the table.
-fn serve_with(options: &[&str]) -> Serving {
-    serve_with_env(options, &[])
-}
-
-/// `morphogen serve` with `options` and the environment variables `env`.
-fn serve_with_env(options: &[&str], env: &[(&str, &str)]) -> Serving {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_morphogen"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(options)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let address = loop {
-        let line = lines.next().expect("the server exits before it serves").unwrap();
-        log.lock().unwrap().push_str(&(line.clone() + "\n"));
-        if let Some((_, address)) = line.split_once("serving address=") {
-            break address.trim().to_string();
-        }
-    };
-    // Keep reading the log so the server never blocks on a full pipe.
-    let kept = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            kept.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    Serving { child, url: format!("http://{address}"), log }
 }
 
 #[test]
@@ -135,31 +56,6 @@ fn get_needs_two_reachable_servers_and_hex_keys() {
     let output = morphogen(&["get", "--server", "a", "--server", "b", "xyz"]);
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("hex"), "{}", text(&output.stderr));
-}
-
-#[test]
-fn serve_refuses_a_missing_truncated_or_corrupt_table() {
-    let output = morphogen(&["serve", "--db", "/nonexistent/t.mgdb", "--listen", "127.0.0.1:0"]);
-    assert!(!output.status.success());
-    assert!(text(&output.stderr).contains("t.mgdb"), "{}", text(&output.stderr));
-
-    let dir = tempfile::tempdir().unwrap();
-    let rows: String = (0..300u32).map(|i| format!("{:08x},{:016x}\n", i, i)).collect();
-    let table = build_from_csv(dir.path(), &rows);
-    let bytes = fs::read(&table).unwrap();
-    let mut flipped = bytes.clone();
-    let last = flipped.len() - 1;
-    flipped[last] ^= 1;
-    for (damage, file, expected) in [
-        ("truncated", &bytes[..bytes.len() - 512], "truncated or damaged"),
-        ("one bit flipped in a page", &flipped[..], "digest"),
-    ] {
-        fs::write(&table, file).unwrap();
-        let output = morphogen(&["serve", "--db", table.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
-        let stderr = text(&output.stderr);
-        assert!(!output.status.success(), "{damage}");
-        assert!(stderr.contains(expected), "{damage}: {stderr}");
-    }
 }
 
 #[test]

@@ -207,7 +207,19 @@ fn update_error(error: UpdateError) -> ApiError {
         UpdateError::Refused(error @ E::ValueTooLong { .. }) => {
             ApiError::client(StatusCode::BAD_REQUEST, "value_too_long", error.to_string())
         }
+        UpdateError::Refused(error @ E::BatchTooLarge) => {
+            ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.to_string())
+        }
         UpdateError::Refused(error) => ApiError::internal(error),
+        UpdateError::NotLogged(details) => {
+            tracing::error!(%details, "an update batch could not be written to the update log");
+            ApiError::client(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_write_failed",
+                "the update log could not be written (is the disk full?), so the batch was not applied; \
+                 see the server's log, then send it again",
+            )
+        }
         UpdateError::ReadOnly => ApiError::client(
             StatusCode::CONFLICT,
             "read_only",

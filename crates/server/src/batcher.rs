@@ -95,6 +95,9 @@ pub(crate) enum UpdateError {
     Refused(morphogen_epochs::Error),
     /// The server serves a table that takes no updates.
     ReadOnly,
+    /// The update log could not be written (a full disk, an I/O error);
+    /// nothing changed. The message is for the server's log.
+    NotLogged(String),
     /// The server failed; the message is for its log.
     Failed(String),
 }
@@ -395,7 +398,10 @@ impl Scanner {
         let plan = epochs.plan(table, batch).map_err(UpdateError::Refused)?;
         let changed_rows = plan.changed_rows();
         // In the log and synced before anything changes: nothing acknowledged is lost.
-        let writes = epochs.commit(plan).map_err(|error| UpdateError::Failed(error.to_string()))?;
+        let writes = epochs.commit(plan).map_err(|error| match error {
+            morphogen_epochs::Error::BatchTooLarge => UpdateError::Refused(error),
+            error => UpdateError::NotLogged(error.to_string()),
+        })?;
         if let Err(error) = self.engine.write_pages(&writes) {
             let reason = format!(
                 "update batch {} is in the log but the engine could not take it ({error}); \

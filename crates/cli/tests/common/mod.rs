@@ -1,0 +1,105 @@
+//! What the command-line tests share: running `morphogen`, building
+//! tables, and serving them from a child process. Each test binary uses a
+//! part of it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub fn morphogen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_morphogen")).args(args).output().unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Builds `dir/t.mgdb` (pages of 512 bytes) from CSV `rows` (`key,value` lines, no header).
+pub fn build_from_csv(dir: &Path, rows: &str) -> PathBuf {
+    build_named(dir, "t.mgdb", rows)
+}
+
+/// Builds `dir/name` (pages of 512 bytes) from CSV `rows` (`key,value` lines, no header).
+pub fn build_named(dir: &Path, name: &str, rows: &str) -> PathBuf {
+    let (csv, table) = (dir.join(format!("{name}.csv")), dir.join(name));
+    fs::write(&csv, format!("key,value\n{rows}")).unwrap();
+    let built = morphogen(&[
+        "build",
+        "--input",
+        csv.to_str().unwrap(),
+        "--output",
+        table.to_str().unwrap(),
+        "--page-size",
+        "512",
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    table
+}
+
+/// A `morphogen serve` process on a loopback port of the system's choice; killed when dropped.
+pub struct Serving {
+    pub child: Child,
+    pub url: String,
+    /// Everything it has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(table: &Path, engine: &str) -> Serving {
+    serve_with(&["--db", table.to_str().unwrap(), "--engine", engine])
+}
+
+/// `morphogen serve` with `options`, which name the table.
+pub fn serve_with(options: &[&str]) -> Serving {
+    serve_with_env(options, &[])
+}
+
+/// `morphogen serve` with `options` and the environment variables `env`.
+pub fn serve_with_env(options: &[&str], env: &[(&str, &str)]) -> Serving {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_morphogen"));
+    command.args(["serve", "--listen", "127.0.0.1:0"]).args(options).envs(env.iter().copied());
+    Serving::start(command)
+}
+
+/// `morphogen serve` with `options`, unable to grow any file past
+/// `max_kib` KiB: a disk that fills up. SIGXFSZ is ignored, so that a
+/// write past the limit fails (EFBIG) instead of killing the server.
+pub fn serve_with_file_limit(options: &[&str], max_kib: u64) -> Serving {
+    let mut command = Command::new("bash");
+    let limited = "trap '' XFSZ; ulimit -f \"$1\"; shift; exec \"$@\"";
+    command.args(["-c", limited, "bash", &max_kib.to_string(), env!("CARGO_BIN_EXE_morphogen")]);
+    command.args(["serve", "--listen", "127.0.0.1:0"]).args(options);
+    Serving::start(command)
+}
+
+impl Serving {
+    /// Starts `command`, a server, and waits for its address.
+    fn start(mut command: Command) -> Serving {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let address = loop {
+            let line = lines.next().expect("the server exits before it serves").unwrap();
+            log.lock().unwrap().push_str(&(line.clone() + "\n"));
+            if let Some((_, address)) = line.split_once("serving address=") {
+                break address.trim().to_string();
+            }
+        };
+        // Keep reading the log so the server never blocks on a full pipe.
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Serving { child, url: format!("http://{address}"), log }
+    }
+}

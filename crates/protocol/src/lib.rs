@@ -171,27 +171,37 @@ impl std::fmt::Debug for Response {
 impl Response {
     /// Encodes answers: `pages` holds `queries × choices` pages of `page_size` bytes.
     pub fn encode(epoch: u64, choices: usize, page_size: usize, pages: &[u8]) -> Result<Vec<u8>, Error> {
+        let choices_byte = u8::try_from(choices).ok().filter(|&k| k > 0).ok_or(Error::Choices(choices))?;
+        let page_size_word =
+            u32::try_from(page_size).ok().filter(|&p| p > 0).ok_or(Error::PageSize(page_size))?;
         let per_query = choices * page_size;
-        if per_query == 0 || !pages.len().is_multiple_of(per_query) {
+        if !pages.len().is_multiple_of(per_query) {
             return Err(Error::BodyLength { expected: per_query as u64, actual: pages.len() });
         }
         let queries = pages.len() / per_query;
         let count = u16::try_from(queries).map_err(|_| Error::QueryCount(queries))?;
-        let choices = u8::try_from(choices).map_err(|_| Error::Choices(choices))?;
         let mut out = Vec::with_capacity(HEADER_LEN + pages.len());
-        out.extend_from_slice(&[PROTOCOL_VERSION, choices]);
+        out.extend_from_slice(&[PROTOCOL_VERSION, choices_byte]);
         out.extend_from_slice(&count.to_le_bytes());
         out.extend_from_slice(&epoch.to_le_bytes());
-        out.extend_from_slice(&(page_size as u32).to_le_bytes());
+        out.extend_from_slice(&page_size_word.to_le_bytes());
         out.extend_from_slice(pages);
         Ok(out)
     }
 
-    /// Decodes a response body and checks its length.
+    /// Decodes a response body and checks its length. Answers of no pages
+    /// or empty pages are refused: no table has them, and the encoder
+    /// cannot write them.
     pub fn decode(body: &[u8]) -> Result<Response, Error> {
         let header = Header::read(body)?;
         let (queries, choices, page_size) =
             (usize::from(header.count), usize::from(header.choices), header.size as usize);
+        if choices == 0 {
+            return Err(Error::Choices(0));
+        }
+        if page_size == 0 {
+            return Err(Error::PageSize(0));
+        }
         let expected = (queries as u64) * (choices as u64) * (page_size as u64) + HEADER_LEN as u64;
         if body.len() as u64 != expected {
             return Err(Error::BodyLength { expected, actual: body.len() });
@@ -259,9 +269,12 @@ pub enum Error {
     /// A batch to encode holds no queries or more than 65535.
     #[error("a batch holds 1 to 65535 queries, not {0}")]
     QueryCount(usize),
-    /// Queries have no keys, or more than 255.
+    /// Queries have no keys, or more than 255 (answers: pages per answer).
     #[error("a query holds 1 to 255 keys, not {0}")]
     Choices(usize),
+    /// An answer's pages are empty or larger than 2^32 - 1 bytes.
+    #[error("pages are 1 to 4294967295 bytes, not {0}")]
+    PageSize(usize),
     /// Queries of one batch have different numbers of keys.
     #[error("query {query} has {actual} keys, the first has {expected}")]
     MixedChoices {

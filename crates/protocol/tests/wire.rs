@@ -75,6 +75,26 @@ fn rejects_queries_without_keys() {
     assert_eq!(Request::decode(&body, 64).unwrap_err(), Error::Choices(0));
 }
 
+/// Found by the wire fuzz target (fuzz/): an answer of zero pages per
+/// answer or empty pages decoded, though no encoder could write it.
+#[test]
+fn rejects_answers_without_pages_or_with_empty_pages() {
+    let header = |choices: u8, page_size: u32| {
+        let mut body = vec![PROTOCOL_VERSION, choices, 0, 0];
+        body.extend_from_slice(&0x0f00_0000_0000_0000u64.to_le_bytes());
+        body.extend_from_slice(&page_size.to_le_bytes());
+        body
+    };
+    assert_eq!(Response::decode(&header(0, 0)).unwrap_err(), Error::Choices(0));
+    assert_eq!(Response::decode(&header(0, 512)).unwrap_err(), Error::Choices(0));
+    assert_eq!(Response::decode(&header(2, 0)).unwrap_err(), Error::PageSize(0));
+    assert_eq!(Response::encode(1, 0, 512, &[]).unwrap_err(), Error::Choices(0));
+    assert_eq!(Response::encode(1, 2, 0, &[]).unwrap_err(), Error::PageSize(0));
+    // No queries answered is a valid (empty) answer both ways.
+    let empty = Response::decode(&header(2, 512)).unwrap();
+    assert_eq!(Response::encode(empty.epoch, 2, 512, &[]).unwrap(), header(2, 512));
+}
+
 #[test]
 fn rejects_truncated_and_padded_bodies() {
     let body = Request { epoch: Epoch::Latest, queries: batch(3, 2, 1000, 4) }.encode().unwrap();

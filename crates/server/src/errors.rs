@@ -91,7 +91,7 @@ impl From<morphogen_protocol::Error> for ApiError {
             E::Choices(_) | E::MixedChoices { .. } => "wrong_key_count",
             E::MixedDomains { .. } => "wrong_domain",
             E::Key { .. } => "bad_key",
-            E::BodyLength { .. } | E::QueryCount(_) => "bad_body",
+            E::BodyLength { .. } | E::QueryCount(_) | E::PageSize(_) => "bad_body",
         };
         ApiError::client(StatusCode::BAD_REQUEST, code, error.to_string())
     }

@@ -43,6 +43,49 @@ fn serve_and_get_find_present_keys_and_report_absent_ones() {
 }
 
 #[test]
+fn serve_with_tls_and_get_with_ca_look_keys_up_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: String = (0..300u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i) + 5)).collect();
+    let table = build_from_csv(dir.path(), &records);
+    // A self-signed certificate for 127.0.0.1 is its own authority.
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    fs::write(&cert, certified.cert.pem()).unwrap();
+    fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let options = [
+        "--db",
+        table.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let (a, b) = (serve_with(&options), serve_with(&options));
+    let (a, b) = (a.url.replace("http://", "https://"), b.url.replace("http://", "https://"));
+
+    let output =
+        morphogen(&["get", "--ca", cert.to_str().unwrap(), "--server", &a, "--server", &b, "00000004"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), format!("00000004 {:016x}\n", 7));
+    // Without --ca the system's roots do not vouch for it.
+    let output = morphogen(&["get", "--server", &a, "--server", &b, "00000004"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("UnknownIssuer"), "{}", text(&output.stderr));
+    // A key file that is not one stops serve before it loads the table.
+    let output = morphogen(&[
+        "serve",
+        "--db",
+        table.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("private key"), "{}", text(&output.stderr));
+}
+
+#[test]
 fn get_needs_two_reachable_servers_and_hex_keys() {
     let output = morphogen(&["get", "--server", "http://127.0.0.1:9", "01"]);
     assert!(!output.status.success());

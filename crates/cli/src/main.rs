@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod engine;
+mod eth;
 mod get;
 mod load;
 mod progress;
@@ -51,6 +52,8 @@ enum Command {
     /// Check an engine against the reference engine on random tables of
     /// awkward shapes; exits non-zero on any difference.
     Selftest(selftest::SelftestArgs),
+    /// Ethereum: build account, storage and code tables from a chain's state.
+    Eth(eth::EthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Update(args) => update::run(&args),
         Command::Snapshot(args) => swap::run(&args),
         Command::Selftest(args) => selftest::run(&args),
+        Command::Eth(args) => eth::run(&args),
         Command::Load(args) => load::run(&args),
     }
 }

@@ -14,9 +14,11 @@
 //! many lookups read it. [`state`] parses the inputs strictly, naming the
 //! account at fault; [`records`] encodes and decodes the tables' records.
 
+pub mod manifest;
 pub mod records;
 pub mod state;
 
+pub use manifest::{MANIFEST_FILE, Manifest, TABLE_NAMES};
 pub use records::{
     ACCOUNT_VALUE_LEN, AccountValue, CODE_CHUNK_LEN, CODE_CHUNKS, CODE_VALUE_LEN, EMPTY_CODE_HASH,
     MAX_CODE_LEN, STORAGE_VALUE_LEN, TableRecords, code_chunk_key, code_from_chunks, code_hash, storage_key,

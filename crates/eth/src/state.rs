@@ -272,6 +272,16 @@ fn left_padded(digits: &str, what: &str) -> Result<[u8; 32], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decimal_and_hex_agree_with_the_native_parser(n in any::<u128>(), shift in 0u32..128) {
+            let n = n >> shift;
+            prop_assert_eq!(parse_u256(&n.to_string()).unwrap(), u256(n));
+            prop_assert_eq!(parse_u256(&format!("0x{n:x}")).unwrap(), u256(n));
+        }
+    }
 
     fn u256(n: u128) -> [u8; 32] {
         let mut word = [0u8; 32];

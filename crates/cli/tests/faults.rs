@@ -10,14 +10,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use morphogen_client::{Admin, Settings};
+use morphogen_client::Admin;
 use morphogen_protocol::{ChangeBody, SnapshotRequest, SwapState, UpdateRequest};
 
 const TOKEN: &str = "fault test token";
 
 fn admin(server: &Serving) -> Admin {
-    Admin::new(&server.url, TOKEN, &Settings { timeout: Duration::from_secs(10), ..Settings::default() })
-        .unwrap()
+    common::admin(&server.url, TOKEN)
 }
 
 /// `count` changes that give keys 0, 2, 4, ... (as the tables here store

@@ -307,16 +307,7 @@ fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
         vec!["--db".to_string(), db, "--engine".into(), "cpu".into(), "--admin-token-file".into(), token]
     };
     let start = |db: &Path| serve_with(&options(db).iter().map(String::as_str).collect::<Vec<_>>());
-    let admin = |server: &Serving| {
-        Arc::new(
-            morphogen_client::Admin::new(
-                &server.url,
-                "kill test token",
-                &morphogen_client::Settings { timeout: Duration::from_secs(10), ..Default::default() },
-            )
-            .unwrap(),
-        )
-    };
+    let admin = |server: &Serving| Arc::new(common::admin(&server.url, "kill test token"));
     let batches = update_batches(40);
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
@@ -458,12 +449,7 @@ fn morphogen_snapshot_swaps_both_servers_and_a_restart_serves_the_new_snapshot()
     assert!(!status.status.success(), "batch 3 was replayed: the restarted server expects 4");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let restarted = runtime.block_on(async {
-        let admin = morphogen_client::Admin::new(
-            &a.url,
-            "swap test token",
-            &morphogen_client::Settings { timeout: std::time::Duration::from_secs(10), ..Default::default() },
-        )
-        .unwrap();
+        let admin = common::admin(&a.url, "swap test token");
         admin.status().await.unwrap().meta
     });
     assert_eq!((restarted.epoch, restarted.digest), (3, digest));

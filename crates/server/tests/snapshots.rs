@@ -114,12 +114,7 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
         Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), snapshots, ..Config::default() };
     let server = Server::new(info, Box::new(CpuEngine::new(Arc::new(table))), Some(epochs), config).unwrap();
     let (url, stop) = spawn(server).await;
-    let admin = Admin::new(
-        &url,
-        TOKEN,
-        &morphogen_client::Settings { timeout: Duration::from_secs(30), ..Default::default() },
-    )
-    .unwrap();
+    let admin = common::admin(&url, TOKEN);
     Live { url, admin, dir: own, _stop: stop }
 }
 

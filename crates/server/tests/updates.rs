@@ -51,12 +51,7 @@ async fn start(table: &Table, window: u64) -> Live {
 
 async fn serve(server: Server, dir: tempfile::TempDir) -> Live {
     let (url, stop) = spawn(server).await;
-    let admin = Admin::new(
-        &url,
-        TOKEN,
-        &morphogen_client::Settings { timeout: Duration::from_secs(30), ..Default::default() },
-    )
-    .unwrap();
+    let admin = common::admin(&url, TOKEN);
     Live { url, admin, _stop: stop, _dir: dir }
 }
 

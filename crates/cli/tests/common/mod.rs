@@ -62,6 +62,13 @@ pub fn serve_with(options: &[&str]) -> Serving {
     serve_with_env(options, &[])
 }
 
+/// The admin routes of the server at `url`, with `token` and a 10 s limit.
+pub fn admin(url: &str, token: &str) -> morphogen_client::Admin {
+    let settings =
+        morphogen_client::Settings { timeout: std::time::Duration::from_secs(10), ..Default::default() };
+    morphogen_client::Admin::new(url, token, &settings).unwrap()
+}
+
 /// `morphogen serve` with `options` and the environment variables `env`.
 pub fn serve_with_env(options: &[&str], env: &[(&str, &str)]) -> Serving {
     let mut command = Command::new(env!("CARGO_BIN_EXE_morphogen"));

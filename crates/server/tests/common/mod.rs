@@ -61,6 +61,12 @@ impl Engine for SlowEngine {
     }
 }
 
+/// The admin routes of the server at `url`, with `token` and a 30 s limit.
+pub fn admin(url: &str, token: &str) -> morphogen_client::Admin {
+    let settings = morphogen_client::Settings { timeout: Duration::from_secs(30), ..Default::default() };
+    morphogen_client::Admin::new(url, token, &settings).unwrap()
+}
+
 /// `value` as the tests' tables store it: zero-padded to 16 bytes.
 pub fn padded(value: &str) -> Vec<u8> {
     let mut bytes = value.as_bytes().to_vec();

@@ -146,16 +146,23 @@ async fn malformed_requests_get_their_error_and_the_server_keeps_answering() {
     }
 
     // Oversized headers: within the HTTP layer's buffer they get the JSON
-    // error; past it, the HTTP layer's bare 431 (docs/PROTOCOL.md).
+    // error; past it, the HTTP layer's bare 431 (docs/PROTOCOL.md), after
+    // which it closes the connection. A client still writing its head then
+    // sees the connection broken instead of the answer, a race the test
+    // must accept.
     for (size, json) in [(20 << 10, true), (1 << 20, false)] {
-        let response = reqwest::Client::new()
+        let sent = reqwest::Client::new()
             .post(format!("{}/v1/query", a.url))
             .header("content-type", CONTENT_TYPE)
             .header("x-padding", "p".repeat(size))
             .body(valid.clone())
             .send()
-            .await
-            .unwrap();
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) if !json && error.is_request() => continue,
+            Err(error) => panic!("{size} bytes of headers: {error}"),
+        };
         assert_eq!(response.status().as_u16(), 431, "{size} bytes of headers");
         let error: Result<ErrorBody, _> = serde_json::from_slice(&response.bytes().await.unwrap());
         assert_eq!(error.ok().map(|e| e.code), json.then(|| "headers_too_large".to_string()));

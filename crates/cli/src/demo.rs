@@ -9,7 +9,7 @@ use anyhow::{Context, ensure};
 use clap::Args;
 use morphogen_client::Client;
 use morphogen_scan::Engine;
-use morphogen_server::{Config, DEFAULT_MAX_BATCH, Server, TableInfo};
+use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_TABLE, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Synthetic, Table, Verify, build};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -91,7 +91,8 @@ type Serving = tokio::task::JoinHandle<std::io::Result<()>>;
 async fn start(table: &Arc<Table>, engine: Box<dyn Engine>) -> anyhow::Result<(String, Stop, Serving)> {
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
     let url = format!("http://{}", listener.local_addr()?);
-    let server = Server::new(TableInfo::of(table), engine, None, Config::default())?;
+    let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(table), engine);
+    let server = Server::new(vec![served], Config::default())?;
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(listener, None, async move {
         let _ = stopped.await;

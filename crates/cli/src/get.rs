@@ -17,6 +17,10 @@ pub struct GetArgs {
     /// Keys to look up, in hex (with or without 0x), 1 to 64 bytes each.
     #[arg(value_name = "KEY", required = true, value_parser = parse_hex_key)]
     keys: Vec<Vec<u8>>,
+    /// The table to read, on servers of several tables (`serve --tables`);
+    /// their only table when not given.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
     /// Print JSON: a list of {"key", "value"} with value null when not found.
     #[arg(long)]
     json: bool,
@@ -46,7 +50,11 @@ pub fn run(args: &GetArgs) -> anyhow::Result<()> {
     let settings = args.trust.settings(Duration::from_secs(args.timeout))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let values = runtime.block_on(async {
-        let client = Client::with_settings(&args.servers[0], &args.servers[1], &settings).await?;
+        let [a, b] = [&args.servers[0], &args.servers[1]];
+        let client = match &args.table {
+            Some(table) => Client::for_table(a, b, table, &settings).await?,
+            None => Client::with_settings(a, b, &settings).await?,
+        };
         client.get_many(&args.keys).await
     })?;
     let found: Vec<Found> = args

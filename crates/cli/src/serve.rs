@@ -1,5 +1,7 @@
-//! `morphogen serve`: answer private lookups over one table through HTTP.
+//! `morphogen serve`: answer private lookups over one table, or several
+//! named in a manifest, through HTTP.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
-use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir};
-use morphogen_server::{Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Limits, Server, SnapshotLoader};
+use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir, log_path};
+use morphogen_scan::Engine;
+use morphogen_server::{
+    Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TABLE, Limits, ServedTable, Server, SnapshotLoader,
+};
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
@@ -17,7 +22,7 @@ use crate::engine::{self, EngineChoice, TableSource};
 use crate::snapshots::{self, FileSnapshots};
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("table").required(true).multiple(true).args(["db", "pages", "snapshot_dir"]))]
+#[command(group = clap::ArgGroup::new("table").required(true).multiple(true).args(["db", "pages", "snapshot_dir", "tables"]))]
 pub struct ServeArgs {
     /// The table file (.mgdb) to serve. Its pages are hashed and checked
     /// against the digest in its header before the server starts.
@@ -30,6 +35,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..),
           conflicts_with_all = ["db", "snapshot_dir"])]
     pages: Option<u64>,
+    /// Instead of --db, serve several tables, each at
+    /// /v1/tables/{name}/meta and /v1/tables/{name}/query: FILE is a JSON
+    /// manifest whose "tables" object maps each name to its table file
+    /// (relative to the manifest); its other fields are published as they
+    /// are at /v1/tables. `morphogen eth build` writes one (eth.json). Each
+    /// table's update log is beside its file (`<file>.log`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["db", "pages", "snapshot_dir", "log"])]
+    tables: Option<PathBuf>,
     /// Address and port to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -163,50 +176,21 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let start = snapshots::start(snapshot_dir.as_ref(), args.db.as_deref(), args.log.as_deref())?;
-    if start.is_none() && args.pages.is_none() {
-        anyhow::bail!("no snapshot has been swapped in yet: give --db for the first one");
-    }
-    let table_path = start.as_ref().map(|start| start.table.as_path());
-    let mut source = TableSource::from_options(table_path, args.pages, Verify::Digest)?;
-    let epochs = match (&mut source, &start) {
-        (TableSource::Host(table), Some(start)) => {
-            let table = Arc::get_mut(table).expect("the table was just opened");
-            let epochs = open_epochs(table, &start.log, args.epoch_window, admin_token.is_some())?;
-            if let (Some(pointer), Some(epochs)) = (&start.pointer, &epochs) {
-                snapshots::check_pointer(pointer, table, epochs)?;
-            }
-            epochs
-        }
-        _ => None,
+    let updates = admin_token.is_some();
+    let (tables, about) = match &args.tables {
+        Some(manifest) => open_manifest(manifest, args, updates)?,
+        None => (vec![open_single(args, snapshot_dir, updates)?], serde_json::Map::new()),
     };
-    let engine = engine::open(args.engine, &source, args.max_batch)?;
-    let info = source.info();
-    let loader = snapshot_dir.map(|dir| {
-        let kind = EngineChoice::of(engine.as_ref());
-        let served = start.as_ref().map(|start| start.table.as_path());
-        Arc::new(FileSnapshots::new(dir, kind, args.max_batch, args.epoch_window, served))
-            as Arc<dyn SnapshotLoader>
-    });
-    // The engine must hold the only reference to the table, so that
-    // updates write its pages in place instead of copying the table.
-    drop(source);
-    tracing::info!(
-        records = info.records,
-        pages = info.layout.total_pages(),
-        digest = %hex::encode(info.digest),
-        "table loaded"
-    );
     warn_if_exposed(args, tls.is_some());
     let config = Config {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
         admin_token,
-        snapshots: loader,
         limits: args.limits.limits(),
         tls,
+        about,
     };
-    let server = Server::new(info, engine, epochs, config)?;
+    let server = Server::new(tables, config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener =
@@ -220,13 +204,115 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         if let Some(admin) = &admin_listener {
             tracing::info!(address = %admin.local_addr()?, "admin routes");
         }
-        tracing::info!(epoch = server.meta().epoch, "serving from epoch");
+        for (table, meta) in server.meta() {
+            tracing::info!(table, epoch = meta.epoch, "serving from epoch");
+        }
         // Scripts and tests read the address from the end of this line.
         tracing::info!(address = %listener.local_addr()?, "serving");
         server.serve(listener, admin_listener, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The table of `--db`, `--pages` or `--snapshot-dir`, with its update log
+/// and the snapshots it may be swapped to.
+fn open_single(
+    args: &ServeArgs,
+    snapshot_dir: Option<SnapshotDir>,
+    updates: bool,
+) -> anyhow::Result<ServedTable> {
+    let start = snapshots::start(snapshot_dir.as_ref(), args.db.as_deref(), args.log.as_deref())?;
+    if start.is_none() && args.pages.is_none() {
+        anyhow::bail!("no snapshot has been swapped in yet: give --db for the first one");
+    }
+    let table_path = start.as_ref().map(|start| start.table.as_path());
+    let mut source = TableSource::from_options(table_path, args.pages, Verify::Digest)?;
+    let epochs = match (&mut source, &start) {
+        (TableSource::Host(table), Some(start)) => {
+            let table = Arc::get_mut(table).expect("the table was just opened");
+            let epochs = open_epochs(table, &start.log, args.epoch_window, updates)?;
+            if let (Some(pointer), Some(epochs)) = (&start.pointer, &epochs) {
+                snapshots::check_pointer(pointer, table, epochs)?;
+            }
+            epochs
+        }
+        _ => None,
+    };
+    let engine = engine::open(args.engine, &source, args.max_batch)?;
+    let loader = snapshot_dir.map(|dir| {
+        let kind = EngineChoice::of(engine.as_ref());
+        let served = start.as_ref().map(|start| start.table.as_path());
+        Arc::new(FileSnapshots::new(dir, kind, args.max_batch, args.epoch_window, served))
+            as Arc<dyn SnapshotLoader>
+    });
+    Ok(ServedTable { epochs, snapshots: loader, ..served_table(DEFAULT_TABLE, source, engine) })
+}
+
+/// `serve --tables`: which table files to serve, by name, and what else
+/// the manifest says.
+#[derive(serde::Deserialize)]
+struct Manifest {
+    tables: BTreeMap<String, PathBuf>,
+    #[serde(flatten)]
+    about: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The tables a manifest names, each with its update log, and the rest of
+/// the manifest.
+fn open_manifest(
+    path: &Path,
+    args: &ServeArgs,
+    updates: bool,
+) -> anyhow::Result<(Vec<ServedTable>, serde_json::Map<String, serde_json::Value>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the manifest {}", path.display()))?;
+    let manifest: Manifest = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a manifest (a JSON object with a \"tables\" object of names and files)",
+            path.display()
+        )
+    })?;
+    if manifest.tables.is_empty() {
+        anyhow::bail!("{}: the manifest names no tables", path.display());
+    }
+    let beside = path.parent().unwrap_or(Path::new("."));
+    // Names first: a wrong one should not cost a table load.
+    if let Some(name) = manifest.tables.keys().find(|name| !morphogen_protocol::is_table_name(name)) {
+        anyhow::bail!("{}: {name:?} cannot name a table: use 1 to 64 of a-z, 0-9, - and _", path.display());
+    }
+    let mut served = Vec::with_capacity(manifest.tables.len());
+    for (name, file) in &manifest.tables {
+        let file = beside.join(file);
+        let mut source = TableSource::from_options(Some(&file), None, Verify::Digest)
+            .with_context(|| format!("table {name} of {}", path.display()))?;
+        let epochs = match &mut source {
+            TableSource::Host(table) => {
+                let table = Arc::get_mut(table).expect("the table was just opened");
+                open_epochs(table, &log_path(&file), args.epoch_window, updates)?
+            }
+            TableSource::Synthetic { .. } => None,
+        };
+        let engine = engine::open(args.engine, &source, args.max_batch)?;
+        served.push(ServedTable { epochs, ..served_table(name, source, engine) });
+    }
+    Ok((served, manifest.about))
+}
+
+/// The table `name` answered by `engine` from `source`, which it drops: the
+/// engine must hold the only reference to the table, so that updates write
+/// its pages in place instead of copying the table.
+fn served_table(name: &str, source: TableSource, engine: Box<dyn Engine>) -> ServedTable {
+    let info = source.info();
+    drop(source);
+    tracing::info!(
+        table = name,
+        records = info.records,
+        pages = info.layout.total_pages(),
+        digest = %hex::encode(info.digest),
+        "table loaded"
+    );
+    ServedTable::new(name, info, engine)
 }
 
 /// Plain HTTP beyond loopback shows both key shares to anyone on the path

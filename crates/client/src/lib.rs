@@ -23,7 +23,9 @@ use http::http_client;
 pub use http::{DEFAULT_TIMEOUT, Settings, Trust};
 
 use morphogen_dpf::{Key, generate};
-use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Meta, PROTOCOL_VERSION, Request, Response};
+use morphogen_protocol::{
+    CONTENT_TYPE, Catalog, Epoch, ErrorBody, Meta, PROTOCOL_VERSION, Request, Response, is_table_name,
+};
 use morphogen_table::{KeyDigest, Layout, MAX_KEY_LEN};
 use rand::RngExt;
 use reqwest::Url;
@@ -80,12 +82,32 @@ impl Client {
     /// of requests a server refused as overloaded included) and the
     /// certificates `https` servers must present.
     pub async fn with_settings(url_a: &str, url_b: &str, settings: &Settings) -> Result<Client, Error> {
+        Client::open(url_a, url_b, None, settings).await
+    }
+
+    /// Like [`Client::with_settings`], for the table `table` of servers
+    /// that serve several (`GET /v1/tables` lists them).
+    pub async fn for_table(
+        url_a: &str,
+        url_b: &str,
+        table: &str,
+        settings: &Settings,
+    ) -> Result<Client, Error> {
+        Client::open(url_a, url_b, Some(table), settings).await
+    }
+
+    async fn open(
+        url_a: &str,
+        url_b: &str,
+        table: Option<&str>,
+        settings: &Settings,
+    ) -> Result<Client, Error> {
         let (url_a, url_b) = (parse_url(url_a)?, parse_url(url_b)?);
         let http = http_client(settings)?;
         let timeout = settings.timeout;
         let (a, b) = tokio::try_join!(
-            Connection::open(http.clone(), url_a, timeout),
-            Connection::open(http, url_b, timeout)
+            Connection::open(http.clone(), url_a, table, timeout),
+            Connection::open(http, url_b, table, timeout)
         )?;
         let view = View::of(&a.meta, &b.meta, a.layout.clone())?;
         Ok(Client { servers: [a, b], view: std::sync::Mutex::new(view) })
@@ -249,6 +271,8 @@ pub fn encode_request(epoch: Epoch, queries: Vec<Vec<Key>>) -> Result<Vec<u8>, E
 pub struct Connection {
     http: reqwest::Client,
     url: Url,
+    /// The table's routes (`meta`, `query`) are relative to this.
+    routes: Url,
     meta: Meta,
     layout: Layout,
     timeout: Duration,
@@ -258,15 +282,30 @@ impl Connection {
     /// Reads the metadata of the server at `url`; the settings' timeout
     /// bounds every later request, retries included.
     pub async fn connect(url: &str, settings: &Settings) -> Result<Connection, Error> {
-        Connection::open(http_client(settings)?, parse_url(url)?, settings.timeout).await
+        Connection::open(http_client(settings)?, parse_url(url)?, None, settings.timeout).await
     }
 
-    async fn open(http: reqwest::Client, url: Url, timeout: Duration) -> Result<Connection, Error> {
+    /// Reads the metadata of the table `table` (the server's only table if
+    /// `None`) of the server at `url`.
+    async fn open(
+        http: reqwest::Client,
+        url: Url,
+        table: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Connection, Error> {
+        let routes = match table {
+            None => url.join("v1/"),
+            Some(name) if is_table_name(name) => url.join(&format!("v1/tables/{name}/")),
+            Some(name) => {
+                return Err(Error::Url { url: url.to_string(), message: format!("{name:?} names no table") });
+            }
+        }
+        .expect("a relative path of URL-safe characters");
         let deadline = Instant::now() + timeout;
-        let meta = fetch_meta(&http, &url, deadline).await?;
+        let meta = fetch_meta(&http, &url, &routes, deadline).await?;
         let layout =
             layout_of(&meta).map_err(|message| Error::Protocol { server: url.to_string(), message })?;
-        Ok(Connection { http, url, meta, layout, timeout })
+        Ok(Connection { http, url, routes, meta, layout, timeout })
     }
 
     /// The server's metadata when it was connected to.
@@ -276,7 +315,7 @@ impl Connection {
 
     /// Reads the server's metadata now.
     pub async fn fetch_meta(&self, deadline: Instant) -> Result<Meta, Error> {
-        fetch_meta(&self.http, &self.url, deadline).await
+        fetch_meta(&self.http, &self.url, &self.routes, deadline).await
     }
 
     /// The layout of the server's table when it was connected to.
@@ -300,7 +339,7 @@ impl Connection {
         layout: &Layout,
         deadline: Instant,
     ) -> Result<Response, Error> {
-        let url = self.url.join("v1/query").expect("a fixed relative path");
+        let url = self.routes.join("query").expect("a fixed relative path");
         let mut backoff = FIRST_BACKOFF;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -377,11 +416,40 @@ fn parse_url(text: &str) -> Result<Url, Error> {
     Ok(url)
 }
 
-async fn fetch_meta(http: &reqwest::Client, server: &Url, deadline: Instant) -> Result<Meta, Error> {
-    let url = server.join("v1/meta").expect("a fixed relative path");
+/// The tables the server at `url` serves and what its operator says about
+/// them (`GET /v1/tables`).
+pub async fn fetch_catalog(url: &str, settings: &Settings) -> Result<Catalog, Error> {
+    let server = parse_url(url)?;
+    let routes = server.join("v1/").expect("a fixed relative path");
+    let deadline = Instant::now() + settings.timeout;
+    let bytes = fetch(&http_client(settings)?, &server, &routes, "tables", deadline).await?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+        server: server.to_string(),
+        message: format!("unreadable list of tables: {e}"),
+    })
+}
+
+/// The body of `GET {routes}{path}` from `server`.
+async fn fetch(
+    http: &reqwest::Client,
+    server: &Url,
+    routes: &Url,
+    path: &str,
+    deadline: Instant,
+) -> Result<Vec<u8>, Error> {
+    let url = routes.join(path).expect("a fixed relative path");
     let timeout = deadline.saturating_duration_since(Instant::now());
     let response = http.get(url).timeout(timeout).send().await.map_err(|e| transport_error(server, e))?;
-    let bytes = success_body(server, response).await?;
+    success_body(server, response).await
+}
+
+async fn fetch_meta(
+    http: &reqwest::Client,
+    server: &Url,
+    routes: &Url,
+    deadline: Instant,
+) -> Result<Meta, Error> {
+    let bytes = fetch(http, server, routes, "meta", deadline).await?;
     let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
         server: server.to_string(),
         message: format!("unreadable metadata: {e}"),

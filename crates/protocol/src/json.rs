@@ -37,6 +37,28 @@ pub struct Meta {
     pub max_batch: usize,
 }
 
+/// What `GET /v1/tables` returns: the names of the tables a server serves
+/// (each at `/v1/tables/{name}/meta` and `/v1/tables/{name}/query`) and
+/// what its operator's manifest says about them as a whole, for example
+/// the chain and block of Ethereum tables.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Table names, sorted.
+    pub tables: Vec<String>,
+    /// The manifest's fields other than its list of files; empty for a
+    /// server started on one table file.
+    #[serde(default)]
+    pub about: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Whether `name` can name a table: 1 to 64 lower-case ASCII letters,
+/// digits, `-` and `_`, so that it is a path segment and a metrics label
+/// as it is.
+pub fn is_table_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// The body of every error answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

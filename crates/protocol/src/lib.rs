@@ -18,8 +18,8 @@
 mod json;
 
 pub use json::{
-    AdminStatus, ChangeBody, ChangeError, ErrorBody, Meta, SnapshotRequest, SwapState, SwapStatus,
-    UpdateReply, UpdateRequest,
+    AdminStatus, Catalog, ChangeBody, ChangeError, ErrorBody, Meta, SnapshotRequest, SwapState, SwapStatus,
+    UpdateReply, UpdateRequest, is_table_name,
 };
 use morphogen_dpf::Key;
 

@@ -18,7 +18,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State as Shared};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change};
 use morphogen_protocol::{
@@ -33,11 +33,26 @@ use crate::{ApiError, State};
 /// Largest admin body: a million changes of short values.
 const MAX_ADMIN_BODY: usize = 256 << 20;
 
-pub(crate) fn router(state: Arc<State>) -> Router {
+/// Each table's admin routes under `/admin/v1/tables/{name}`; `only`, the
+/// table of a server of one, also under `/admin/v1`.
+pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>) -> Router {
+    let mut router = Router::new();
+    for table in tables {
+        router = router.merge(table_routes(&format!("/admin/v1/tables/{}", table.name), table.clone()));
+    }
+    match only {
+        Some(table) => router.merge(table_routes("/admin/v1", table)),
+        None => ["status", "updates", "snapshot"].into_iter().fold(router, |router, route| {
+            router.route(&format!("/admin/v1/{route}"), any(crate::routes::several_tables))
+        }),
+    }
+}
+
+fn table_routes(prefix: &str, state: Arc<State>) -> Router {
     Router::new()
-        .route("/admin/v1/status", get(status))
-        .route("/admin/v1/updates", post(updates).layer(DefaultBodyLimit::max(MAX_ADMIN_BODY)))
-        .route("/admin/v1/snapshot", post(snapshot))
+        .route(&format!("{prefix}/status"), get(status))
+        .route(&format!("{prefix}/updates"), post(updates).layer(DefaultBodyLimit::max(MAX_ADMIN_BODY)))
+        .route(&format!("{prefix}/snapshot"), post(snapshot))
         .with_state(state)
 }
 

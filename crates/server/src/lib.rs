@@ -1,4 +1,5 @@
-//! The morphogen server: answers private lookups over one table through HTTP.
+//! The morphogen server: answers private lookups over one or more tables
+//! through HTTP.
 //!
 //! ```text
 //! client                                   server A            server B
@@ -9,15 +10,19 @@
 //!   page_j = A_j xor B_j
 //! ```
 //!
-//! Routes: `GET /v1/health`, `GET /v1/meta` (JSON), `POST /v1/query` (binary,
-//! see `docs/PROTOCOL.md`), `GET /metrics` (Prometheus), and, with an admin
-//! token, `GET /admin/v1/status`, `POST /admin/v1/updates` and
-//! `POST /admin/v1/snapshot` (see [`SnapshotLoader`]). Scans run on a thread
-//! of their own that owns the engine, never on the async runtime's workers;
-//! concurrent requests share passes through one bounded queue (continuous
-//! batching, see [`batcher`](crate::batcher)), and update batches and
-//! snapshot swaps are applied on that thread between passes. Keys, values
-//! and answers are never logged.
+//! Routes: `GET /v1/health`, `GET /v1/tables` (JSON: the tables' names and
+//! what the operator says about them), per table `GET
+//! /v1/tables/{name}/meta` (JSON) and `POST /v1/tables/{name}/query`
+//! (binary, see `docs/PROTOCOL.md`), `GET /metrics` (Prometheus), and, with
+//! an admin token, per table `GET …/status`, `POST …/updates` and `POST
+//! …/snapshot` under `/admin/v1/tables/{name}` (see [`SnapshotLoader`]). A
+//! server of one table also answers for it at `/v1/meta`, `/v1/query` and
+//! `/admin/v1/…`. Each table's scans run on a thread of their own that owns
+//! its engine, never on the async runtime's workers; concurrent requests
+//! share passes through one bounded queue per table (continuous batching,
+//! see [`batcher`](crate::batcher)), and update batches and snapshot swaps
+//! are applied on that thread between passes. Keys, values and answers are
+//! never logged.
 
 mod admin;
 mod batcher;
@@ -29,12 +34,13 @@ mod routes;
 mod snapshot;
 mod tls;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use morphogen_dpf::Key;
 use morphogen_epochs::Epochs;
-use morphogen_protocol::Meta;
+use morphogen_protocol::{Catalog, Meta, is_table_name};
 use morphogen_scan::Engine;
 use morphogen_table::{CHOICES, Layout, MAX_PAGES_PER_TABLE, Table};
 use tokio::net::TcpListener;
@@ -51,18 +57,19 @@ pub use tls::{TlsError, server_config as tls_config};
 pub struct Config {
     /// Most queries one pass (and so one request) may hold.
     pub max_batch: usize,
-    /// Most queries waiting for a pass; a request that does not fit is
-    /// answered 503 with `Retry-After`. At least `max_batch`.
+    /// Most queries waiting for a pass of one table; a request that does
+    /// not fit is answered 503 with `Retry-After`. At least `max_batch`.
     pub max_queue: usize,
     /// The bearer token of the admin routes; `None` disables them.
     pub admin_token: Option<String>,
-    /// Loads the snapshots the server may swap to; `None` disables swaps.
-    pub snapshots: Option<Arc<dyn SnapshotLoader>>,
     /// What one client may hold of the server.
     pub limits: Limits,
     /// TLS for both listeners (see [`tls_config`]); `None` serves plain
     /// HTTP, for loopback or behind a TLS-terminating proxy.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What the operator says about the tables as a whole (for example the
+    /// chain and block of Ethereum tables), published as is at `/v1/tables`.
+    pub about: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Config {
@@ -71,9 +78,9 @@ impl Default for Config {
             max_batch: DEFAULT_MAX_BATCH,
             max_queue: DEFAULT_MAX_QUEUE,
             admin_token: None,
-            snapshots: None,
             limits: Limits::default(),
             tls: None,
+            about: serde_json::Map::new(),
         }
     }
 }
@@ -117,13 +124,46 @@ impl TableInfo {
     }
 }
 
-/// A server over one table, ready to be bound to a listener.
-pub struct Server {
-    state: Arc<State>,
+/// One table a server serves.
+pub struct ServedTable {
+    /// Its name: its routes are `/v1/tables/{name}/…` and its metrics carry
+    /// the label `table="{name}"` (see [`morphogen_protocol::is_table_name`]).
+    pub name: String,
+    /// What it is.
+    pub table: TableInfo,
+    /// The engine answering from it, made over that table.
+    pub engine: Box<dyn Engine>,
+    /// Its update log, already replayed into the engine's table: with it the
+    /// table takes update batches; without, it answers from epoch 0 only.
+    pub epochs: Option<Epochs>,
+    /// Loads the snapshots it may be swapped to; `None` disables swaps.
+    pub snapshots: Option<Arc<dyn SnapshotLoader>>,
 }
 
-/// What every request handler shares.
+impl ServedTable {
+    /// The table `name`, answered by `engine`, taking no updates or swaps.
+    pub fn new(name: &str, table: TableInfo, engine: Box<dyn Engine>) -> ServedTable {
+        ServedTable { name: name.to_string(), table, engine, epochs: None, snapshots: None }
+    }
+}
+
+/// The name of the table of a server started on one table file.
+pub const DEFAULT_TABLE: &str = "default";
+
+/// A server over one or more tables, ready to be bound to a listener.
+pub struct Server {
+    /// By name.
+    tables: BTreeMap<String, Arc<State>>,
+    catalog: Arc<Catalog>,
+    metrics: metrics::Metrics,
+    admin: bool,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// What every request handler of one table shares.
 pub(crate) struct State {
+    name: String,
     /// BLAKE3 of the admin token: compared in constant time.
     admin_token: Option<blake3::Hash>,
     /// The largest body a request of `max_batch` queries can need for any
@@ -134,23 +174,17 @@ pub(crate) struct State {
     max_batch: usize,
     batcher: Batcher,
     swaps: Swaps,
+    /// Labelled with the table's name.
     metrics: metrics::Metrics,
-    limits: Limits,
-    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
-    /// A server answering with `engine` from the table `table` describes;
-    /// the engine must have been made over that table. With `epochs` (the
-    /// table's update log, already replayed into the engine's table) the
-    /// server takes update batches; without, it answers from epoch 0 only.
-    /// Starts the scan thread.
-    pub fn new(
-        table: TableInfo,
-        engine: Box<dyn Engine>,
-        epochs: Option<Epochs>,
-        config: Config,
-    ) -> Result<Server, Error> {
+    /// A server answering from `tables`, each with its own engine, queue and
+    /// scan thread: one pass serves one table. Starts the scan threads.
+    pub fn new(tables: Vec<ServedTable>, config: Config) -> Result<Server, Error> {
+        if tables.is_empty() {
+            return Err(Error::Config("a server needs at least one table".to_string()));
+        }
         if config.max_batch == 0 {
             return Err(Error::Config("the batch limit must be at least 1".to_string()));
         }
@@ -160,38 +194,45 @@ impl Server {
                 config.max_queue, config.max_batch
             )));
         }
-        assert_eq!(&table.layout, engine.layout(), "the engine answers from another table");
         if config.admin_token.as_ref().is_some_and(|token| token.trim().is_empty()) {
             return Err(Error::Config("the admin token is empty".to_string()));
         }
         config.limits.check().map_err(Error::Config)?;
-        if config.snapshots.is_some() && config.admin_token.is_none() {
-            return Err(Error::Config("snapshot swaps need the admin routes (an admin token)".to_string()));
-        }
-        let current = match &epochs {
-            Some(epochs) => Current::of(epochs),
-            None => Current { epoch: 0, digest: table.digest, records: table.records },
-        };
-        let snapshot = Snapshot::new(&table, engine.name(), epochs.as_ref(), config.max_batch);
-        let live = Live { snapshot: Arc::new(snapshot), current };
-        // Any table the server may swap to: the longest keys, the most sub-tables.
-        let key_len = Key::encoded_len(MAX_PAGES_PER_TABLE).expect("the largest page count is a DPF domain");
-        let max_keys = config.max_batch * usize::from(*CHOICES.end());
-        let max_body_bytes = 2 * (morphogen_protocol::HEADER_LEN + max_keys * key_len) + (64 << 10);
-        let metrics = metrics::Metrics::new();
-        let limits = (config.max_batch, config.max_queue);
-        let batcher = Batcher::start(engine, epochs, live, limits, metrics.clone())?;
         let admin_token = config.admin_token.as_deref().map(|token| blake3::hash(token.trim().as_bytes()));
-        let swaps = Swaps::new(config.snapshots);
-        let max_batch = config.max_batch;
-        let (limits, tls) = (config.limits, config.tls);
-        let state = State { admin_token, max_body_bytes, max_batch, batcher, swaps, metrics, limits, tls };
-        Ok(Server { state: Arc::new(state) })
+        let metrics = metrics::Metrics::new();
+        let mut states = BTreeMap::new();
+        for served in tables {
+            let name = served.name.clone();
+            if !is_table_name(&name) {
+                return Err(Error::Config(format!(
+                    "{name:?} cannot name a table: use 1 to 64 of a-z, 0-9, - and _"
+                )));
+            }
+            if states.contains_key(&name) {
+                return Err(Error::Config(format!("two tables are named {name:?}")));
+            }
+            if served.snapshots.is_some() && admin_token.is_none() {
+                return Err(Error::Config(
+                    "snapshot swaps need the admin routes (an admin token)".to_string(),
+                ));
+            }
+            let state = State::start(served, &config, admin_token, metrics.for_table(&name))?;
+            states.insert(name, Arc::new(state));
+        }
+        let catalog = Catalog { tables: states.keys().cloned().collect(), about: config.about };
+        Ok(Server {
+            tables: states,
+            catalog: Arc::new(catalog),
+            metrics,
+            admin: admin_token.is_some(),
+            limits: config.limits,
+            tls: config.tls,
+        })
     }
 
-    /// The metadata this server publishes at `/v1/meta` now.
-    pub fn meta(&self) -> Meta {
-        self.state.meta()
+    /// The metadata each table publishes at `/v1/tables/{name}/meta` now.
+    pub fn meta(&self) -> BTreeMap<String, Meta> {
+        self.tables.iter().map(|(name, state)| (name.clone(), state.meta())).collect()
     }
 
     /// Serves requests from `listener` until `shutdown` completes, then
@@ -204,19 +245,20 @@ impl Server {
         admin_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let state = self.state;
-        let upkeep = tokio::spawn(state.metrics.clone().upkeep());
-        let with_limits = |router| limits::apply(router, &state.limits, state.metrics.clone());
-        let admin = state.admin_token.is_some().then(|| with_limits(admin::router(state.clone())));
-        let public = with_limits(routes::router(state.clone()));
+        let upkeep = tokio::spawn(self.metrics.clone().upkeep());
+        let with_limits = |router| limits::apply(router, &self.limits, self.metrics.clone());
+        let only = (self.tables.len() == 1).then(|| self.tables.values().next().cloned()).flatten();
+        let tables: Vec<Arc<State>> = self.tables.values().cloned().collect();
+        let admin = self.admin.then(|| with_limits(admin::router(&tables, only.clone())));
+        let public = with_limits(routes::router(&tables, only, self.catalog.clone(), self.metrics.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(());
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop.send(());
         });
-        let tls = state.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let serve = |listener, router, stopped| {
-            listen::serve(listener, router, tls.clone(), &state.limits, state.metrics.clone(), stopped)
+            listen::serve(listener, router, tls.clone(), &self.limits, self.metrics.clone(), stopped)
         };
         let result = match (admin, admin_listener) {
             (Some(admin), Some(admin_listener)) => {
@@ -233,6 +275,31 @@ impl Server {
 }
 
 impl State {
+    /// Readies `served` to answer: its snapshot, queue and scan thread.
+    fn start(
+        served: ServedTable,
+        config: &Config,
+        admin_token: Option<blake3::Hash>,
+        metrics: metrics::Metrics,
+    ) -> Result<State, Error> {
+        let ServedTable { name, table, engine, epochs, snapshots } = served;
+        assert_eq!(&table.layout, engine.layout(), "the engine of {name} answers from another table");
+        let current = match &epochs {
+            Some(epochs) => Current::of(epochs),
+            None => Current { epoch: 0, digest: table.digest, records: table.records },
+        };
+        let snapshot = Snapshot::new(&table, engine.name(), epochs.as_ref(), config.max_batch);
+        let live = Live { snapshot: Arc::new(snapshot), current };
+        // Any table the server may swap to: the longest keys, the most sub-tables.
+        let key_len = Key::encoded_len(MAX_PAGES_PER_TABLE).expect("the largest page count is a DPF domain");
+        let max_keys = config.max_batch * usize::from(*CHOICES.end());
+        let max_body_bytes = 2 * (morphogen_protocol::HEADER_LEN + max_keys * key_len) + (64 << 10);
+        let limits = (config.max_batch, config.max_queue);
+        let batcher = Batcher::start(engine, epochs, live, limits, metrics.clone())?;
+        let swaps = Swaps::new(snapshots);
+        Ok(State { name, admin_token, max_body_bytes, max_batch: config.max_batch, batcher, swaps, metrics })
+    }
+
     /// The metadata as of the current epoch.
     fn meta(&self) -> Meta {
         Live::meta(&self.batcher.live())

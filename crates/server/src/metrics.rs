@@ -1,5 +1,7 @@
 //! Prometheus metrics of one server. Each server has its own recorder, so
 //! two servers in one process (the demo, the tests) keep separate counts.
+//! What concerns one of its tables carries the label `table`; what concerns
+//! connections and the process does not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +18,13 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The server's recorder and the handle that renders it.
+/// The server's recorder and the handle that renders it, and the table
+/// that table-scoped metrics recorded through this value are labelled with.
 #[derive(Clone)]
 pub(crate) struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    table: Arc<str>,
 }
 
 impl Metrics {
@@ -33,9 +37,18 @@ impl Metrics {
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let metrics = Metrics { recorder: Arc::new(recorder), handle };
+        let metrics = Metrics { recorder: Arc::new(recorder), handle, table: Arc::from("") };
         metrics.describe();
         metrics
+    }
+
+    /// The same recorder, labelling table-scoped metrics with `table`.
+    pub(crate) fn for_table(&self, table: &str) -> Metrics {
+        Metrics { table: Arc::from(table), ..self.clone() }
+    }
+
+    fn table(&self) -> String {
+        self.table.to_string()
     }
 
     fn with<T>(&self, f: impl FnOnce() -> T) -> T {
@@ -115,8 +128,9 @@ impl Metrics {
     /// Counts a query request and, if it was answered, its duration.
     pub(crate) fn request(&self, outcome: &'static str, duration: Duration) {
         self.with(|| {
-            counter!("morphogen_requests_total", "outcome" => outcome).increment(1);
-            histogram!("morphogen_request_duration_seconds").record(duration.as_secs_f64());
+            counter!("morphogen_requests_total", "table" => self.table(), "outcome" => outcome).increment(1);
+            histogram!("morphogen_request_duration_seconds", "table" => self.table())
+                .record(duration.as_secs_f64());
         });
     }
 
@@ -139,10 +153,10 @@ impl Metrics {
     /// Records one engine pass and the phases the engine timed.
     pub(crate) fn pass(&self, queries: usize, duration: Duration, phases: &[Phase]) {
         self.with(|| {
-            histogram!("morphogen_pass_duration_seconds").record(duration.as_secs_f64());
-            histogram!("morphogen_batch_size").record(queries as f64);
+            histogram!("morphogen_pass_duration_seconds", "table" => self.table()).record(duration.as_secs_f64());
+            histogram!("morphogen_batch_size", "table" => self.table()).record(queries as f64);
             for phase in phases {
-                histogram!("morphogen_pass_phase_duration_seconds", "phase" => phase.name)
+                histogram!("morphogen_pass_phase_duration_seconds", "table" => self.table(), "phase" => phase.name)
                     .record(phase.seconds);
             }
         });
@@ -150,56 +164,72 @@ impl Metrics {
 
     /// Sets the number of queries waiting for a pass.
     pub(crate) fn queue_depth(&self, queries: usize) {
-        self.with(|| gauge!("morphogen_queue_depth").set(queries as f64));
+        self.with(|| gauge!("morphogen_queue_depth", "table" => self.table()).set(queries as f64));
     }
 
     /// Records how long a request waited before its first pass.
     pub(crate) fn queue_wait(&self, wait: Duration) {
-        self.with(|| histogram!("morphogen_queue_wait_seconds").record(wait.as_secs_f64()));
+        self.with(|| {
+            histogram!("morphogen_queue_wait_seconds", "table" => self.table()).record(wait.as_secs_f64())
+        });
     }
 
     /// Counts `queries` lookups that ended in `outcome`.
     pub(crate) fn lookups(&self, outcome: &'static str, queries: usize) {
-        self.with(|| counter!("morphogen_lookups_total", "outcome" => outcome).increment(queries as u64));
+        self.with(|| {
+            counter!("morphogen_lookups_total", "table" => self.table(), "outcome" => outcome)
+                .increment(queries as u64)
+        });
     }
 
     /// Sets the epoch passes answer from.
     pub(crate) fn epoch(&self, epoch: u64) {
-        self.with(|| gauge!("morphogen_epoch").set(epoch as f64));
+        self.with(|| gauge!("morphogen_epoch", "table" => self.table()).set(epoch as f64));
     }
 
     /// Records an applied update batch.
     pub(crate) fn update_applied(&self, duration: Duration, rows: usize) {
         self.with(|| {
-            counter!("morphogen_updates_total", "outcome" => "applied").increment(1);
-            counter!("morphogen_update_rows_total").increment(rows as u64);
-            histogram!("morphogen_update_apply_seconds").record(duration.as_secs_f64());
+            counter!("morphogen_updates_total", "table" => self.table(), "outcome" => "applied").increment(1);
+            counter!("morphogen_update_rows_total", "table" => self.table()).increment(rows as u64);
+            histogram!("morphogen_update_apply_seconds", "table" => self.table())
+                .record(duration.as_secs_f64());
         });
     }
 
     /// Counts an update batch refused with `code`.
     pub(crate) fn update_refused(&self, code: &'static str) {
-        self.with(|| counter!("morphogen_updates_total", "outcome" => code).increment(1));
+        self.with(|| {
+            counter!("morphogen_updates_total", "table" => self.table(), "outcome" => code).increment(1)
+        });
     }
 
     /// Records how long loading a snapshot took.
     pub(crate) fn snapshot_loaded(&self, duration: Duration) {
-        self.with(|| histogram!("morphogen_snapshot_load_seconds").record(duration.as_secs_f64()));
+        self.with(|| {
+            histogram!("morphogen_snapshot_load_seconds", "table" => self.table())
+                .record(duration.as_secs_f64())
+        });
     }
 
     /// Counts a snapshot swap that ended in `outcome` (`swapped` or `failed`).
     pub(crate) fn snapshot_swap(&self, outcome: &'static str) {
-        self.with(|| counter!("morphogen_snapshot_swaps_total", "outcome" => outcome).increment(1));
+        self.with(|| {
+            counter!("morphogen_snapshot_swaps_total", "table" => self.table(), "outcome" => outcome)
+                .increment(1)
+        });
     }
 
     /// Sets the first epoch of the snapshot answered from.
     pub(crate) fn snapshot_base(&self, epoch: u64) {
-        self.with(|| gauge!("morphogen_snapshot_base_epoch").set(epoch as f64));
+        self.with(|| gauge!("morphogen_snapshot_base_epoch", "table" => self.table()).set(epoch as f64));
     }
 
     /// Counts queries answered as of an older epoch.
     pub(crate) fn asof_answers(&self, queries: usize) {
-        self.with(|| counter!("morphogen_asof_answers_total").increment(queries as u64));
+        self.with(|| {
+            counter!("morphogen_asof_answers_total", "table" => self.table()).increment(queries as u64)
+        });
     }
 
     /// The Prometheus text exposition.

@@ -12,25 +12,46 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use morphogen_dpf::Key;
 use morphogen_epochs::{Unavailable, rewind};
-use morphogen_protocol::{CONTENT_TYPE, Epoch, Request, Response};
+use morphogen_protocol::{CONTENT_TYPE, Catalog, Epoch, Request, Response};
 use morphogen_scan::{Query, validate};
 
 use crate::batcher::{Answered, Live, PassError, Refused};
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::{ApiError, State};
 
 /// Content types a query body may be sent with.
 const ACCEPTED_TYPES: [&str; 2] = [CONTENT_TYPE, "application/octet-stream"];
 
-pub(crate) fn router(state: Arc<State>) -> Router {
+/// The public routes: health, the catalog and metrics of the server, and
+/// each table's meta and query routes; `only`, the table of a server of
+/// one, also at `/v1/meta` and `/v1/query`.
+pub(crate) fn router(
+    tables: &[Arc<State>],
+    only: Option<Arc<State>>,
+    catalog: Arc<Catalog>,
+    metrics: Metrics,
+) -> Router {
+    let mut router = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/tables", get(move || async move { Json(catalog.as_ref().clone()) }))
+        .route("/metrics", get(move || async move { render_metrics(&metrics) }));
+    for table in tables {
+        router = router.merge(table_routes(&format!("/v1/tables/{}", table.name), table.clone()));
+    }
+    router = match only {
+        Some(table) => router.merge(table_routes("/v1", table)),
+        None => router.route("/v1/meta", get(several_tables)).route("/v1/query", post(several_tables)),
+    };
+    router.fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+}
+
+/// `{prefix}/meta` and `{prefix}/query` of one table.
+fn table_routes(prefix: &str, state: Arc<State>) -> Router {
     let body_limit = state.max_body_bytes;
     Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/meta", get(meta))
-        .route("/v1/query", post(query).layer(DefaultBodyLimit::max(body_limit)))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .route(&format!("{prefix}/meta"), get(meta))
+        .route(&format!("{prefix}/query"), post(query).layer(DefaultBodyLimit::max(body_limit)))
         .with_state(state)
 }
 
@@ -42,15 +63,24 @@ async fn meta(Shared(state): Shared<Arc<State>>) -> Json<morphogen_protocol::Met
     Json(state.meta())
 }
 
-async fn metrics(Shared(state): Shared<Arc<State>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+fn render_metrics(metrics: &Metrics) -> impl IntoResponse + use<> {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+}
+
+/// The unnamed table routes (public and admin) of a server of several tables.
+pub(crate) async fn several_tables() -> ApiError {
+    ApiError::client(
+        StatusCode::NOT_FOUND,
+        "table_not_named",
+        "this server serves several tables: name one, as in /v1/tables/{name}/meta (GET /v1/tables lists them)",
+    )
 }
 
 async fn not_found() -> ApiError {
     ApiError::client(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; see /v1/meta, /v1/query, /v1/health, /metrics",
+        "no such route; see /v1/tables, /v1/tables/{name}/meta, /v1/tables/{name}/query, /v1/health, /metrics",
     )
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use morphogen_dpf::generate;
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
-use morphogen_server::{Config, Limits, Server, TableInfo};
+use morphogen_server::{Config, DEFAULT_TABLE, Limits, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -31,7 +31,8 @@ fn table() -> Arc<Table> {
 /// (host:port) and the sender that stops it.
 async fn start(table: &Arc<Table>, pass_ms: u64, limits: Limits) -> (String, oneshot::Sender<()>) {
     let config = Config { limits, ..Config::default() };
-    let server = Server::new(TableInfo::of(table), Box::new(SlowEngine::new(table, pass_ms)), None, config);
+    let engine = Box::new(SlowEngine::new(table, pass_ms));
+    let server = Server::new(vec![ServedTable::new(DEFAULT_TABLE, TableInfo::of(table), engine)], config);
     let (url, stop) = spawn(server.unwrap()).await;
     (url.trim_start_matches("http://").to_string(), stop)
 }
@@ -183,6 +184,7 @@ fn limits_that_would_answer_nothing_are_refused() {
     for limits in cases {
         let config = Config { limits: limits.clone(), ..Config::default() };
         let engine = Box::new(SlowEngine::new(&table, 0));
-        assert!(Server::new(TableInfo::of(&table), engine, None, config).is_err(), "{limits:?}");
+        let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), engine);
+        assert!(Server::new(vec![served], config).is_err(), "{limits:?}");
     }
 }

@@ -12,7 +12,7 @@ use morphogen_client::Client;
 use morphogen_dpf::generate;
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
 use morphogen_scan::{CpuEngine, Engine};
-use morphogen_server::{Config, Server, TableInfo};
+use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -39,7 +39,8 @@ async fn start(table: &Arc<Table>, config: Config) -> Running {
 }
 
 async fn start_with(table: &Arc<Table>, engine: Box<dyn Engine>, config: Config) -> Running {
-    let server = Server::new(TableInfo::of(table), engine, None, config).unwrap();
+    let server =
+        Server::new(vec![ServedTable::new(DEFAULT_TABLE, TableInfo::of(table), engine)], config).unwrap();
     let (url, stop) = spawn(server).await;
     Running { url, _stop: stop }
 }
@@ -190,7 +191,7 @@ async fn malformed_requests_get_their_error_and_the_server_keeps_answering() {
     let metrics = reqwest::get(format!("{}/metrics", a.url)).await.unwrap().text().await.unwrap();
     for outcome in ["ok", "bad_version", "wrong_domain", "batch_too_large", "body_too_large"] {
         assert!(
-            metrics.contains(&format!("morphogen_requests_total{{outcome=\"{outcome}\"}}")),
+            metrics.contains(&format!("morphogen_requests_total{{table=\"default\",outcome=\"{outcome}\"}}")),
             "{outcome}\n{metrics}"
         );
     }
@@ -226,11 +227,11 @@ async fn start_slow(table: &Arc<Table>, pass_ms: u64, config: Config) -> Running
     start_with(table, Box::new(SlowEngine::new(table, pass_ms)), config).await
 }
 
-/// The value of an unlabelled metric in a server's /metrics text.
+/// The value of a metric of the server's one table in its /metrics text.
 async fn metric(url: &str, name: &str) -> f64 {
     let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
     text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix("{table=\"default\"} ")?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 

@@ -19,7 +19,9 @@ use morphogen_protocol::{
     UpdateRequest,
 };
 use morphogen_scan::CpuEngine;
-use morphogen_server::{Config, LoadedSnapshot, Server, SnapshotLoader, TableInfo};
+use morphogen_server::{
+    Config, DEFAULT_TABLE, LoadedSnapshot, ServedTable, Server, SnapshotLoader, TableInfo,
+};
 use morphogen_table::{BuildOptions, NoProgress, Table, Verify, build};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -110,9 +112,11 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
         let loader = DirLoader { dir: SnapshotDir::new(&own).unwrap(), gate: Mutex::new(gate) };
         Arc::new(loader) as Arc<dyn SnapshotLoader>
     });
-    let config =
-        Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), snapshots, ..Config::default() };
-    let server = Server::new(info, Box::new(CpuEngine::new(Arc::new(table))), Some(epochs), config).unwrap();
+    let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
+    let engine = Box::new(CpuEngine::new(Arc::new(table)));
+    let served =
+        ServedTable { epochs: Some(epochs), snapshots, ..ServedTable::new(DEFAULT_TABLE, info, engine) };
+    let server = Server::new(vec![served], config).unwrap();
     let (url, stop) = spawn(server).await;
     let admin = common::admin(&url, TOKEN);
     Live { url, admin, dir: own, _stop: stop }
@@ -223,11 +227,16 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
     let mut told_to_reread = 0;
     for server in [&a, &b] {
         let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
-        assert!(metrics.contains("morphogen_snapshot_swaps_total{outcome=\"swapped\"} 1"), "{metrics}");
-        assert!(metrics.contains("morphogen_snapshot_base_epoch 1"));
+        assert!(
+            metrics.contains("morphogen_snapshot_swaps_total{table=\"default\",outcome=\"swapped\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("morphogen_snapshot_base_epoch{table=\"default\"} 1"));
         told_to_reread += metrics
             .lines()
-            .filter_map(|line| line.strip_prefix("morphogen_requests_total{outcome=\"snapshot_changed\"} "))
+            .filter_map(|line| {
+                line.strip_prefix("morphogen_requests_total{table=\"default\",outcome=\"snapshot_changed\"} ")
+            })
             .map(|count| count.parse::<u64>().unwrap())
             .sum::<u64>();
     }
@@ -318,7 +327,9 @@ async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm()
     let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
     for outcome in ["swapped", "failed", "sequence", "swap_in_progress"] {
         assert!(
-            metrics.contains(&format!("morphogen_snapshot_swaps_total{{outcome=\"{outcome}\"}}")),
+            metrics.contains(&format!(
+                "morphogen_snapshot_swaps_total{{table=\"default\",outcome=\"{outcome}\"}}"
+            )),
             "{outcome}"
         );
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use morphogen_client::{Admin, Client, Settings, Trust};
 use morphogen_scan::CpuEngine;
-use morphogen_server::{Config, Server, TableInfo, TlsError, tls_config};
+use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo, TlsError, tls_config};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tempfile::TempDir;
@@ -64,7 +64,8 @@ fn table() -> Arc<Table> {
 async fn start(table: &Arc<Table>, certificates: &Certificates) -> (String, oneshot::Sender<()>) {
     let tls = tls_config(&certificates.path("server.pem"), &certificates.path("server.key")).unwrap();
     let config = Config { tls: Some(tls), admin_token: Some(TOKEN.to_string()), ..Config::default() };
-    let server = Server::new(TableInfo::of(table), Box::new(CpuEngine::new(table.clone())), None, config);
+    let engine = Box::new(CpuEngine::new(table.clone()));
+    let server = Server::new(vec![ServedTable::new(DEFAULT_TABLE, TableInfo::of(table), engine)], config);
     let (url, stop) = spawn(server.unwrap()).await;
     (url.replace("http://", "https://"), stop)
 }

@@ -14,7 +14,7 @@ use morphogen_dpf::{Key, generate};
 use morphogen_epochs::{Batch, Change, Epochs};
 use morphogen_protocol::{CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, Response, UpdateRequest};
 use morphogen_scan::{CpuEngine, Engine, Query, ReferenceEngine};
-use morphogen_server::{Config, Server, TableInfo};
+use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -46,7 +46,9 @@ async fn start(table: &Table, window: u64) -> Live {
     let info = TableInfo::of(&table);
     let engine = CpuEngine::new(Arc::new(table));
     let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
-    serve(Server::new(info, Box::new(engine), Some(epochs), config).unwrap(), dir).await
+    let served =
+        ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, Box::new(engine)) };
+    serve(Server::new(vec![served], config).unwrap(), dir).await
 }
 
 async fn serve(server: Server, dir: tempfile::TempDir) -> Live {
@@ -279,7 +281,10 @@ async fn the_admin_routes_refuse_bad_tokens_sequences_and_batches_and_change_not
     assert_eq!(server.admin.status().await.unwrap().meta.epoch, 1);
     let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
     for outcome in ["applied", "sequence", "table_full", "value_too_long"] {
-        assert!(metrics.contains(&format!("morphogen_updates_total{{outcome=\"{outcome}\"}}")), "{outcome}");
+        assert!(
+            metrics.contains(&format!("morphogen_updates_total{{table=\"default\",outcome=\"{outcome}\"}}")),
+            "{outcome}"
+        );
     }
 }
 
@@ -289,7 +294,8 @@ async fn admin_routes_exist_only_with_a_token_and_need_an_update_log() {
     let plain = |admin_token: Option<&str>| {
         let config = Config { admin_token: admin_token.map(str::to_string), ..Config::default() };
         let engine = CpuEngine::new(table.clone());
-        Server::new(TableInfo::of(&table), Box::new(engine), None, config).unwrap()
+        Server::new(vec![ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), Box::new(engine))], config)
+            .unwrap()
     };
     let without = serve(plain(None), tempfile::tempdir().unwrap()).await;
     let body = serde_json::json!({"sequence": 1, "changes": []});

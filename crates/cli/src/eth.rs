@@ -5,13 +5,9 @@ use std::io::BufReader;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use morphogen_eth::{
-    ACCOUNT_VALUE_LEN, CODE_VALUE_LEN, Chain, MANIFEST_FILE, Manifest, STORAGE_VALUE_LEN, TABLE_NAMES,
-    TableRecords, read_dump, read_genesis,
-};
-use morphogen_table::{BuildOptions, build};
+use morphogen_eth::{Chain, TABLE_NAMES, read_dump, read_genesis, write_tables};
 
 use crate::progress::Bar;
 
@@ -48,11 +44,6 @@ struct BuildArgs {
     output: PathBuf,
 }
 
-/// Page size and value size of each table, in TABLE_NAMES order: rows of
-/// 80, 40 and 1,036 bytes, so 51, 102 and 7 to a page.
-const TABLE_SHAPES: [(u32, usize); 3] =
-    [(4096, ACCOUNT_VALUE_LEN), (4096, STORAGE_VALUE_LEN), (8192, CODE_VALUE_LEN)];
-
 pub fn run(args: &EthArgs) -> anyhow::Result<()> {
     match &args.command {
         EthCommand::Build(build) => build_tables(build),
@@ -74,29 +65,8 @@ fn build_tables(args: &BuildArgs) -> anyhow::Result<()> {
         }
         _ => genesis_accounts,
     };
-    let records = TableRecords::of(&accounts)?;
-    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-    let sets = [&records.accounts, &records.storage, &records.code];
-    let mut counts = [0u64; 3];
-    for (((name, records), (page_size, value_size)), count) in
-        TABLE_NAMES.iter().zip(sets).zip(TABLE_SHAPES).zip(&mut counts)
-    {
-        let options = BuildOptions { page_size, value_size: Some(value_size as u32), choices: 2, seed: None };
-        let table = build(&records[..], &options, &Bar::new())
-            .with_context(|| format!("building the {name} table"))?;
-        let path = args.output.join(format!("{name}.mgdb"));
-        table.write(&path).with_context(|| format!("writing {}", path.display()))?;
-        *count = table.records();
-        ensure!(
-            *count == records.len() as u64,
-            "the {name} table holds {count} of {} records",
-            records.len()
-        );
-    }
-    let manifest = Manifest::new(chain, counts);
-    let path = args.output.join(MANIFEST_FILE);
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    let manifest = write_tables(&accounts, chain, &args.output, &Bar::new())?;
+    let counts: Vec<u64> = TABLE_NAMES.iter().map(|name| manifest.counts[*name]).collect();
     eprintln!(
         "chain {} at block {}: {} accounts, {} storage words, {} code chunks into {} in {:.1?}",
         chain.chain_id,

@@ -14,10 +14,12 @@
 //! many lookups read it. [`state`] parses the inputs strictly, naming the
 //! account at fault; [`records`] encodes and decodes the tables' records.
 
+mod build;
 pub mod manifest;
 pub mod records;
 pub mod state;
 
+pub use build::write_tables;
 pub use manifest::{MANIFEST_FILE, Manifest, TABLE_NAMES};
 pub use records::{
     ACCOUNT_VALUE_LEN, AccountValue, CODE_CHUNK_LEN, CODE_CHUNKS, CODE_VALUE_LEN, EMPTY_CODE_HASH,

@@ -60,6 +60,9 @@ pub enum Error {
     /// Reading the input failed.
     #[error("reading the state dump: {0}")]
     Io(#[from] std::io::Error),
+    /// Building or writing the tables failed.
+    #[error("{0}")]
+    Write(String),
 }
 
 /// Reads a genesis file: its chain and block, and its `alloc` accounts.

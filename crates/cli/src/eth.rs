@@ -1,15 +1,20 @@
-//! `morphogen eth`: Ethereum state as tables for private reads.
+//! `morphogen eth`: Ethereum state as tables for private reads, and a
+//! JSON-RPC endpoint that reads them.
 
 use std::fs::File;
 use std::io::BufReader;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, ensure};
 use clap::{Args, Subcommand};
 use morphogen_eth::{Chain, TABLE_NAMES, read_dump, read_genesis, write_tables};
+use morphogen_eth_rpc::{Endpoint, StateReader, Upstream};
+use tokio::net::TcpListener;
 
 use crate::progress::Bar;
+use crate::trust::TrustArgs;
 
 #[derive(Args)]
 pub struct EthArgs {
@@ -22,6 +27,34 @@ enum EthCommand {
     /// Build the accounts, storage and code tables of a chain's state from
     /// a geth genesis file and, optionally, a state dump.
     Build(BuildArgs),
+    /// Serve a JSON-RPC endpoint for wallets: eth_getBalance,
+    /// eth_getTransactionCount, eth_getCode and eth_getStorageAt answered
+    /// by private lookups in the tables of two servers (`serve --tables
+    /// DIR/eth.json`), eth_chainId, net_version and eth_blockNumber from
+    /// their manifest; other methods forwarded to --upstream, if given.
+    Rpc(RpcArgs),
+}
+
+#[derive(Args)]
+struct RpcArgs {
+    /// Base URL of a server of the tables; give exactly two (the two must
+    /// not collude).
+    #[arg(long = "server", value_name = "URL", required = true)]
+    servers: Vec<String>,
+    /// Address and port to answer JSON-RPC on. Keep it on loopback or a
+    /// private network: the calls it receives name the accounts read.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8545")]
+    listen: SocketAddr,
+    /// A node to forward every other method to (eth_call,
+    /// eth_sendRawTransaction, …). What it is sent is not private. Without
+    /// it, other methods are answered -32601 (method not found).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Seconds to wait for each server request, and for the upstream node.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args)]
@@ -44,10 +77,46 @@ struct BuildArgs {
     output: PathBuf,
 }
 
+impl EthArgs {
+    /// Whether the command serves until stopped (and so logs what it does).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, EthCommand::Rpc(_))
+    }
+}
+
 pub fn run(args: &EthArgs) -> anyhow::Result<()> {
     match &args.command {
         EthCommand::Build(build) => build_tables(build),
+        EthCommand::Rpc(rpc) => serve_rpc(rpc),
     }
+}
+
+fn serve_rpc(args: &RpcArgs) -> anyhow::Result<()> {
+    ensure!(args.servers.len() == 2, "give exactly two --server URLs (got {})", args.servers.len());
+    let timeout = Duration::from_secs(args.timeout);
+    let settings = args.trust.settings(timeout)?;
+    let upstream = match &args.upstream {
+        Some(url) => Some(Upstream::new(url, timeout).map_err(|e| anyhow::anyhow!("--upstream {e}"))?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let reader = StateReader::connect(&args.servers[0], &args.servers[1], &settings).await?;
+        let chain = reader.chain();
+        let listener =
+            TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(
+            chain_id = chain.chain_id,
+            block = chain.block_number,
+            upstream = args.upstream.is_some(),
+            "state tables found on both servers"
+        );
+        // Scripts and tests read the address from the end of this line.
+        tracing::info!(address = %listener.local_addr()?, "answering JSON-RPC");
+        Endpoint::new(reader, upstream).serve(listener, crate::serve::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
 }
 
 fn build_tables(args: &BuildArgs) -> anyhow::Result<()> {

@@ -36,7 +36,7 @@ enum Command {
     /// Describe a table file: parameters, records, load factor, digest.
     Inspect(table_cmds::InspectArgs),
     /// Serve a table: answer private lookups over HTTP.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Look keys up privately through two servers.
     Get(get::GetArgs),
     /// Send a CSV of changes to the servers as the next update batch (epoch).
@@ -52,14 +52,21 @@ enum Command {
     /// Check an engine against the reference engine on random tables of
     /// awkward shapes; exits non-zero on any difference.
     Selftest(selftest::SelftestArgs),
-    /// Ethereum: build account, storage and code tables from a chain's state.
+    /// Ethereum: build account, storage and code tables from a chain's
+    /// state, and answer wallets' JSON-RPC reads of them privately.
     Eth(eth::EthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The server reports what it does; other commands only warnings.
-    init_logging(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    // Servers (of tables, of JSON-RPC) report what they do; other commands
+    // only warnings.
+    let serves = match &cli.command {
+        Command::Serve(_) => true,
+        Command::Eth(args) => args.serves(),
+        _ => false,
+    };
+    init_logging(if serves { "info" } else { "warn" });
     match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Build(args) => table_cmds::build_command(&args),
@@ -81,7 +88,6 @@ fn parse_hex_arg(text: &str, what: &str) -> Result<Vec<u8>, String> {
     hex::decode(text.strip_prefix("0x").unwrap_or(text)).map_err(|_| format!("{what} must be hex digits"))
 }
 
-/// Logs to standard error at `default_level`, or as `RUST_LOG` says.
 /// A time in seconds for clap: more than zero and small enough to be a
 /// `Duration`.
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -93,6 +99,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Logs to standard error at `default_level`, or as `RUST_LOG` says.
 fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));

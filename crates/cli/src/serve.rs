@@ -368,7 +368,7 @@ fn open_epochs(table: &mut Table, log: &Path, window: u64, updates: bool) -> any
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -87,16 +87,29 @@ pub fn serve_with_file_limit(options: &[&str], max_kib: u64) -> Serving {
     Serving::start(command)
 }
 
+/// `morphogen eth rpc` on a loopback port, over the servers `a` and `b`.
+pub fn eth_rpc(a: &str, b: &str) -> Serving {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_morphogen"));
+    command.args(["eth", "rpc", "--server", a, "--server", b, "--listen", "127.0.0.1:0"]);
+    Serving::start_until(command, "answering JSON-RPC address=")
+}
+
 impl Serving {
     /// Starts `command`, a server, and waits for its address.
-    fn start(mut command: Command) -> Serving {
+    fn start(command: Command) -> Serving {
+        Serving::start_until(command, "serving address=")
+    }
+
+    /// Starts `command` and waits for the log line that ends in `marker`
+    /// and the address it listens on.
+    fn start_until(mut command: Command, marker: &str) -> Serving {
         let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let address = loop {
             let line = lines.next().expect("the server exits before it serves").unwrap();
             log.lock().unwrap().push_str(&(line.clone() + "\n"));
-            if let Some((_, address)) = line.split_once("serving address=") {
+            if let Some((_, address)) = line.split_once(marker) {
                 break address.trim().to_string();
             }
         };

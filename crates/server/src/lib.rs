@@ -200,15 +200,16 @@ impl Server {
         config.limits.check().map_err(Error::Config)?;
         let admin_token = config.admin_token.as_deref().map(|token| blake3::hash(token.trim().as_bytes()));
         let metrics = metrics::Metrics::new();
-        let mut states = BTreeMap::new();
-        for served in tables {
-            let name = served.name.clone();
-            if !is_table_name(&name) {
+        // Every table checked before any scan thread starts.
+        let mut names = std::collections::BTreeSet::new();
+        for served in &tables {
+            let name = &served.name;
+            if !is_table_name(name) {
                 return Err(Error::Config(format!(
                     "{name:?} cannot name a table: use 1 to 64 of a-z, 0-9, - and _"
                 )));
             }
-            if states.contains_key(&name) {
+            if !names.insert(name) {
                 return Err(Error::Config(format!("two tables are named {name:?}")));
             }
             if served.snapshots.is_some() && admin_token.is_none() {
@@ -216,6 +217,10 @@ impl Server {
                     "snapshot swaps need the admin routes (an admin token)".to_string(),
                 ));
             }
+        }
+        let mut states = BTreeMap::new();
+        for served in tables {
+            let name = served.name.clone();
             let state = State::start(served, &config, admin_token, metrics.for_table(&name))?;
             states.insert(name, Arc::new(state));
         }

@@ -163,6 +163,16 @@ fn ethers_reads_balances_nonces_code_and_storage_through_eth_rpc() {
     let checks = 2 + 3 * accounts.len() + slots;
     assert!(report.contains(&format!("{checks} checks, 0 failed")), "{report}");
 
+    // No address read appears in any log.
+    for (who, serving) in [("server a", &a), ("server b", &b), ("eth rpc", &rpc)] {
+        let log = serving.log.lock().unwrap().to_lowercase();
+        assert!(log.contains("info"), "{who} logged nothing: {log}");
+        for account in &accounts {
+            let address = &account["address"].as_str().unwrap()[2..];
+            assert!(!log.contains(address), "{who} logged {address}: {log}");
+        }
+    }
+
     // The checker catches a wrong value.
     let mut wrong = expected.clone();
     wrong["accounts"][3]["storage"][0]["value"] = json!(format!("0x{}", "1".repeat(64)));

@@ -47,10 +47,6 @@ impl Metrics {
         Metrics { table: Arc::from(table), ..self.clone() }
     }
 
-    fn table(&self) -> String {
-        self.table.to_string()
-    }
-
     fn with<T>(&self, f: impl FnOnce() -> T) -> T {
         with_local_recorder(&*self.recorder as &dyn Recorder, f)
     }
@@ -128,8 +124,9 @@ impl Metrics {
     /// Counts a query request and, if it was answered, its duration.
     pub(crate) fn request(&self, outcome: &'static str, duration: Duration) {
         self.with(|| {
-            counter!("morphogen_requests_total", "table" => self.table(), "outcome" => outcome).increment(1);
-            histogram!("morphogen_request_duration_seconds", "table" => self.table())
+            counter!("morphogen_requests_total", "table" => self.table.clone(), "outcome" => outcome)
+                .increment(1);
+            histogram!("morphogen_request_duration_seconds", "table" => self.table.clone())
                 .record(duration.as_secs_f64());
         });
     }
@@ -153,10 +150,10 @@ impl Metrics {
     /// Records one engine pass and the phases the engine timed.
     pub(crate) fn pass(&self, queries: usize, duration: Duration, phases: &[Phase]) {
         self.with(|| {
-            histogram!("morphogen_pass_duration_seconds", "table" => self.table()).record(duration.as_secs_f64());
-            histogram!("morphogen_batch_size", "table" => self.table()).record(queries as f64);
+            histogram!("morphogen_pass_duration_seconds", "table" => self.table.clone()).record(duration.as_secs_f64());
+            histogram!("morphogen_batch_size", "table" => self.table.clone()).record(queries as f64);
             for phase in phases {
-                histogram!("morphogen_pass_phase_duration_seconds", "table" => self.table(), "phase" => phase.name)
+                histogram!("morphogen_pass_phase_duration_seconds", "table" => self.table.clone(), "phase" => phase.name)
                     .record(phase.seconds);
             }
         });
@@ -164,35 +161,37 @@ impl Metrics {
 
     /// Sets the number of queries waiting for a pass.
     pub(crate) fn queue_depth(&self, queries: usize) {
-        self.with(|| gauge!("morphogen_queue_depth", "table" => self.table()).set(queries as f64));
+        self.with(|| gauge!("morphogen_queue_depth", "table" => self.table.clone()).set(queries as f64));
     }
 
     /// Records how long a request waited before its first pass.
     pub(crate) fn queue_wait(&self, wait: Duration) {
         self.with(|| {
-            histogram!("morphogen_queue_wait_seconds", "table" => self.table()).record(wait.as_secs_f64())
+            histogram!("morphogen_queue_wait_seconds", "table" => self.table.clone())
+                .record(wait.as_secs_f64())
         });
     }
 
     /// Counts `queries` lookups that ended in `outcome`.
     pub(crate) fn lookups(&self, outcome: &'static str, queries: usize) {
         self.with(|| {
-            counter!("morphogen_lookups_total", "table" => self.table(), "outcome" => outcome)
+            counter!("morphogen_lookups_total", "table" => self.table.clone(), "outcome" => outcome)
                 .increment(queries as u64)
         });
     }
 
     /// Sets the epoch passes answer from.
     pub(crate) fn epoch(&self, epoch: u64) {
-        self.with(|| gauge!("morphogen_epoch", "table" => self.table()).set(epoch as f64));
+        self.with(|| gauge!("morphogen_epoch", "table" => self.table.clone()).set(epoch as f64));
     }
 
     /// Records an applied update batch.
     pub(crate) fn update_applied(&self, duration: Duration, rows: usize) {
         self.with(|| {
-            counter!("morphogen_updates_total", "table" => self.table(), "outcome" => "applied").increment(1);
-            counter!("morphogen_update_rows_total", "table" => self.table()).increment(rows as u64);
-            histogram!("morphogen_update_apply_seconds", "table" => self.table())
+            counter!("morphogen_updates_total", "table" => self.table.clone(), "outcome" => "applied")
+                .increment(1);
+            counter!("morphogen_update_rows_total", "table" => self.table.clone()).increment(rows as u64);
+            histogram!("morphogen_update_apply_seconds", "table" => self.table.clone())
                 .record(duration.as_secs_f64());
         });
     }
@@ -200,14 +199,14 @@ impl Metrics {
     /// Counts an update batch refused with `code`.
     pub(crate) fn update_refused(&self, code: &'static str) {
         self.with(|| {
-            counter!("morphogen_updates_total", "table" => self.table(), "outcome" => code).increment(1)
+            counter!("morphogen_updates_total", "table" => self.table.clone(), "outcome" => code).increment(1)
         });
     }
 
     /// Records how long loading a snapshot took.
     pub(crate) fn snapshot_loaded(&self, duration: Duration) {
         self.with(|| {
-            histogram!("morphogen_snapshot_load_seconds", "table" => self.table())
+            histogram!("morphogen_snapshot_load_seconds", "table" => self.table.clone())
                 .record(duration.as_secs_f64())
         });
     }
@@ -215,20 +214,22 @@ impl Metrics {
     /// Counts a snapshot swap that ended in `outcome` (`swapped` or `failed`).
     pub(crate) fn snapshot_swap(&self, outcome: &'static str) {
         self.with(|| {
-            counter!("morphogen_snapshot_swaps_total", "table" => self.table(), "outcome" => outcome)
+            counter!("morphogen_snapshot_swaps_total", "table" => self.table.clone(), "outcome" => outcome)
                 .increment(1)
         });
     }
 
     /// Sets the first epoch of the snapshot answered from.
     pub(crate) fn snapshot_base(&self, epoch: u64) {
-        self.with(|| gauge!("morphogen_snapshot_base_epoch", "table" => self.table()).set(epoch as f64));
+        self.with(|| {
+            gauge!("morphogen_snapshot_base_epoch", "table" => self.table.clone()).set(epoch as f64)
+        });
     }
 
     /// Counts queries answered as of an older epoch.
     pub(crate) fn asof_answers(&self, queries: usize) {
         self.with(|| {
-            counter!("morphogen_asof_answers_total", "table" => self.table()).increment(queries as u64)
+            counter!("morphogen_asof_answers_total", "table" => self.table.clone()).increment(queries as u64)
         });
     }
 

@@ -118,12 +118,16 @@ impl Endpoint {
             Ok(call) => call,
             Err(error) => return Some(jsonrpc::error(Value::Null, &error)),
         };
-        // A notification gets no answer: one for a state method would read
+        let local = Local::named(&call.method);
+        // A notification gets no answer: one for a local method would read
         // state for nothing; others may matter upstream (a transaction).
-        if call.id.is_none() && is_state_method(&call.method) {
+        if call.id.is_none() && local.is_some() {
             return None;
         }
-        let outcome = self.dispatch(&call).await;
+        let outcome = match local {
+            Some(local) => Outcome::Answered(self.answer_locally(local, &call).await),
+            None => self.forward(&call).await,
+        };
         let id = call.id?;
         let method = call.method.as_str();
         Some(match outcome {
@@ -142,68 +146,59 @@ impl Endpoint {
         })
     }
 
-    async fn dispatch(&self, call: &Call) -> Outcome {
+    async fn answer_locally(&self, local: Local, call: &Call) -> Result<Value, RpcError> {
         let chain = self.reader.chain();
-        let answered = match call.method.as_str() {
-            "eth_chainId" => no_params(call).map(|()| json!(format!("{:#x}", chain.chain_id))),
-            "net_version" => no_params(call).map(|()| json!(chain.chain_id.to_string())),
-            "eth_blockNumber" => no_params(call).map(|()| json!(format!("{:#x}", chain.block_number))),
-            "eth_getBalance" => {
-                self.account_field(call, |account| params::format_quantity(&account.balance)).await
+        match local {
+            Local::ChainId => no_params(call).map(|()| json!(format!("{:#x}", chain.chain_id))),
+            Local::NetVersion => no_params(call).map(|()| json!(chain.chain_id.to_string())),
+            Local::BlockNumber => no_params(call).map(|()| json!(format!("{:#x}", chain.block_number))),
+            Local::Balance => {
+                let account =
+                    self.reader.account(&self.address_at_block(call)?).await.map_err(lookup_failed)?;
+                Ok(json!(params::format_quantity(&account.balance)))
             }
-            "eth_getTransactionCount" => {
-                self.account_field(call, |account| params::format_quantity(&account.nonce.to_be_bytes()))
-                    .await
+            Local::TransactionCount => {
+                let account =
+                    self.reader.account(&self.address_at_block(call)?).await.map_err(lookup_failed)?;
+                Ok(json!(params::format_quantity(&account.nonce.to_be_bytes())))
             }
-            "eth_getCode" => self.code(call).await,
-            "eth_getStorageAt" => self.storage(call).await,
-            _ => {
-                return match &self.upstream {
-                    Some(upstream) => Outcome::Forwarded(upstream.forward(&call.raw).await),
-                    None => Outcome::Answered(Err(RpcError::new(
-                        METHOD_NOT_FOUND,
-                        format!(
-                            "the method {:?} is not answered here (only the state methods, privately) \
-                             and no upstream node is configured",
-                            call.method
-                        ),
-                    ))),
-                };
+            Local::Code => {
+                let code = self.reader.code(&self.address_at_block(call)?).await.map_err(lookup_failed)?;
+                Ok(json!(params::format_data(&code)))
             }
-        };
-        Outcome::Answered(answered)
+            Local::StorageAt => {
+                let given = params::positional(&call.params, &["address", "slot", "block"], 1)?;
+                let address = params::address(given[0])?;
+                let slot = params::slot(given[1])?;
+                params::block(given.get(2).copied(), chain.block_number)?;
+                let word = self.reader.storage(&address, &slot).await.map_err(lookup_failed)?;
+                Ok(json!(params::format_data(&word)))
+            }
+        }
     }
 
-    /// `[address, block]` → a field of the account.
-    async fn account_field(
-        &self,
-        call: &Call,
-        field: impl FnOnce(&morphogen_eth::AccountValue) -> String,
-    ) -> Result<Value, RpcError> {
+    /// The address of `[address, block]` parameters, whose block must be
+    /// the one the tables hold.
+    fn address_at_block(&self, call: &Call) -> Result<[u8; 20], RpcError> {
         let given = params::positional(&call.params, &["address", "block"], 1)?;
         let address = params::address(given[0])?;
         params::block(given.get(1).copied(), self.reader.chain().block_number)?;
-        let account = self.reader.account(&address).await.map_err(lookup_failed)?;
-        Ok(json!(field(&account)))
+        Ok(address)
     }
 
-    /// `eth_getCode [address, block]`.
-    async fn code(&self, call: &Call) -> Result<Value, RpcError> {
-        let given = params::positional(&call.params, &["address", "block"], 1)?;
-        let address = params::address(given[0])?;
-        params::block(given.get(1).copied(), self.reader.chain().block_number)?;
-        let code = self.reader.code(&address).await.map_err(lookup_failed)?;
-        Ok(json!(params::format_data(&code)))
-    }
-
-    /// `eth_getStorageAt [address, slot, block]`.
-    async fn storage(&self, call: &Call) -> Result<Value, RpcError> {
-        let given = params::positional(&call.params, &["address", "slot", "block"], 1)?;
-        let address = params::address(given[0])?;
-        let slot = params::slot(given[1])?;
-        params::block(given.get(2).copied(), self.reader.chain().block_number)?;
-        let word = self.reader.storage(&address, &slot).await.map_err(lookup_failed)?;
-        Ok(json!(params::format_data(&word)))
+    /// A method not answered here: to the upstream node, or -32601.
+    async fn forward(&self, call: &Call) -> Outcome {
+        match &self.upstream {
+            Some(upstream) => Outcome::Forwarded(upstream.forward(&call.raw).await),
+            None => Outcome::Answered(Err(RpcError::new(
+                METHOD_NOT_FOUND,
+                format!(
+                    "the method {:?} is not answered here (only the state methods, privately) \
+                     and no upstream node is configured",
+                    call.method
+                ),
+            ))),
+        }
     }
 
     /// Serves the endpoint at `POST /` on `listener` until `shutdown`
@@ -221,18 +216,31 @@ impl Endpoint {
     }
 }
 
-/// The methods [`Endpoint::dispatch`] answers here, never forwarding them.
-fn is_state_method(method: &str) -> bool {
-    matches!(
-        method,
-        "eth_chainId"
-            | "net_version"
-            | "eth_blockNumber"
-            | "eth_getBalance"
-            | "eth_getTransactionCount"
-            | "eth_getCode"
-            | "eth_getStorageAt"
-    )
+/// The methods answered here, never forwarded: the one list of them.
+#[derive(Clone, Copy, Debug)]
+enum Local {
+    ChainId,
+    NetVersion,
+    BlockNumber,
+    Balance,
+    TransactionCount,
+    Code,
+    StorageAt,
+}
+
+impl Local {
+    fn named(method: &str) -> Option<Local> {
+        Some(match method {
+            "eth_chainId" => Local::ChainId,
+            "net_version" => Local::NetVersion,
+            "eth_blockNumber" => Local::BlockNumber,
+            "eth_getBalance" => Local::Balance,
+            "eth_getTransactionCount" => Local::TransactionCount,
+            "eth_getCode" => Local::Code,
+            "eth_getStorageAt" => Local::StorageAt,
+            _ => return None,
+        })
+    }
 }
 
 fn no_params(call: &Call) -> Result<(), RpcError> {

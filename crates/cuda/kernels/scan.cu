@@ -16,6 +16,8 @@
 // reduce_ranges folds into the answers.
 
 #define PAGES_IN_FLIGHT 8
+// Combinations of a group's pages a warp of the grouped scan has room for.
+#define COMBINATIONS_MAX 16
 
 // What one warp scans: its slice, tile and range of leaves, and where its
 // lane's query bits and page column start. Both scans begin with it.
@@ -117,30 +119,65 @@ __device__ __forceinline__ void scan_tile(const uint4* __restrict__ table, const
 // is selected and XORing each page into each selecting query's accumulator
 // (4 ALU instructions per 16 bytes per query) would bound the pass.
 //
-// Pages go in groups of 4. Each lane writes the 16 XOR combinations of its
-// 16 bytes of the group's pages to shared memory (11 XORs), and each query
-// then XORs in the one combination its 4 selection bits name: one shared
-// load and 4 XORs per query per 4 pages instead of up to 16 XORs (the "four
-// Russians" trick for this GF(2) product). A lane reads only its own
-// combinations, so no barrier is needed for them. Lane j publishes query
-// j's selection bits of 32 pages in the warp's word slots once, and every
-// lane reads them from there (a broadcast) rather than holding 32 in
-// registers. GROUPS_IN_FLIGHT groups are loaded before any is combined.
+// Pages go in groups of 4. Each lane writes the XOR combinations of its 16
+// bytes of the group's first COMBINED pages to shared memory, and each
+// query then XORs in the one combination its selection bits name: one
+// shared load per query instead of up to COMBINED XORs (the "four Russians"
+// trick for this GF(2) product). A lane reads only its own combinations, so
+// no barrier is needed for them. The group's other pages are XORed into
+// each query that selects them straight from registers: with 8 or 16
+// queries, the 8 combinations that stores saves take more of the shared
+// memory's bandwidth (which global loads pass through as well) than those
+// XORs take of the idle ALUs.
+//
+// Once per 32 pages the warp turns its lanes' selection words (lane j holds
+// query j's) into packed 4-bit selections, one word per group and 8
+// queries, so a group costs TILE / 8 broadcast reads of them, not one read
+// per query.
+//
+// Memory latency is hidden by loading the next group's pages into registers
+// before this group is combined, and by prefetching the group after that
+// into L2: a warp of this scan holds too many accumulators for many warps
+// to share a multiprocessor.
 #define GROUP_PAGES 4
-#define COMBINATIONS 16
+#define GROUPS_PER_LEAF (128 / GROUP_PAGES)
+#define GROUPS_PER_WORD (32 / GROUP_PAGES)
+#define QUERIES_PER_NIBBLE_WORD 8
+#define NIBBLE_WORDS_PER_GROUP (32 / QUERIES_PER_NIBBLE_WORD)
+// How many groups ahead a warp prefetches into L2 (1 and 3 measured no
+// better; prefetching into L1 no better either).
+#define PREFETCH_GROUPS 2
 
-template <int TILE, int GROUPS_IN_FLIGHT>
+// Loads the 16 bytes of this lane's column of the 4 pages of a group that
+// `wanted` names (bit i: page first + i); a page no query selects counts as
+// zero and is not read.
+__device__ __forceinline__ void load_group(uint4 (&p)[GROUP_PAGES], const uint4* column, u64 first,
+                                           u32 page_vecs, u32 wanted) {
+#pragma unroll
+    for (int i = 0; i < GROUP_PAGES; i++) {
+        p[i] = (wanted >> i) & 1u ? __ldg(column + (first + i) * page_vecs) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int TILE, int COMBINED>
 __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, const uint4* __restrict__ bits,
                                              uint4* __restrict__ partial, u32 page_vecs, u64 pages_per_table,
                                              u64 leaves, u32 choices, u32 queries, u32 tiles,
                                              u32 ranges_per_table, u32 leaves_per_range) {
-    // [warp][combination][lane] of uint4, then [warp][lane] words.
-    extern __shared__ uint4 combinations_of_block[];
+    static_assert(TILE % QUERIES_PER_NIBBLE_WORD == 0 && TILE <= 32, "a tile is 8, 16 or 32 queries");
+    static_assert(COMBINED >= 1 && COMBINED <= GROUP_PAGES, "combinations of some of the group's pages");
+    constexpr int COMBINATIONS = 1 << COMBINED;
+    // Per warp: [combination][lane] of uint4 (COMBINATIONS_MAX of them, so
+    // that the layout does not depend on COMBINED); after all warps'
+    // combinations, per warp 32 selection words ([query]) and 32 packed
+    // words ([group][queries / 8]).
+    extern __shared__ uint4 shared_of_block[];
     const u32 lane = threadIdx.x & 31u;
     const u32 warp_in_block = threadIdx.x >> 5;
-    uint4* combination = combinations_of_block + warp_in_block * (COMBINATIONS * 32) + lane;
-    u32* query_word = (u32*)(combinations_of_block + (blockDim.x >> 5) * (COMBINATIONS * 32)) + warp_in_block * 32;
-    combination[0] = make_uint4(0, 0, 0, 0);  // no page of the group selected
+    uint4* combination = shared_of_block + warp_in_block * (COMBINATIONS_MAX * 32) + lane;
+    u32* query_word = (u32*)(shared_of_block + (blockDim.x >> 5) * (COMBINATIONS_MAX * 32)) + warp_in_block * 64;
+    u32* nibbles = query_word + 32;
+    combination[0] = make_uint4(0, 0, 0, 0);  // no combined page of the group selected
 
     const WarpWork work = warp_work(bits, table, page_vecs, pages_per_table, leaves, choices, queries, tiles,
                                     ranges_per_table, leaves_per_range, TILE);
@@ -150,60 +187,83 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
 #pragma unroll
     for (int j = 0; j < TILE; j++) acc[j] = make_uint4(0, 0, 0, 0);
 
+    // The packed word this lane writes: group lane / 4, queries 8 (lane % 4) ..
+    const u32 pack_group = lane >> 2;
+    const u32 pack_first_query = (lane & 3u) * QUERIES_PER_NIBBLE_WORD;
+
     const uint4* column = work.column;
     for (u64 leaf = work.leaf_begin; leaf < work.leaf_end; leaf++) {
         const uint4 b = work.holds_query ? work.query_bits[leaf] : make_uint4(0, 0, 0, 0);
-        const u32 words[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-        for (int w = 0; w < 4; w++) {
-            const u32 word = words[w];
-            const u32 any = __reduce_or_sync(FULL_WARP, word);
-            if (any == 0) continue;
-            __syncwarp();  // every lane is done with the previous words
-            query_word[lane] = word;
-            __syncwarp();
-            const u64 first_page = leaf * 128 + 32 * w;
+        // Pages of the leaf any query selects, 32 to a word.
+        const u32 any[4] = {__reduce_or_sync(FULL_WARP, b.x), __reduce_or_sync(FULL_WARP, b.y),
+                            __reduce_or_sync(FULL_WARP, b.z), __reduce_or_sync(FULL_WARP, b.w)};
+        if ((any[0] | any[1] | any[2] | any[3]) == 0) continue;
+        const u64 first_page = leaf * 128;
+        uint4 p[GROUP_PAGES];
+        load_group(p, column, first_page, page_vecs, any[0] & 15u);
 #pragma unroll 1
-            for (u32 at = 0; at < 32; at += GROUP_PAGES * GROUPS_IN_FLIGHT) {
-                const u32 wanted = (any >> at) & ((1u << (GROUP_PAGES * GROUPS_IN_FLIGHT)) - 1);
-                if (wanted == 0) continue;
-                uint4 v[GROUP_PAGES * GROUPS_IN_FLIGHT];
+        for (u32 g = 0; g < GROUPS_PER_LEAF; g++) {
+            const u32 w = g / GROUPS_PER_WORD;
+            const u32 group = g % GROUPS_PER_WORD;
+            if (group == 0) {
+                __syncwarp();  // every lane is done with the previous word's packed selections
+                query_word[lane] = w == 0 ? b.x : w == 1 ? b.y : w == 2 ? b.z : b.w;
+                __syncwarp();
+                u32 packed = 0;
 #pragma unroll
-                for (int i = 0; i < GROUP_PAGES * GROUPS_IN_FLIGHT; i++) {
-                    // A page no query selects counts as zero and is not read.
-                    v[i] = (wanted >> i) & 1u ? __ldg(column + (first_page + at + i) * page_vecs)
-                                              : make_uint4(0, 0, 0, 0);
+                for (int i = 0; i < QUERIES_PER_NIBBLE_WORD; i++) {
+                    const u32 word = query_word[pack_first_query + i];
+                    packed |= ((word >> (pack_group * GROUP_PAGES)) & 15u) << (4 * i);
                 }
+                nibbles[lane] = packed;
+                __syncwarp();
+            }
+            // Bit i: page 4 g' + i of the leaf is selected by some query.
+            const auto wanted_of = [&](u32 g2) {
+                const u32 w2 = g2 / GROUPS_PER_WORD;
+                const u32 word = w2 == 0 ? any[0] : w2 == 1 ? any[1] : w2 == 2 ? any[2] : any[3];
+                return (word >> ((g2 % GROUPS_PER_WORD) * GROUP_PAGES)) & 15u;
+            };
+            if (g + PREFETCH_GROUPS < GROUPS_PER_LEAF) {
+                const u32 soon = wanted_of(g + PREFETCH_GROUPS);
 #pragma unroll
-                for (int g = 0; g < GROUPS_IN_FLIGHT; g++) {
-                    const uint4* p = v + GROUP_PAGES * g;
-                    // combination c = XOR of the pages i with bit i of c set.
-                    const uint4 c3 = xor4(p[0], p[1]);
-                    const uint4 c5 = xor4(p[2], p[0]);
-                    const uint4 c6 = xor4(p[2], p[1]);
-                    const uint4 c7 = xor4(p[2], c3);
-                    combination[1 * 32] = p[0];
-                    combination[2 * 32] = p[1];
-                    combination[3 * 32] = c3;
-                    combination[4 * 32] = p[2];
-                    combination[5 * 32] = c5;
-                    combination[6 * 32] = c6;
-                    combination[7 * 32] = c7;
-                    combination[8 * 32] = p[3];
-                    combination[9 * 32] = xor4(p[3], p[0]);
-                    combination[10 * 32] = xor4(p[3], p[1]);
-                    combination[11 * 32] = xor4(p[3], c3);
-                    combination[12 * 32] = xor4(p[3], p[2]);
-                    combination[13 * 32] = xor4(p[3], c5);
-                    combination[14 * 32] = xor4(p[3], c6);
-                    combination[15 * 32] = xor4(p[3], c7);
-                    const u32 shift = at + GROUP_PAGES * g;
-#pragma unroll
-                    for (int j = 0; j < TILE; j++) {
-                        acc[j] = xor4(acc[j], combination[((query_word[j] >> shift) & 15u) * 32]);
+                for (int i = 0; i < GROUP_PAGES; i++) {
+                    if ((soon >> i) & 1u) {
+                        const u64 page = first_page + (g + PREFETCH_GROUPS) * GROUP_PAGES + i;
+                        asm volatile("prefetch.global.L2 [%0];" ::"l"(column + page * page_vecs));
                     }
                 }
             }
+            uint4 next[GROUP_PAGES];
+            load_group(next, column, first_page + (g + 1) * GROUP_PAGES, page_vecs,
+                       g + 1 < GROUPS_PER_LEAF ? wanted_of(g + 1) : 0u);
+
+            u32 selections[TILE / QUERIES_PER_NIBBLE_WORD];
+#pragma unroll
+            for (int k = 0; k < TILE / QUERIES_PER_NIBBLE_WORD; k++) {
+                selections[k] = nibbles[group * NIBBLE_WORDS_PER_GROUP + k];
+            }
+            // combination c = XOR of the pages i < COMBINED with bit i of c set.
+            uint4 c[COMBINATIONS];
+            c[0] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int k = 1; k < COMBINATIONS; k++) {
+                const int low = k & -k;  // c[k] = c[k without its lowest page] ^ that page
+                c[k] = xor4(c[k ^ low], p[low == 1 ? 0 : low == 2 ? 1 : low == 4 ? 2 : 3]);
+                combination[k * 32] = c[k];
+            }
+#pragma unroll
+            for (int j = 0; j < TILE; j++) {
+                const u32 nibble =
+                    (selections[j / QUERIES_PER_NIBBLE_WORD] >> (4 * (j % QUERIES_PER_NIBBLE_WORD))) & 15u;
+                acc[j] = xor4(acc[j], combination[(nibble & (COMBINATIONS - 1)) * 32]);
+#pragma unroll
+                for (int i = COMBINED; i < GROUP_PAGES; i++) {
+                    if ((nibble >> i) & 1u) acc[j] = xor4(acc[j], p[i]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < GROUP_PAGES; i++) p[i] = next[i];
         }
     }
 
@@ -211,8 +271,8 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
 }
 
 // Every tile's kernel has the same signature; tiles from 8 up use the
-// grouped scan and COMBINATIONS * 32 * 16 + 32 * 4 bytes of shared memory
-// per warp (scan_shared_bytes in src/geometry.rs).
+// grouped scan and COMBINATIONS_MAX * 32 * 16 + 64 * 4 bytes of shared
+// memory per warp (scan_shared_bytes in src/geometry.rs).
 #define SCAN_KERNEL(TILE, BODY, MIN_BLOCKS)                                                            \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) scan_tile_##TILE(                   \
         const uint4* __restrict__ table, const uint4* __restrict__ bits, uint4* __restrict__ partial, \
@@ -223,14 +283,15 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
     }
 
 // Two blocks a multiprocessor where the registers allow (at most 128 a
-// thread); the 32-query tile needs more. One group in flight: two spilled
-// the 32-query tile's registers and slowed it.
+// thread); the 32-query tile needs more. The 8- and 16-query tiles combine
+// 3 pages of each group and XOR the 4th directly; the 32-query tile
+// combines all 4 (both measured faster than the other choice).
 SCAN_KERNEL(1, scan_tile<1>, 1)
 SCAN_KERNEL(2, scan_tile<2>, 1)
 SCAN_KERNEL(4, scan_tile<4>, 1)
-SCAN_KERNEL(8, (scan_grouped<8, 1>), 2)
-SCAN_KERNEL(16, (scan_grouped<16, 1>), 2)
-SCAN_KERNEL(32, (scan_grouped<32, 1>), 1)
+SCAN_KERNEL(8, (scan_grouped<8, 3>), 2)
+SCAN_KERNEL(16, (scan_grouped<16, 3>), 2)
+SCAN_KERNEL(32, (scan_grouped<32, 4>), 1)
 
 // answers[(q * choices + j) * page_vecs + v] = XOR over the ranges r of
 // sub-table j of partial[(j * ranges_per_table + r) * queries + q][v].

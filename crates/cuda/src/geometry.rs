@@ -18,14 +18,16 @@ pub(crate) const TILES: [u32; 6] = [1, 2, 4, 8, 16, 32];
 /// Smallest tile served by the grouped scan (`scan_grouped` in scan.cu).
 const GROUPED_FROM: u32 = 8;
 
-/// Combinations of a group of 4 pages the grouped scan keeps per warp.
+/// Combinations of a group of 4 pages the grouped scan has room for per
+/// warp (`COMBINATIONS_MAX` in scan.cu).
 const COMBINATIONS: u32 = 16;
 
 /// Dynamic shared memory of one block of the scan kernel for `tile`: the
-/// grouped scan keeps, per warp, 16 combinations of a 512-byte slice and
-/// one 32-bit selection word per lane.
+/// grouped scan keeps, per warp, room for 16 combinations of a 512-byte
+/// slice, one 32-bit selection word per lane and 32 words of packed 4-bit
+/// selections.
 pub(crate) fn scan_shared_bytes(tile: u32) -> u32 {
-    if tile >= GROUPED_FROM { WARPS_PER_BLOCK as u32 * (COMBINATIONS * SLICE_BYTES + 32 * 4) } else { 0 }
+    if tile >= GROUPED_FROM { WARPS_PER_BLOCK as u32 * (COMBINATIONS * SLICE_BYTES + 64 * 4) } else { 0 }
 }
 
 /// Levels of the DPF tree each expansion thread walks depth-first
@@ -177,7 +179,7 @@ mod tests {
 
     #[test]
     fn grouped_tiles_fit_in_shared_memory() {
-        assert_eq!(TILES.map(scan_shared_bytes), [0, 0, 0, 66560, 66560, 66560]);
+        assert_eq!(TILES.map(scan_shared_bytes), [0, 0, 0, 67584, 67584, 67584]);
         // Two blocks still fit in the 227 KiB a Hopper multiprocessor offers.
         assert!(2 * scan_shared_bytes(32) < 227 << 10);
     }

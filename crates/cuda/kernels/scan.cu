@@ -125,10 +125,10 @@ __device__ __forceinline__ void scan_tile(const uint4* __restrict__ table, const
 // shared load per query instead of up to COMBINED XORs (the "four Russians"
 // trick for this GF(2) product). A lane reads only its own combinations, so
 // no barrier is needed for them. The group's other pages are XORed into
-// each query that selects them straight from registers: with 8 or 16
-// queries, the 8 combinations that stores saves take more of the shared
-// memory's bandwidth (which global loads pass through as well) than those
-// XORs take of the idle ALUs.
+// each query that selects them straight from registers: for 8 or 16
+// queries, storing the 8 further combinations of all 4 pages costs more of
+// the shared memory's bandwidth (which global loads pass through as well)
+// than those XORs cost the otherwise idle ALUs.
 //
 // Once per 32 pages the warp turns its lanes' selection words (lane j holds
 // query j's) into packed 4-bit selections, one word per group and 8
@@ -218,7 +218,7 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
                 nibbles[lane] = packed;
                 __syncwarp();
             }
-            // Bit i: page 4 g' + i of the leaf is selected by some query.
+            // Bit i set: some query selects page 4 g2 + i of the leaf.
             const auto wanted_of = [&](u32 g2) {
                 const u32 w2 = g2 / GROUPS_PER_WORD;
                 const u32 word = w2 == 0 ? any[0] : w2 == 1 ? any[1] : w2 == 2 ? any[2] : any[3];

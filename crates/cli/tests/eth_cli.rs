@@ -24,14 +24,7 @@ fn eth_build_writes_three_tables_and_a_manifest() {
     )
     .unwrap();
     let output = dir.path().join("tables");
-    let built = morphogen(&[
-        "eth",
-        "build",
-        "--genesis",
-        genesis.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let built = eth_build(&genesis, &output, &[]);
     assert!(built.status.success(), "{}", text(&built.stderr));
     assert!(
         text(&built.stderr).contains("chain 31337 at block 0: 2 accounts, 1 storage words, 1 code chunks")
@@ -50,24 +43,29 @@ fn eth_build_writes_three_tables_and_a_manifest() {
     // A state dump at a given block replaces the alloc.
     let dump = dir.path().join("dump.jsonl");
     fs::write(&dump, "{\"root\": \"0x00\"}\n{\"balance\": \"7\", \"nonce\": 0, \"address\": \"0x00000000000000000000000000000000000000cc\"}\n").unwrap();
-    let args = ["eth", "build", "--genesis", genesis.to_str().unwrap(), "--output", output.to_str().unwrap()];
     let built =
-        morphogen(&[&args[..], &["--state-dump", dump.to_str().unwrap(), "--block-number", "12"]].concat());
+        eth_build(&genesis, &output, &["--state-dump", dump.to_str().unwrap(), "--block-number", "12"]);
     assert!(built.status.success(), "{}", text(&built.stderr));
     assert!(
         text(&built.stderr).contains("chain 31337 at block 12: 1 accounts, 0 storage words, 0 code chunks")
     );
     // A dump needs its block number.
-    let refused = morphogen(&[&args[..], &["--state-dump", dump.to_str().unwrap()]].concat());
+    let refused = eth_build(&genesis, &output, &["--state-dump", dump.to_str().unwrap()]);
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("--block-number"), "{}", text(&refused.stderr));
 
     // A bad balance names its account.
     fs::write(&genesis, r#"{"config": {"chainId": 1}, "alloc": {"0x00000000000000000000000000000000000000aa": {"balance": "ten"}}}"#).unwrap();
-    let refused = morphogen(&args);
+    let refused = eth_build(&genesis, &output, &[]);
     assert!(!refused.status.success());
     let stderr = text(&refused.stderr);
     assert!(stderr.contains("account 0x00000000000000000000000000000000000000aa: balance"), "{stderr}");
+}
+
+/// Runs `morphogen eth build --genesis GENESIS --output OUTPUT EXTRA...`.
+fn eth_build(genesis: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let args = ["eth", "build", "--genesis", genesis.to_str().unwrap(), "--output", output.to_str().unwrap()];
+    morphogen(&[&args[..], extra].concat())
 }
 
 /// The ethers.js project (tests/ethers), its packages installed from its
@@ -121,14 +119,7 @@ fn ethers_reads_balances_nonces_code_and_storage_through_eth_rpc() {
     let genesis_path = dir.path().join("genesis.json");
     fs::write(&genesis_path, genesis.to_string()).unwrap();
     let output = dir.path().join("state");
-    let built = morphogen(&[
-        "eth",
-        "build",
-        "--genesis",
-        genesis_path.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let built = eth_build(&genesis_path, &output, &[]);
     assert!(built.status.success(), "{}", text(&built.stderr));
 
     let manifest = output.join("eth.json");

@@ -20,14 +20,14 @@ const GROUPED_FROM: u32 = 8;
 
 /// Combinations of a group of 4 pages the grouped scan has room for per
 /// warp (`COMBINATIONS_MAX` in scan.cu).
-const COMBINATIONS: u32 = 16;
+const COMBINATIONS_MAX: u32 = 16;
 
 /// Dynamic shared memory of one block of the scan kernel for `tile`: the
 /// grouped scan keeps, per warp, room for 16 combinations of a 512-byte
 /// slice, one 32-bit selection word per lane and 32 words of packed 4-bit
 /// selections.
 pub(crate) fn scan_shared_bytes(tile: u32) -> u32 {
-    if tile >= GROUPED_FROM { WARPS_PER_BLOCK as u32 * (COMBINATIONS * SLICE_BYTES + 64 * 4) } else { 0 }
+    if tile >= GROUPED_FROM { WARPS_PER_BLOCK as u32 * (COMBINATIONS_MAX * SLICE_BYTES + 64 * 4) } else { 0 }
 }
 
 /// Levels of the DPF tree each expansion thread walks depth-first

@@ -138,7 +138,9 @@ __device__ __forceinline__ void scan_tile(const uint4* __restrict__ table, const
 // Memory latency is hidden by loading the next group's pages into registers
 // before this group is combined, and by prefetching the group after that
 // into L2: a warp of this scan holds too many accumulators for many warps
-// to share a multiprocessor.
+// to share a multiprocessor. The pipeline runs on from one leaf into the
+// next: a leaf's selection bits are loaded a whole leaf ahead and kept in
+// shared memory while it is scanned, so no leaf starts with a wait.
 #define GROUP_PAGES 4
 #define GROUPS_PER_LEAF (128 / GROUP_PAGES)
 #define GROUPS_PER_WORD (32 / GROUP_PAGES)
@@ -169,14 +171,14 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
     constexpr int COMBINATIONS = 1 << COMBINED;
     // Per warp: [combination][lane] of uint4 (COMBINATIONS_MAX of them, so
     // that the layout does not depend on COMBINED); after all warps'
-    // combinations, per warp 32 selection words ([query]) and 32 packed
-    // words ([group][queries / 8]).
+    // combinations, per warp the leaf's selection bits ([query] of uint4)
+    // and 32 packed words ([group][queries / 8]): 40 uint4.
     extern __shared__ uint4 shared_of_block[];
     const u32 lane = threadIdx.x & 31u;
     const u32 warp_in_block = threadIdx.x >> 5;
     uint4* combination = shared_of_block + warp_in_block * (COMBINATIONS_MAX * 32) + lane;
-    u32* query_word = (u32*)(shared_of_block + (blockDim.x >> 5) * (COMBINATIONS_MAX * 32)) + warp_in_block * 64;
-    u32* nibbles = query_word + 32;
+    uint4* stash = shared_of_block + (blockDim.x >> 5) * (COMBINATIONS_MAX * 32) + warp_in_block * 40;
+    u32* nibbles = (u32*)(stash + 32);
     combination[0] = make_uint4(0, 0, 0, 0);  // no combined page of the group selected
 
     const WarpWork work = warp_work(bits, table, page_vecs, pages_per_table, leaves, choices, queries, tiles,
@@ -192,39 +194,45 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
     const u32 pack_first_query = (lane & 3u) * QUERIES_PER_NIBBLE_WORD;
 
     const uint4* column = work.column;
+    // Selection bits of a leaf (none past the range).
+    const auto bits_of = [&](u64 leaf) {
+        return work.holds_query && leaf < work.leaf_end ? work.query_bits[leaf] : make_uint4(0, 0, 0, 0);
+    };
+    uint4 b_next = bits_of(work.leaf_begin);
+    u32 any[4] = {__reduce_or_sync(FULL_WARP, b_next.x), __reduce_or_sync(FULL_WARP, b_next.y),
+                  __reduce_or_sync(FULL_WARP, b_next.z), __reduce_or_sync(FULL_WARP, b_next.w)};
+    uint4 p[GROUP_PAGES];
+    load_group(p, column, work.leaf_begin * 128, page_vecs, any[0] & 15u);
     for (u64 leaf = work.leaf_begin; leaf < work.leaf_end; leaf++) {
-        const uint4 b = work.holds_query ? work.query_bits[leaf] : make_uint4(0, 0, 0, 0);
-        // Pages of the leaf any query selects, 32 to a word.
-        const u32 any[4] = {__reduce_or_sync(FULL_WARP, b.x), __reduce_or_sync(FULL_WARP, b.y),
-                            __reduce_or_sync(FULL_WARP, b.z), __reduce_or_sync(FULL_WARP, b.w)};
-        if ((any[0] | any[1] | any[2] | any[3]) == 0) continue;
+        __syncwarp();  // every lane is done with the previous leaf's stashed words
+        stash[lane] = b_next;  // this leaf's selection bits, lane j: query j's
+        b_next = bits_of(leaf + 1);
+        u32 next_first_word = 0;  // the next leaf's first 32 pages any query selects
         const u64 first_page = leaf * 128;
-        uint4 p[GROUP_PAGES];
-        load_group(p, column, first_page, page_vecs, any[0] & 15u);
 #pragma unroll 1
         for (u32 g = 0; g < GROUPS_PER_LEAF; g++) {
             const u32 w = g / GROUPS_PER_WORD;
             const u32 group = g % GROUPS_PER_WORD;
             if (group == 0) {
-                __syncwarp();  // every lane is done with the previous word's packed selections
-                query_word[lane] = w == 0 ? b.x : w == 1 ? b.y : w == 2 ? b.z : b.w;
-                __syncwarp();
+                __syncwarp();  // the stash is written; every lane is done with the previous packed selections
                 u32 packed = 0;
 #pragma unroll
                 for (int i = 0; i < QUERIES_PER_NIBBLE_WORD; i++) {
-                    const u32 word = query_word[pack_first_query + i];
+                    const u32 word = ((const u32*)&stash[pack_first_query + i])[w];
                     packed |= ((word >> (pack_group * GROUP_PAGES)) & 15u) << (4 * i);
                 }
                 nibbles[lane] = packed;
                 __syncwarp();
             }
-            // Bit i set: some query selects page 4 g2 + i of the leaf.
+            if (g == GROUPS_PER_LEAF - PREFETCH_GROUPS - 1) next_first_word = __reduce_or_sync(FULL_WARP, b_next.x);
+            // Bit i set: some query selects page 4 g2 + i of the leaf (g2 past
+            // the leaf: of the next leaf).
             const auto wanted_of = [&](u32 g2) {
                 const u32 w2 = g2 / GROUPS_PER_WORD;
-                const u32 word = w2 == 0 ? any[0] : w2 == 1 ? any[1] : w2 == 2 ? any[2] : any[3];
+                const u32 word = w2 == 0 ? any[0] : w2 == 1 ? any[1] : w2 == 2 ? any[2] : w2 == 3 ? any[3] : next_first_word;
                 return (word >> ((g2 % GROUPS_PER_WORD) * GROUP_PAGES)) & 15u;
             };
-            if (g + PREFETCH_GROUPS < GROUPS_PER_LEAF) {
+            {
                 const u32 soon = wanted_of(g + PREFETCH_GROUPS);
 #pragma unroll
                 for (int i = 0; i < GROUP_PAGES; i++) {
@@ -235,9 +243,7 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
                 }
             }
             uint4 next[GROUP_PAGES];
-            load_group(next, column, first_page + (g + 1) * GROUP_PAGES, page_vecs,
-                       g + 1 < GROUPS_PER_LEAF ? wanted_of(g + 1) : 0u);
-
+            load_group(next, column, first_page + (g + 1) * GROUP_PAGES, page_vecs, wanted_of(g + 1));
             u32 selections[TILE / QUERIES_PER_NIBBLE_WORD];
 #pragma unroll
             for (int k = 0; k < TILE / QUERIES_PER_NIBBLE_WORD; k++) {
@@ -265,8 +271,11 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
 #pragma unroll
             for (int i = 0; i < GROUP_PAGES; i++) p[i] = next[i];
         }
+        any[0] = next_first_word;
+        any[1] = __reduce_or_sync(FULL_WARP, b_next.y);
+        any[2] = __reduce_or_sync(FULL_WARP, b_next.z);
+        any[3] = __reduce_or_sync(FULL_WARP, b_next.w);
     }
-
     write_partial<TILE>(acc, partial, work, queries, page_vecs);
 }
 

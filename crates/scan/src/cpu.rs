@@ -2,8 +2,8 @@
 //! every query's key for just those pages, then reads each page that at
 //! least one query selects once; pages no query selects are never touched.
 //!
-//! Two things keep the work per page small on a machine whose cores, not
-//! its memory, are the limit:
+//! Three things keep the work per page small on a machine whose cores and
+//! caches, not its memory, are the limit:
 //! * Queries go in groups of g (8 for 4-KiB pages; see [`group_size`]). A
 //!   selected page is XORed into one of 2^g buckets per group, chosen by
 //!   which of the group's queries select it, instead of into every
@@ -28,8 +28,8 @@ use rayon::prelude::*;
 use crate::{Answers, Engine, Error, Query, time_host_read, validate, write_shared, xor_into};
 
 /// DPF leaves (of 128 pages each) per unit of work: 8,192 pages, 32 MiB of
-/// 4-KiB pages. Large enough that folding the buckets (2^(g+1) page XORs
-/// per group, 512 for g = 8) costs little next to the scan, small enough
+/// 4-KiB pages. Large enough that folding the buckets (about 2^(g+1) page
+/// XORs per group, 510 for g = 8) costs little next to the scan, small enough
 /// to share a table of a gigabyte evenly between cores.
 const CHUNK_LEAVES: u64 = 64;
 
@@ -80,8 +80,8 @@ struct Scratch {
     patterns: Vec<u8>,
     /// The order to visit `selected` in: by the first group's pattern.
     order: Vec<u32>,
-    /// 2^g pages per query group, all zero between chunks. Bucket 0 (pages
-    /// selected by none of the group) is never written.
+    /// 2^g pages per query group, all zero between chunks. The scan never
+    /// writes bucket 0 (pages selected by none of the group).
     buckets: Vec<u8>,
     answers: Answers,
 }

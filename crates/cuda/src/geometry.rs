@@ -169,8 +169,7 @@ mod tests {
         assert_eq!((g.tile, g.tiles, g.slices), (1, 1, 8));
         assert_eq!(g.ranges_per_table, 330);
         assert_eq!(g.leaves_per_range, 199);
-        // Nearly WAVES waves: rounding range lengths up may cost part of one.
-        assert!(u64::from(g.blocks) * WARPS_PER_BLOCK >= (WAVES - 1) * H200_WARPS);
+        assert!(u64::from(g.blocks) * WARPS_PER_BLOCK >= WAVES * H200_WARPS);
         let g = ScanGeometry::new(65536, 2, 4096, 64, H200_WARPS);
         assert_eq!((g.tile, g.tiles), (32, 2));
         // 64 queries' partial pages stay far below the table.

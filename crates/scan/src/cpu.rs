@@ -17,12 +17,18 @@
 //!   first group costs little more than reading the pages.
 //! * Selected pages are XORed [`PAGES_AT_ONCE`] at a time, stripe by stripe,
 //!   so that several pages stream from memory together.
+//!
+//! The XOR loops are compiled twice, portable and for AVX2, and the build
+//! the CPU can run is picked at run time (the `multiversion` crate): with
+//! 32-byte registers a core XORs a page into a bucket in half the
+//! instructions, which takes about a sixth off batches of 16 and more.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use morphogen_dpf::{Expander, POINTS_PER_LEAF, leaf_count};
 use morphogen_table::{Layout, PageWrite, Table};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::{Answers, Engine, Error, Query, time_host_read, validate, write_shared, xor_into};
@@ -177,18 +183,25 @@ fn scan_chunk(
     let groups = scratch.groups;
     let group_buckets = page_size << group;
     let first_page = leaves.start * POINTS_PER_LEAF;
-    for visit in scratch.order.chunks(PAGES_AT_ONCE) {
-        let pages: [&[u8]; PAGES_AT_ONCE] = std::array::from_fn(|k| {
-            visit.get(k).map_or(&[][..], |&i| {
-                table.page(sub_table, first_page + u64::from(scratch.selected[i as usize]))
-            })
-        });
+    let page = |i: u32| table.page(sub_table, first_page + u64::from(scratch.selected[i as usize]));
+    let mut visits = scratch.order.chunks_exact(PAGES_AT_ONCE);
+    for visit in &mut visits {
+        let visit: &[u32; PAGES_AT_ONCE] = visit.try_into().expect("chunks of PAGES_AT_ONCE");
+        let pages = visit.map(page);
         for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
-            let mut patterns = [0u8; PAGES_AT_ONCE];
-            for (pattern, &i) in patterns.iter_mut().zip(visit) {
-                *pattern = scratch.patterns[i as usize * groups + index];
-            }
-            xor_pages_into_buckets(buckets, page_size, &pages[..visit.len()], &patterns[..visit.len()]);
+            let patterns = visit.map(|i| scratch.patterns[i as usize * groups + index]);
+            xor_pages_into_buckets(buckets, page_size, pages, patterns);
+        }
+    }
+    // The chunk's last few pages, one at a time.
+    for &i in visits.remainder() {
+        for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
+            xor_pages_into_buckets(
+                buckets,
+                page_size,
+                [page(i)],
+                [scratch.patterns[i as usize * groups + index]],
+            );
         }
     }
     // Fold each group's buckets into its queries' accumulators, clearing them.
@@ -260,6 +273,7 @@ fn order_by_first_group(scratch: &mut Scratch) {
 /// question for the other queries over half as many buckets. That costs
 /// 2^(g+1) bucket XORs in all, where XORing each bucket into every query of
 /// its index costs g·2^(g-1) (1,024 against 510 for g = 8).
+#[multiversion(targets("x86_64+avx2+avx"))]
 fn fold_buckets(buckets: &mut [u8], width: usize, members: usize, mut add: impl FnMut(usize, &[u8])) {
     for slot in (0..members).rev() {
         let half = width << slot;
@@ -277,10 +291,13 @@ fn fold_buckets(buckets: &mut [u8], width: usize, members: usize, mut add: impl 
 /// XORs page `i` into bucket `patterns[i]` (0: into none), one stripe of
 /// all pages at a time. When every page goes to the same bucket (always so
 /// for a batch of one) the stripes are summed in registers first.
-// Kept out of line: inlined into the loop over the selected pages it made
-// the batch-1 pass 25% slower on the development VM.
-#[inline(never)]
-fn xor_pages_into_buckets(buckets: &mut [u8], page_size: usize, pages: &[&[u8]], patterns: &[u8]) {
+#[multiversion(targets("x86_64+avx2+avx"))]
+fn xor_pages_into_buckets<const N: usize>(
+    buckets: &mut [u8],
+    page_size: usize,
+    pages: [&[u8]; N],
+    patterns: [u8; N],
+) {
     let same_bucket = patterns.iter().all(|&p| p == patterns[0]);
     for start in (0..page_size).step_by(STRIPE) {
         let stripe = start..start + STRIPE;
@@ -295,7 +312,7 @@ fn xor_pages_into_buckets(buckets: &mut [u8], page_size: usize, pages: &[&[u8]],
             let bucket = usize::from(patterns[0]) * page_size;
             xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &sum);
         } else {
-            for (page, &pattern) in pages.iter().zip(patterns) {
+            for (page, pattern) in pages.iter().zip(patterns) {
                 if pattern != 0 {
                     let bucket = usize::from(pattern) * page_size;
                     xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &page[stripe.clone()]);
@@ -315,7 +332,7 @@ pub fn read_every_page(pages: &[u8], page_size: usize) -> Vec<u8> {
         .fold(
             || vec![0u8; page_size],
             |mut acc, chunk| {
-                chunk.chunks_exact(page_size).for_each(|page| xor_into(&mut acc, page));
+                xor_each_page_into(&mut acc, chunk);
                 acc
             },
         )
@@ -326,6 +343,14 @@ pub fn read_every_page(pages: &[u8], page_size: usize) -> Vec<u8> {
                 a
             },
         )
+}
+
+/// XORs each page of `pages` into `acc`, whose length is the page size.
+/// Compiled like the engine's own loops, so that the baseline and the
+/// passes use the same instructions.
+#[multiversion(targets("x86_64+avx2+avx"))]
+fn xor_each_page_into(acc: &mut [u8], pages: &[u8]) {
+    pages.chunks_exact(acc.len()).for_each(|page| xor_into(acc, page));
 }
 
 #[cfg(test)]

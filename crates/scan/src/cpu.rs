@@ -118,11 +118,48 @@ impl Engine for CpuEngine {
     }
 
     fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error> {
+        validate(self.table.layout(), queries)?;
+        self.scan(queries, 0..self.chunks())
+    }
+
+    /// As many parts as keep every core on a chunk of its own: the chunks
+    /// of a part are scanned side by side.
+    fn parts(&self) -> usize {
+        self.chunks().div_ceil(self.chunks_per_part()) as usize
+    }
+
+    fn pass_part(&mut self, queries: &[Query], part: usize) -> Result<Answers, Error> {
+        validate(self.table.layout(), queries)?;
+        let per_part = self.chunks_per_part();
+        let first = part as u64 * per_part;
+        if first >= self.chunks() {
+            return Err(Error::Fault(format!("part {part} of a table of {} parts", self.parts())));
+        }
+        self.scan(queries, first..(first + per_part).min(self.chunks()))
+    }
+}
+
+impl CpuEngine {
+    /// Chunks of `CHUNK_LEAVES` DPF leaves of one sub-table (the last one
+    /// maybe shorter): the units of work of a pass.
+    fn chunks_per_table(&self) -> u64 {
+        self.table.layout().pages_per_table().div_ceil(POINTS_PER_LEAF).div_ceil(CHUNK_LEAVES)
+    }
+
+    /// The chunks of every sub-table, sub-table after sub-table.
+    fn chunks(&self) -> u64 {
+        u64::from(self.table.layout().choices()) * self.chunks_per_table()
+    }
+
+    fn chunks_per_part(&self) -> u64 {
+        rayon::current_num_threads() as u64
+    }
+
+    /// Answers `queries`, already validated, from the pages of `chunks`.
+    fn scan(&self, queries: &[Query], chunks: Range<u64>) -> Result<Answers, Error> {
         let layout = self.table.layout();
-        validate(layout, queries)?;
         let leaves = leaf_count(layout.pages_per_table()).map_err(|e| Error::Fault(e.to_string()))?;
-        let chunks_per_table = leaves.div_ceil(CHUNK_LEAVES);
-        let chunks = u64::from(layout.choices()) * chunks_per_table;
+        let chunks_per_table = self.chunks_per_table();
         let page_size = layout.page_size() as usize;
         // No more queries per group than the batch has: a batch of one needs two buckets.
         let group = group_size(page_size).min(queries.len());
@@ -138,7 +175,7 @@ impl Engine for CpuEngine {
             buckets: vec![0; groups * (page_size << group)],
             answers: Answers::zeroed(layout, queries.len()),
         };
-        (0..chunks)
+        chunks
             .into_par_iter()
             .try_fold(new_scratch, |mut scratch, chunk| {
                 let sub_table = (chunk / chunks_per_table) as u8;

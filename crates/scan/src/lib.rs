@@ -94,6 +94,21 @@ pub trait Engine: Send {
     /// Answers `queries` in one pass over the table, in request order.
     fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error>;
 
+    /// Into how many parts a pass can be cut (at least 1). A server runs
+    /// part after part, round and round, and a query that arrives meanwhile
+    /// joins at the next part instead of waiting for a whole pass to end.
+    fn parts(&self) -> usize {
+        1
+    }
+
+    /// Answers `queries` from part `part` of the table only (`part <
+    /// parts()`): a query's answers from all the parts XOR to its answer
+    /// from [`Engine::pass`]. Each query's keys must be checked as for a pass.
+    fn pass_part(&mut self, queries: &[Query], part: usize) -> Result<Answers, Error> {
+        debug_assert_eq!(part, 0, "an engine of one part");
+        self.pass(queries)
+    }
+
     /// How long the phases of the last pass took, for engines that time
     /// them on their device (the CUDA engine: expand, scan, reduce, copy).
     fn last_pass_phases(&self) -> Vec<Phase> {

@@ -61,7 +61,7 @@ proptest! {
 
 #[test]
 fn answers_of_both_parties_xor_to_the_pages_asked_for() {
-    // Spans several CPU chunks (1,024 pages each), with a partial last leaf.
+    // One CPU chunk a sub-table (they hold 8,192 pages), with a partial last leaf.
     let table = random_table(512, 3, 2_500, 3);
     let mut rng = StdRng::seed_from_u64(4);
     let (a, b, targets) = random_batch(table.layout(), 9, &mut rng);
@@ -87,6 +87,29 @@ fn answers_come_back_in_request_order() {
         let alone = engine.pass(std::slice::from_ref(query)).unwrap();
         assert_eq!(together.query(q), alone.query(0), "query {q}");
     }
+}
+
+#[test]
+fn the_parts_of_a_cpu_pass_xor_to_the_whole_pass() {
+    // Three chunks a sub-table (8,192 pages each, the last one short). On
+    // one thread a part is one chunk.
+    let table = random_table(512, 2, 16_500, 14);
+    let mut rng = StdRng::seed_from_u64(15);
+    let (batch, _, _) = random_batch(table.layout(), 3, &mut rng);
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    one_thread.install(|| {
+        let mut engine = CpuEngine::new(table);
+        let whole = engine.pass(&batch).unwrap();
+        assert_eq!(engine.parts(), 6);
+        let mut total = vec![0u8; whole.as_bytes().len()];
+        for part in 0..engine.parts() {
+            let answers = engine.pass_part(&batch, part).unwrap();
+            assert!(answers != whole, "part {part} alone is not the answer");
+            total.iter_mut().zip(answers.as_bytes()).for_each(|(t, a)| *t ^= a);
+        }
+        assert!(total == whole.as_bytes());
+        assert!(matches!(engine.pass_part(&batch, 6), Err(Error::Fault(_))));
+    });
 }
 
 #[test]

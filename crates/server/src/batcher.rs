@@ -1,16 +1,22 @@
 //! Continuous batching: one bounded queue in front of the engine.
 //!
-//! Whenever the engine finishes a pass, the scan thread takes every query
-//! waiting, oldest request first, up to the batch limit, for the next pass.
-//! An idle server therefore answers a lone request in a pass of its own, and
-//! a loaded one in passes as large as it allows, with no timer to tune. A
-//! request holding more queries than a pass has room for is split across
-//! passes; its answers are gathered in order and sent back whole.
+//! An engine cuts a pass over the table into parts ([`Engine::parts`]; one
+//! for the CUDA engine, one per few chunks for the CPU engine), and the scan
+//! thread runs part after part, round and round. Whenever a part is done it
+//! lets the queries waiting join, oldest request first, up to the batch
+//! limit; a query leaves once it has been through every part, its answer
+//! the XOR of its answers from the parts. An idle server therefore answers a
+//! lone request in one round of its own, and a loaded one with as many
+//! queries in each part as it allows, with no timer to tune. A query that
+//! arrives while a round is under way joins it at the next part instead of
+//! waiting for the round to end: queries never fall into cohorts that take
+//! turns. A request holding more queries than there is room for joins a
+//! few at a time; its answers are gathered in order and sent back whole.
 //!
 //! Update batches and snapshot swaps reach the same thread and are applied
-//! between passes, so every pass answers from exactly one epoch, and never
-//! while a split request is half answered, so every request is answered
-//! from one epoch. A request is queued for the snapshot its keys were
+//! between parts once no query is in a round and no request half answered
+//! (new requests wait meanwhile), so every query and every request is
+//! answered from one epoch. A request is queued for the snapshot its keys were
 //! checked against; a swap fails the requests still queued for the old one
 //! (`snapshot_changed`), and refuses those submitted for it afterwards.
 //!
@@ -137,7 +143,8 @@ struct Shared {
     wakeup: Condvar,
     max_queue: usize,
     max_batch: usize,
-    /// Duration of the latest pass, for the Retry-After estimate.
+    /// Duration of a whole pass (every part) at the latest part's pace, for
+    /// the Retry-After estimate.
     last_pass_nanos: AtomicU64,
     /// Written by the scan thread only; by a swap under the intake lock,
     /// together with [`Intake::base`].
@@ -159,14 +166,66 @@ struct Intake {
 
 /// A request in the queue.
 struct Pending {
-    /// Its queries not yet scanned; passes take them from the front.
+    /// Its queries that have not joined the round yet, taken from the front.
     queries: VecDeque<Query>,
-    /// Answers of its queries scanned so far, in order.
+    /// Its queries in the round now.
+    in_round: usize,
+    /// Answers of its queries that went round, in order.
     answers: Vec<u8>,
     arrived: Instant,
-    /// Whether a pass has taken one of its queries (its queue wait is then recorded).
+    /// Whether one of its queries has joined the round (its queue wait is then recorded).
     started: bool,
     reply: oneshot::Sender<Reply>,
+}
+
+/// The queries going round the parts of the table, in the order they
+/// joined. Each stays for every part once, so they also leave in that
+/// order: the oldest request's first.
+#[derive(Default)]
+struct Round {
+    /// The queries, contiguous for the engine (`make_contiguous`).
+    queries: VecDeque<Query>,
+    /// For each query: the parts it has still to go through, and the XOR of
+    /// its answers from the parts so far.
+    progress: VecDeque<(usize, Vec<u8>)>,
+    /// The part the engine scans next.
+    next_part: usize,
+}
+
+impl Round {
+    fn len(&self) -> usize {
+        self.queries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queries.is_empty()
+    }
+
+    fn join(&mut self, query: Query, parts: usize, answer_bytes: usize) {
+        self.queries.push_back(query);
+        self.progress.push_back((parts, vec![0; answer_bytes]));
+    }
+
+    /// Adds each query's answers from the part just scanned, then takes
+    /// out the answers of those that have been through every part.
+    fn add_part(&mut self, answers: &[u8]) -> Vec<Vec<u8>> {
+        let answer_bytes = answers.len() / self.len();
+        for ((left, answer), part) in self.progress.iter_mut().zip(answers.chunks_exact(answer_bytes)) {
+            answer.iter_mut().zip(part).for_each(|(a, p)| *a ^= p);
+            *left -= 1;
+        }
+        let mut done = Vec::new();
+        while self.progress.front().is_some_and(|(left, _)| *left == 0) {
+            self.queries.pop_front();
+            done.push(self.progress.pop_front().expect("checked").1);
+        }
+        done
+    }
+
+    fn clear(&mut self) {
+        self.queries.clear();
+        self.progress.clear();
+    }
 }
 
 impl Batcher {
@@ -211,8 +270,8 @@ impl Batcher {
         self.shared.live()
     }
 
-    /// Queues an update batch for the scan thread, which applies it between
-    /// passes; the outcome arrives on the returned channel once the batch
+    /// Queues an update batch for the scan thread, which applies it once no
+    /// query is in the round; the outcome arrives on the returned channel once the batch
     /// is in the log and the engine's pages.
     pub(crate) fn update(&self, batch: Batch) -> oneshot::Receiver<UpdateOutcome> {
         let (reply, outcome) = oneshot::channel();
@@ -221,8 +280,8 @@ impl Batcher {
     }
 
     /// Queues the swap to `loaded` for the scan thread, which has `loader`
-    /// commit it and swaps between passes; the outcome arrives on the
-    /// returned channel.
+    /// commit it and swaps once no query is in the round; the outcome
+    /// arrives on the returned channel.
     pub(crate) fn swap(
         &self,
         loaded: LoadedSnapshot,
@@ -259,6 +318,7 @@ impl Batcher {
         self.shared.metrics.queue_depth(intake.queued_queries);
         intake.arrived.push(Pending {
             queries: queries.into(),
+            in_round: 0,
             answers: Vec::new(),
             arrived: Instant::now(),
             started: false,
@@ -297,18 +357,17 @@ impl Shared {
     }
 }
 
-/// The scan thread: gathers a batch, runs a pass, hands the answers out,
-/// and applies update batches and swaps between passes; until the batcher
-/// is dropped and nothing is left to answer.
+/// The scan thread: lets waiting queries join the round, scans the next
+/// part, hands out the answers of the queries that went all the way round,
+/// and applies update batches and swaps when no query is in the round;
+/// until the batcher is dropped and nothing is left to answer.
 fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
     let mut scanner = Scanner { engine, epochs, broken: None };
     // Requests the scan thread has taken in from `arrived`, oldest first.
     let mut queue: VecDeque<Pending> = VecDeque::new();
-    let mut batch: Vec<Query> = Vec::with_capacity(shared.max_batch);
-    // How many queries of queue[i] the current pass holds.
-    let mut taken: Vec<usize> = Vec::with_capacity(shared.max_batch);
+    let mut round = Round::default();
     loop {
-        match gather(shared, &mut queue, &mut batch, &mut taken) {
+        match gather(shared, &mut queue, &mut round, scanner.engine.as_ref()) {
             Work::Closed => return,
             Work::Jobs(jobs) => {
                 for job in jobs {
@@ -326,41 +385,45 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
             Work::Pass => {}
         }
         let epoch = shared.live().current.epoch;
+        let parts = scanner.engine.parts();
+        let part = round.next_part % parts;
+        round.next_part = (part + 1) % parts;
         let started = Instant::now();
-        for pending in queue.iter_mut().take(taken.len()).filter(|p| !p.started) {
-            pending.started = true;
-            shared.metrics.queue_wait(started - pending.arrived);
-        }
         let result = match &scanner.broken {
-            None => scanner.engine.pass(&batch),
+            None => scanner.engine.pass_part(round.queries.make_contiguous(), part),
             Some(reason) => Err(morphogen_scan::Error::Fault(reason.clone())),
         };
         let elapsed = started.elapsed();
-        shared.last_pass_nanos.store(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        shared.metrics.pass(batch.len(), elapsed, &scanner.engine.last_pass_phases());
+        // Retry-After counts in whole passes: all the parts.
+        shared.last_pass_nanos.store(elapsed.as_nanos() as u64 * parts as u64, Ordering::Relaxed);
+        shared.metrics.pass(round.len(), elapsed, &scanner.engine.last_pass_phases());
 
         match result {
             Ok(answers) => {
-                let layout = scanner.engine.layout();
-                let page_bytes = layout.page_size() as usize * usize::from(layout.choices());
-                let mut bytes = answers.as_bytes().chunks_exact(page_bytes);
-                for (pending, &count) in queue.iter_mut().zip(&taken) {
-                    for answer in bytes.by_ref().take(count) {
-                        pending.answers.extend_from_slice(answer);
-                    }
+                let done = round.add_part(answers.as_bytes());
+                shared.metrics.lookups("answered", done.len());
+                for answer in done {
+                    // The oldest query in the round is the oldest request's.
+                    let owner = queue
+                        .iter_mut()
+                        .find(|p| p.in_round > 0)
+                        .expect("a query in the round has a request");
+                    owner.answers.extend_from_slice(&answer);
+                    owner.in_round -= 1;
                 }
-                shared.metrics.lookups("answered", batch.len());
-                while queue.front().is_some_and(|p| p.queries.is_empty()) {
+                while queue.front().is_some_and(|p| p.queries.is_empty() && p.in_round == 0) {
                     let done = queue.pop_front().expect("checked");
                     // The client may have gone away meanwhile: nothing to do then.
                     let _ = done.reply.send(Ok(Answered { epoch, answers: done.answers }));
                 }
             }
             Err(error) => {
-                // Every request in the failed pass fails whole, even the
-                // parts of it that later passes would have answered.
-                shared.metrics.lookups("failed", batch.len());
-                let failed: Vec<Pending> = queue.drain(..taken.len()).collect();
+                // Every request with a query in the round fails whole, even
+                // the parts of it that later parts would have answered.
+                shared.metrics.lookups("failed", round.len());
+                round.clear();
+                let started = queue.iter().take_while(|p| p.started).count();
+                let failed: Vec<Pending> = queue.drain(..started).collect();
                 let unscanned: usize = failed.iter().map(|p| p.queries.len()).sum();
                 shared.lock().queued_queries -= unscanned;
                 shared.metrics.lookups("failed", unscanned);
@@ -369,8 +432,6 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
                 }
             }
         }
-        batch.clear();
-        taken.clear();
     }
 }
 
@@ -462,7 +523,7 @@ impl Scanner {
 
 /// What the scan thread does next.
 enum Work {
-    /// Run a pass over the gathered batch.
+    /// Scan the next part for the queries in the round.
     Pass,
     /// Apply these update batches and swaps, in order.
     Jobs(Vec<Job>),
@@ -470,52 +531,77 @@ enum Work {
     Closed,
 }
 
-/// Waits for work. Update batches and swaps come first, unless a request is half
-/// answered (split across passes): it is finished from the same epoch
-/// first. Otherwise fills `batch` with up to `max_batch` queries from the
-/// front of `queue` (recording in `taken` how many from each request).
-fn gather(
-    shared: &Shared,
-    queue: &mut VecDeque<Pending>,
-    batch: &mut Vec<Query>,
-    taken: &mut Vec<usize>,
-) -> Work {
+/// Waits for work. Update batches and swaps come first once no query is in
+/// the round and no request is half answered; until then only the queries
+/// of requests already started join, so that each is answered from one
+/// epoch. Otherwise lets the waiting queries join the round, oldest request
+/// first, while it has room for them.
+fn gather(shared: &Shared, queue: &mut VecDeque<Pending>, round: &mut Round, engine: &dyn Engine) -> Work {
     let mut intake = shared.lock();
     loop {
         queue.extend(intake.arrived.drain(..));
-        // A request whose client has gone away needs no pass.
+        // A request whose client has gone away needs no pass, if none of
+        // its queries has joined the round.
         queue.retain(|pending| {
-            let abandoned = pending.reply.is_closed();
+            let abandoned = !pending.started && pending.reply.is_closed();
             if abandoned {
                 intake.queued_queries -= pending.queries.len();
                 shared.metrics.lookups("abandoned", pending.queries.len());
             }
             !abandoned
         });
-        let half_answered = queue.front().is_some_and(|p| !p.answers.is_empty());
-        if !intake.jobs.is_empty() && !half_answered {
+        let half_answered = queue.front().is_some_and(|p| p.started);
+        if !intake.jobs.is_empty() && round.is_empty() && !half_answered {
             return Work::Jobs(std::mem::take(&mut intake.jobs));
         }
-        if !queue.is_empty() {
-            break;
+        let joined = join_round(shared, queue, round, engine, intake.jobs.is_empty());
+        intake.queued_queries -= joined;
+        shared.metrics.queue_depth(intake.queued_queries);
+        if !round.is_empty() {
+            return Work::Pass;
         }
-        if intake.closed {
+        if intake.closed && queue.is_empty() {
             return Work::Closed;
         }
         intake = shared.wakeup.wait(intake).unwrap_or_else(|poisoned| poisoned.into_inner());
     }
+}
+
+/// Lets queued queries join the round while it has room, in request order;
+/// those of requests not yet started only if `new_requests`. Returns how
+/// many joined.
+fn join_round(
+    shared: &Shared,
+    queue: &mut VecDeque<Pending>,
+    round: &mut Round,
+    engine: &dyn Engine,
+    new_requests: bool,
+) -> usize {
+    let layout = engine.layout();
+    let answer_bytes = layout.page_size() as usize * usize::from(layout.choices());
+    let parts = engine.parts();
+    let now = Instant::now();
+    let mut joined = 0;
     for pending in queue.iter_mut() {
-        let room = shared.max_batch - batch.len();
-        if room == 0 {
+        let room = shared.max_batch - round.len();
+        if room == 0 || !(new_requests || pending.started) {
             break;
         }
         let count = room.min(pending.queries.len());
-        batch.extend(pending.queries.drain(..count));
-        taken.push(count);
+        if count == 0 {
+            continue;
+        }
+        if !pending.started {
+            pending.started = true;
+            shared.metrics.queue_wait(now - pending.arrived);
+        }
+        for query in pending.queries.drain(..count) {
+            round.join(query, parts, answer_bytes);
+        }
+        pending.in_round += count;
+        joined += count;
     }
-    intake.queued_queries -= batch.len();
-    shared.metrics.queue_depth(intake.queued_queries);
-    Work::Pass
+    joined
 }
 
 #[cfg(test)]
@@ -533,9 +619,14 @@ mod tests {
 
     /// The reference engine behind a gate: each pass announces itself, then
     /// waits for the test to let it run, and records its batch size.
+    ///
+    /// Cut into `parts` parts, it puts a query's whole answer in part 0 and
+    /// zeros in the others: a query that missed part 0 gets a wrong answer.
     struct GatedEngine {
         inner: ReferenceEngine,
-        entered: mpsc::Sender<usize>,
+        parts: usize,
+        /// Each pass's batch size and part.
+        entered: mpsc::Sender<(usize, usize)>,
         gate: mpsc::Receiver<Result<(), morphogen_scan::Error>>,
     }
 
@@ -549,10 +640,21 @@ mod tests {
         fn layout(&self) -> &Layout {
             self.inner.layout()
         }
-        fn pass(&mut self, queries: &[Query]) -> Result<Answers, morphogen_scan::Error> {
-            self.entered.send(queries.len()).unwrap();
+        fn pass(&mut self, _: &[Query]) -> Result<Answers, morphogen_scan::Error> {
+            unreachable!("the batcher scans part by part")
+        }
+        fn parts(&self) -> usize {
+            self.parts
+        }
+        fn pass_part(&mut self, queries: &[Query], part: usize) -> Result<Answers, morphogen_scan::Error> {
+            assert!(part < self.parts);
+            self.entered.send((queries.len(), part)).unwrap();
             self.gate.recv().unwrap()?;
-            self.inner.pass(queries)
+            if part == 0 {
+                self.inner.pass(queries)
+            } else {
+                Ok(Answers::zeroed(self.inner.layout(), queries.len()))
+            }
         }
         fn table(&self) -> Option<&Table> {
             self.inner.table()
@@ -568,13 +670,17 @@ mod tests {
     struct Harness {
         batcher: Batcher,
         table: Arc<Table>,
-        entered: mpsc::Receiver<usize>,
+        entered: mpsc::Receiver<(usize, usize)>,
         gate: mpsc::Sender<Result<(), morphogen_scan::Error>>,
         rng: StdRng,
     }
 
     impl Harness {
         fn new(max_batch: usize, max_queue: usize) -> Harness {
+            Harness::with_parts(max_batch, max_queue, 1)
+        }
+
+        fn with_parts(max_batch: usize, max_queue: usize, parts: usize) -> Harness {
             let records: Vec<(Vec<u8>, Vec<u8>)> =
                 (0..300u32).map(|i| (i.to_le_bytes().to_vec(), (i * 7).to_le_bytes().to_vec())).collect();
             let options = BuildOptions { page_size: 512, value_size: Some(8), choices: 2, seed: None };
@@ -583,6 +689,7 @@ mod tests {
             let (gate, gate_rx) = mpsc::channel();
             let engine = GatedEngine {
                 inner: ReferenceEngine::new(table.clone()),
+                parts,
                 entered: entered_tx,
                 gate: gate_rx,
             };
@@ -622,6 +729,11 @@ mod tests {
 
         /// Waits for a pass to start and returns its batch size.
         fn next_pass(&self) -> usize {
+            self.next_part().0
+        }
+
+        /// Waits for a pass to start and returns its batch size and part.
+        fn next_part(&self) -> (usize, usize) {
             self.entered.recv_timeout(Duration::from_secs(10)).expect("a pass starts")
         }
 
@@ -646,6 +758,44 @@ mod tests {
         for (queries, answer) in waiting {
             assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
         }
+    }
+
+    #[test]
+    fn queries_join_at_the_next_part_and_leave_after_every_part() {
+        let mut h = Harness::with_parts(8, 64, 3);
+        let (first, first_answer) = h.submit(1);
+        assert_eq!(h.next_part(), (1, 0));
+        let (second, second_answer) = h.submit(2);
+        h.release(Ok(()));
+        assert_eq!(h.next_part(), (3, 1), "the second request joins at the next part");
+        h.release(Ok(()));
+        assert_eq!(h.next_part(), (3, 2));
+        h.release(Ok(()));
+        assert_eq!(first_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&first));
+        assert_eq!(h.next_part(), (2, 0), "the first request left after its three parts");
+        h.release(Ok(()));
+        assert_eq!(second_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&second));
+    }
+
+    #[test]
+    fn an_update_waits_for_the_round_and_new_requests_wait_for_the_update() {
+        let mut h = Harness::with_parts(8, 64, 2);
+        let (first, first_answer) = h.submit(1);
+        assert_eq!(h.next_part(), (1, 0));
+        let mut update = h.batcher.update(Batch { sequence: 1, changes: Vec::new() });
+        let (later, later_answer) = h.submit(1);
+        h.release(Ok(()));
+        assert_eq!(h.next_part(), (1, 1), "the later request waits behind the update");
+        assert!(update.try_recv().is_err(), "the update waits for the first request's last part");
+        h.release(Ok(()));
+        assert_eq!(first_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&first));
+        // This server takes no updates: what matters is that it was tried now.
+        assert!(matches!(update.blocking_recv().unwrap(), Err(UpdateError::ReadOnly)));
+        assert_eq!(h.next_part(), (1, 0));
+        h.release(Ok(()));
+        assert_eq!(h.next_part(), (1, 1));
+        h.release(Ok(()));
+        assert_eq!(later_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&later));
     }
 
     #[test]

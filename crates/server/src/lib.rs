@@ -21,7 +21,7 @@
 //! its engine, never on the async runtime's workers; concurrent requests
 //! share passes through one bounded queue per table (continuous batching,
 //! see [`batcher`](crate::batcher)), and update batches and snapshot swaps
-//! are applied on that thread between passes. Keys, values and answers are
+//! are applied on that thread when no query is being scanned. Keys, values and answers are
 //! never logged.
 
 mod admin;

@@ -63,9 +63,9 @@ impl Metrics {
             );
             metrics::describe_histogram!(
                 "morphogen_pass_duration_seconds",
-                "Time of one engine pass over the table."
+                "Time of one engine pass over one part of the table (the whole table for an engine of one part)."
             );
-            metrics::describe_histogram!("morphogen_batch_size", "Queries answered by one pass.");
+            metrics::describe_histogram!("morphogen_batch_size", "Queries in one pass over a part of the table.");
             metrics::describe_histogram!(
                 "morphogen_pass_phase_duration_seconds",
                 "Time of each phase of a pass (expand, scan, reduce, copy), for engines that time them on their device."
@@ -73,11 +73,11 @@ impl Metrics {
             metrics::describe_gauge!("morphogen_queue_depth", "Queries waiting for a pass.");
             metrics::describe_histogram!(
                 "morphogen_queue_wait_seconds",
-                "Time from a request's arrival to the start of the first pass that scans it."
+                "Time from a request's arrival to the start of the first pass that scans one of its queries."
             );
             metrics::describe_counter!(
                 "morphogen_lookups_total",
-                "Queries by outcome: answered, rejected (queue full), abandoned (client gone before its pass), failed (engine fault), snapshot_changed (queued when the snapshot was swapped)."
+                "Queries by outcome: answered, rejected (queue full), abandoned (client gone before its first pass), failed (engine fault), snapshot_changed (queued when the snapshot was swapped)."
             );
             metrics::describe_gauge!("morphogen_epoch", "The epoch passes answer from now.");
             metrics::describe_counter!(

@@ -260,23 +260,56 @@ fn select_pages(scratch: &mut Scratch, queries: usize, leaves: usize) {
     let stride = CHUNK_LEAVES as usize;
     selected.clear();
     patterns.clear();
+    let mut leaf_patterns = vec![[0u8; POINTS_PER_LEAF as usize]; *groups];
+    let mut members = [0u128; MAX_GROUP as usize];
     for leaf in 0..leaves {
         let bits_of = |q: usize| bits[q * stride + leaf];
         // Bits past the table's end are clear.
         let mut any = (0..queries).fold(0u128, |any, q| any | bits_of(q));
-        while any != 0 {
-            let offset = any.trailing_zeros();
-            any &= any - 1;
-            selected.push(leaf as u32 * POINTS_PER_LEAF as u32 + offset);
-            for index in 0..*groups {
-                let members = index * *group..((index + 1) * *group).min(queries);
-                let pattern = members
-                    .enumerate()
-                    .fold(0u8, |pattern, (slot, q)| pattern | ((bits_of(q) >> offset & 1) as u8) << slot);
-                patterns.push(pattern);
+        if any == 0 {
+            continue;
+        }
+        for (index, out) in leaf_patterns.iter_mut().enumerate() {
+            let first = index * *group;
+            let count = (*group).min(queries - first);
+            for (slot, word) in members.iter_mut().enumerate() {
+                *word = if slot < count { bits_of(first + slot) } else { 0 };
             }
+            patterns_of_leaf(&members, out);
+        }
+        while any != 0 {
+            let offset = any.trailing_zeros() as usize;
+            any &= any - 1;
+            selected.push((leaf * POINTS_PER_LEAF as usize + offset) as u32);
+            patterns.extend(leaf_patterns.iter().map(|leaf_pattern| leaf_pattern[offset]));
         }
     }
+}
+
+/// The pattern of each of a leaf's 128 pages in one group: bit s of
+/// `out[p]` is bit p of `members[s]` (query s of the group selects page p).
+/// Eight pages at a time, as an 8 × 8 bit matrix transpose.
+fn patterns_of_leaf(members: &[u128; MAX_GROUP as usize], out: &mut [u8; POINTS_PER_LEAF as usize]) {
+    for (byte, pages) in out.chunks_exact_mut(8).enumerate() {
+        // Row s (byte s) holds query s's bits for these eight pages.
+        let rows = members
+            .iter()
+            .enumerate()
+            .fold(0u64, |rows, (s, word)| rows | u64::from((word >> (8 * byte)) as u8) << (8 * s));
+        pages.copy_from_slice(&transpose_bits(rows).to_le_bytes());
+    }
+}
+
+/// Transposes the 8 × 8 bit matrix whose row r is byte r and column c is
+/// bit c: bit c of byte r goes to bit r of byte c.
+fn transpose_bits(mut x: u64) -> u64 {
+    // Swap ever larger blocks across the diagonal: 1 × 1, 2 × 2, then 4 × 4.
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^ t ^ (t << 28)
 }
 
 /// Orders the selected pages by the first group's pattern (a counting
@@ -431,6 +464,34 @@ mod tests {
             fold_buckets(&mut buckets, width, members, |slot, bucket| xor_into(&mut answers[slot], bucket));
             assert_eq!(answers, expected, "{members} members");
             assert!(buckets.iter().all(|&b| b == 0), "buckets cleared for {members} members");
+        }
+    }
+
+    #[test]
+    fn transposing_bits_moves_bit_c_of_byte_r_to_bit_r_of_byte_c() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..100 {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let x = rng;
+            let t = transpose_bits(x);
+            for r in 0..8 {
+                for c in 0..8 {
+                    assert_eq!(t >> (8 * c + r) & 1, x >> (8 * r + c) & 1, "{x:#x}: row {r}, column {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leaf_patterns_name_the_queries_that_select_each_page() {
+        let members: [u128; 8] = std::array::from_fn(|s| {
+            (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128 * (s as u128 + 3)).rotate_left(s as u32 * 11)
+        });
+        let mut out = [0u8; 128];
+        patterns_of_leaf(&members, &mut out);
+        for (page, &pattern) in out.iter().enumerate() {
+            let expected = (0..8).fold(0u8, |p, s| p | ((members[s] >> page & 1) as u8) << s);
+            assert_eq!(pattern, expected, "page {page}");
         }
     }
 

@@ -28,9 +28,10 @@ impl Admin {
     /// its public one), authenticated by `token`; every request is bounded by
     /// the settings' timeout.
     pub fn new(url: &str, token: &str, settings: &Settings) -> Result<Admin, Error> {
+        let url = parse_url(url)?;
         Ok(Admin {
-            http: http_client(settings)?,
-            url: parse_url(url)?,
+            http: http_client(settings, &[&url])?,
+            url,
             token: token.trim().to_string(),
             timeout: settings.timeout,
         })

@@ -103,7 +103,7 @@ impl Client {
         settings: &Settings,
     ) -> Result<Client, Error> {
         let (url_a, url_b) = (parse_url(url_a)?, parse_url(url_b)?);
-        let http = http_client(settings)?;
+        let http = http_client(settings, &[&url_a, &url_b])?;
         let timeout = settings.timeout;
         let (a, b) = tokio::try_join!(
             Connection::open(http.clone(), url_a, table, timeout),
@@ -282,7 +282,8 @@ impl Connection {
     /// Reads the metadata of the server at `url`; the settings' timeout
     /// bounds every later request, retries included.
     pub async fn connect(url: &str, settings: &Settings) -> Result<Connection, Error> {
-        Connection::open(http_client(settings)?, parse_url(url)?, None, settings.timeout).await
+        let url = parse_url(url)?;
+        Connection::open(http_client(settings, &[&url])?, url, None, settings.timeout).await
     }
 
     /// Reads the metadata of the table `table` (the server's only table if
@@ -422,7 +423,7 @@ pub async fn fetch_catalog(url: &str, settings: &Settings) -> Result<Catalog, Er
     let server = parse_url(url)?;
     let routes = server.join("v1/").expect("a fixed relative path");
     let deadline = Instant::now() + settings.timeout;
-    let bytes = fetch(&http_client(settings)?, &server, &routes, "tables", deadline).await?;
+    let bytes = fetch(&http_client(settings, &[&server])?, &server, &routes, "tables", deadline).await?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
         server: server.to_string(),
         message: format!("unreadable list of tables: {e}"),

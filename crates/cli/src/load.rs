@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use morphogen_client::{Client, Connection, encode_request, key_shares};
+use morphogen_client::{Client, Connection, Settings, encode_request, key_shares};
 use morphogen_protocol::Epoch;
 use morphogen_table::{KeyDigest, Synthetic};
 use rand::rngs::StdRng;
@@ -234,14 +234,15 @@ async fn load(args: &LoadArgs) -> anyhow::Result<Report> {
         })
         .collect();
 
-    let watch = tokio::spawn(watch_progress(duration, answered.clone(), args.servers.clone()));
+    let watch =
+        tokio::spawn(watch_progress(duration, answered.clone(), args.servers.clone(), settings.clone()));
     let mut total = Tally::default();
     for client in clients {
         total.merge(client.await.context("a load client panicked")?);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let warm_memory = watch.await.context("the progress task panicked")?;
-    let end_memory = server_memory(&args.servers).await;
+    let end_memory = server_memory(&args.servers, &settings).await;
 
     let lookups = total.latencies.len() as u64;
     let ms = |p: f64| {
@@ -291,6 +292,7 @@ async fn watch_progress(
     duration: Duration,
     answered: Arc<AtomicU64>,
     servers: Vec<String>,
+    settings: Settings,
 ) -> Vec<Option<f64>> {
     let bar = ProgressBar::new(duration.as_secs().max(1)).with_style(
         ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} s")
@@ -303,7 +305,7 @@ async fn watch_progress(
     while started.elapsed() < duration {
         tick.tick().await;
         if warm.is_none() && started.elapsed() >= duration / 5 {
-            warm = Some(server_memory(&servers).await);
+            warm = Some(server_memory(&servers, &settings).await);
         }
         bar.set_position(started.elapsed().as_secs());
         bar.set_message(format!("{} lookups", answered.load(Ordering::Relaxed)));
@@ -311,23 +313,23 @@ async fn watch_progress(
     bar.finish_and_clear();
     match warm {
         Some(memory) => memory,
-        None => server_memory(&servers).await,
+        None => server_memory(&servers, &settings).await,
     }
 }
 
-/// Each server's resident memory in MiB, as its /metrics reports it.
-async fn server_memory(servers: &[String]) -> Vec<Option<f64>> {
+/// Each server's resident memory in MiB, as its /metrics reports it (read
+/// with the lookups' certificate settings, within 5 s), or `None`.
+async fn server_memory(servers: &[String], settings: &Settings) -> Vec<Option<f64>> {
+    let settings = Settings { timeout: Duration::from_secs(5), ..settings.clone() };
     let mut memory = Vec::with_capacity(servers.len());
     for server in servers {
-        memory.push(resident_memory_mib(server).await);
+        memory.push(resident_memory_mib(server, &settings).await);
     }
     memory
 }
 
-async fn resident_memory_mib(server: &str) -> Option<f64> {
-    let url = format!("{}/metrics", server.trim_end_matches('/'));
-    let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
-    let text = String::from_utf8(response.bytes().await.ok()?.to_vec()).ok()?;
+async fn resident_memory_mib(server: &str, settings: &Settings) -> Option<f64> {
+    let text = morphogen_client::fetch_metrics(server, settings).await.ok()?;
     let bytes: f64 = text
         .lines()
         .find_map(|line| line.strip_prefix("morphogen_resident_memory_bytes ")?.trim().parse().ok())?;

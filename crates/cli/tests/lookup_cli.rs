@@ -67,6 +67,17 @@ fn serve_with_tls_and_get_with_ca_look_keys_up_over_https() {
         morphogen(&["get", "--ca", cert.to_str().unwrap(), "--server", &a, "--server", &b, "00000004"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout), format!("00000004 {:016x}\n", 7));
+    // The load generator's lookups and its readings of the servers' memory
+    // go over https with the same authority.
+    let report = dir.path().join("load.json");
+    let ca = cert.to_str().unwrap();
+    let load = ["load", "--single-server", "--ca", ca, "--server", &a, "--duration", "0.3"];
+    let output = morphogen(&[&load[..], &["--json", report.to_str().unwrap()]].concat());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    if cfg!(target_os = "linux") {
+        let report: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+        assert!(report["server_memory_mib"][0]["end"].as_f64().unwrap() > 1.0, "{report}");
+    }
     // Without --ca the system's roots do not vouch for it.
     let output = morphogen(&["get", "--server", &a, "--server", &b, "00000004"]);
     assert!(!output.status.success());

@@ -417,6 +417,19 @@ fn parse_url(text: &str) -> Result<Url, Error> {
     Ok(url)
 }
 
+/// The Prometheus metrics of the server at `url` (`GET /metrics`, beside
+/// `/v1/`), as text: for tools that watch a server, such as the load
+/// generator reading its memory.
+pub async fn fetch_metrics(url: &str, settings: &Settings) -> Result<String, Error> {
+    let server = parse_url(url)?;
+    let deadline = Instant::now() + settings.timeout;
+    let bytes = fetch(&http_client(settings, &[&server])?, &server, &server, "metrics", deadline).await?;
+    String::from_utf8(bytes).map_err(|_| Error::Protocol {
+        server: server.to_string(),
+        message: "metrics that are not UTF-8 text".to_string(),
+    })
+}
+
 /// The tables the server at `url` serves and what its operator says about
 /// them (`GET /v1/tables`).
 pub async fn fetch_catalog(url: &str, settings: &Settings) -> Result<Catalog, Error> {

@@ -723,6 +723,11 @@ mod tests {
             (queries, answer)
         }
 
+        /// Waits for the reply to `queries` and checks their answers.
+        fn assert_answered(&self, reply: oneshot::Receiver<Reply>, queries: &[Query]) {
+            assert_eq!(reply.blocking_recv().unwrap().unwrap().answers, self.expected(queries));
+        }
+
         fn expected(&self, queries: &[Query]) -> Vec<u8> {
             ReferenceEngine::new(self.table.clone()).pass(queries).unwrap().as_bytes().to_vec()
         }
@@ -749,14 +754,14 @@ mod tests {
         assert_eq!(h.next_pass(), 1, "an idle server answers a lone request alone");
         let waiting: Vec<_> = (0..5).map(|_| h.submit(3)).collect();
         h.release(Ok(()));
-        assert_eq!(first_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&first));
+        h.assert_answered(first_answer, &first);
         // 15 queries waited: one full pass of 8 (the third request split) and one of 7.
         assert_eq!(h.next_pass(), 8);
         h.release(Ok(()));
         assert_eq!(h.next_pass(), 7);
         h.release(Ok(()));
         for (queries, answer) in waiting {
-            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
+            h.assert_answered(answer, &queries);
         }
     }
 
@@ -771,10 +776,10 @@ mod tests {
         h.release(Ok(()));
         assert_eq!(h.next_part(), (3, 2));
         h.release(Ok(()));
-        assert_eq!(first_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&first));
+        h.assert_answered(first_answer, &first);
         assert_eq!(h.next_part(), (2, 0), "the first request left after its three parts");
         h.release(Ok(()));
-        assert_eq!(second_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&second));
+        h.assert_answered(second_answer, &second);
     }
 
     #[test]
@@ -788,14 +793,14 @@ mod tests {
         assert_eq!(h.next_part(), (1, 1), "the later request waits behind the update");
         assert!(update.try_recv().is_err(), "the update waits for the first request's last part");
         h.release(Ok(()));
-        assert_eq!(first_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&first));
+        h.assert_answered(first_answer, &first);
         // This server takes no updates: what matters is that it was tried now.
         assert!(matches!(update.blocking_recv().unwrap(), Err(UpdateError::ReadOnly)));
         assert_eq!(h.next_part(), (1, 0));
         h.release(Ok(()));
         assert_eq!(h.next_part(), (1, 1));
         h.release(Ok(()));
-        assert_eq!(later_answer.blocking_recv().unwrap().unwrap().answers, h.expected(&later));
+        h.assert_answered(later_answer, &later);
     }
 
     #[test]
@@ -812,14 +817,14 @@ mod tests {
         for (queries, answer) in queued {
             assert_eq!(h.next_pass(), 2);
             h.release(Ok(()));
-            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
+            h.assert_answered(answer, &queries);
         }
         // Drained: a full queue's worth fits again.
         let again = [h.submit(2), h.submit(2)];
         for (queries, answer) in again {
             assert_eq!(h.next_pass(), 2);
             h.release(Ok(()));
-            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
+            h.assert_answered(answer, &queries);
         }
     }
 
@@ -834,7 +839,7 @@ mod tests {
         in_pass.blocking_recv().unwrap().unwrap();
         assert_eq!(h.next_pass(), 2, "the abandoned request's 4 queries are skipped");
         h.release(Ok(()));
-        assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
+        h.assert_answered(answer, &queries);
     }
 
     #[test]
@@ -854,13 +859,13 @@ mod tests {
         assert!(straddling.blocking_recv().unwrap().is_err(), "its unscanned query is not answered alone");
         assert_eq!(h.next_pass(), 1);
         h.release(Ok(()));
-        assert_eq!(after.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
+        h.assert_answered(after, &queries);
         // Nothing is left counted against the queue: a full queue's worth fits.
         let refill = [h.submit(2), h.submit(2)];
         for (queries, answer) in refill {
             assert_eq!(h.next_pass(), 2);
             h.release(Ok(()));
-            assert_eq!(answer.blocking_recv().unwrap().unwrap().answers, h.expected(&queries));
+            h.assert_answered(answer, &queries);
         }
     }
 

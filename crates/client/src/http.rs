@@ -84,7 +84,9 @@ impl Trust {
 /// An HTTP client for `settings` that talks to `servers`. The system's
 /// certificate authorities are loaded only if one of them is an `https`
 /// URL: reading them takes a few milliseconds, a sizeable part of a
-/// one-shot lookup against plain `http` servers, which need none.
+/// one-shot lookup against plain `http` servers, which need none. (A plain
+/// `http` server that redirects to `https` then fails the certificate
+/// check: give its `https` URL.)
 pub(crate) fn http_client(settings: &Settings, servers: &[&Url]) -> Result<reqwest::Client, Error> {
     let tls = if servers.iter().any(|url| url.scheme() == "https") {
         settings.trust.tls_config()?

@@ -22,6 +22,10 @@ pub struct SnapshotArgs {
     /// so that both swap at the same sequence number.
     #[arg(long = "admin", value_name = "URL", required = true)]
     admins: Vec<String>,
+    /// The table to swap, on servers of several tables; their only table
+    /// when not given.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
     /// File holding the admin token; MORPHOGEN_ADMIN_TOKEN in the
     /// environment otherwise.
     #[arg(long, value_name = "FILE")]
@@ -61,7 +65,7 @@ struct Outcome {
 pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     // Each admin request is short; the wait for the load has its own limit.
     let settings = args.trust.settings(Duration::from_secs(60))?;
-    let admins = connect_admins(&args.admins, args.token_file.as_deref(), &settings)?;
+    let admins = connect_admins(&args.admins, args.table.as_deref(), args.token_file.as_deref(), &settings)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcomes = runtime.block_on(swap_all(&admins, args))?;
     let digests: Vec<&str> = outcomes.iter().map(|o| o.status.meta.snapshot_digest.as_str()).collect();

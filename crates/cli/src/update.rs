@@ -22,6 +22,10 @@ pub struct UpdateArgs {
     /// so that both apply the same batch with the same sequence number.
     #[arg(long = "admin", value_name = "URL", required = true)]
     admins: Vec<String>,
+    /// The table to change, on servers of several tables (`serve --tables`);
+    /// their only table when not given.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
     /// File holding the admin token; MORPHOGEN_ADMIN_TOKEN in the
     /// environment otherwise.
     #[arg(long, value_name = "FILE")]
@@ -56,7 +60,7 @@ struct Outcome {
 
 pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
     let settings = args.trust.settings(Duration::from_secs(args.timeout))?;
-    let admins = connect_admins(&args.admins, args.token_file.as_deref(), &settings)?;
+    let admins = connect_admins(&args.admins, args.table.as_deref(), args.token_file.as_deref(), &settings)?;
     let changes = read_changes(&args.input)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcomes = runtime.block_on(async {
@@ -117,18 +121,23 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
     crate::print_stdout(&text)
 }
 
-/// The admin routes of one or two servers (`--admin URL`), with the token
-/// of `token_file` or the environment, reached with `settings`.
+/// The admin routes of one or two servers (`--admin URL`), for their table
+/// `table` or their only one, with the token of `token_file` or the
+/// environment, reached with `settings`.
 pub fn connect_admins(
     urls: &[String],
+    table: Option<&str>,
     token_file: Option<&Path>,
     settings: &Settings,
 ) -> anyhow::Result<Vec<Arc<Admin>>> {
     ensure!(urls.len() <= 2, "give one or two --admin URLs (got {})", urls.len());
     let token = admin_token(token_file)?
         .context("give --token-file or set MORPHOGEN_ADMIN_TOKEN in the environment")?;
-    let admins =
-        urls.iter().map(|url| Admin::new(url, &token, settings).map(Arc::new)).collect::<Result<_, _>>()?;
+    let connect = |url: &String| match table {
+        Some(table) => Admin::for_table(url, table, &token, settings),
+        None => Admin::new(url, &token, settings),
+    };
+    let admins = urls.iter().map(|url| connect(url).map(Arc::new)).collect::<Result<_, _>>()?;
     Ok(admins)
 }
 

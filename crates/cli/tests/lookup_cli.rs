@@ -303,6 +303,55 @@ fn update_batches(count: usize) -> Vec<morphogen_protocol::UpdateRequest> {
 }
 
 #[test]
+fn update_and_snapshot_take_the_table_of_a_server_of_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows =
+        |offset: u64| -> String { (0..200u64).map(|i| format!("{:08x},{:016x}\n", i, i + offset)).collect() };
+    build_named(dir.path(), "alpha.mgdb", &rows(100));
+    build_named(dir.path(), "beta.mgdb", &rows(900));
+    let manifest = dir.path().join("tables.json");
+    fs::write(&manifest, r#"{"tables": {"alpha": "alpha.mgdb", "beta": "beta.mgdb"}}"#).unwrap();
+    let token = dir.path().join("token");
+    fs::write(&token, "tables test token\n").unwrap();
+    let (manifest, token) = (manifest.to_str().unwrap(), token.to_str().unwrap());
+    let options = ["--tables", manifest, "--engine", "cpu", "--admin-token-file", token];
+    let (a, b) = (serve_with(&options), serve_with(&options));
+    let changes = dir.path().join("changes.csv");
+    fs::write(&changes, "key,value\n00000005,00000000000000cc\n").unwrap();
+    let admin_args = ["--admin", &a.url, "--admin", &b.url, "--token-file", token];
+    let run = |command: &str, extra: &[&str]| morphogen(&[&[command][..], &admin_args, extra].concat());
+
+    let updated = run("update", &["--table", "beta", "--input", changes.to_str().unwrap()]);
+    assert!(updated.status.success(), "{}", text(&updated.stderr));
+    assert_eq!(
+        text(&updated.stdout).matches("epoch 1, 1 rows changed").count(),
+        2,
+        "{}",
+        text(&updated.stdout)
+    );
+    let get = |table: &str| {
+        let output =
+            morphogen(&["get", "--table", table, "--server", &a.url, "--server", &b.url, "00000005"]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    assert_eq!(get("beta"), "00000005 00000000000000cc\n");
+    assert_eq!(get("alpha"), format!("00000005 {:016x}\n", 105), "the other table is unchanged");
+
+    // Without --table the servers cannot tell which table is meant.
+    let ambiguous = run("update", &["--input", changes.to_str().unwrap()]);
+    assert!(!ambiguous.status.success());
+    assert!(text(&ambiguous.stderr).contains("table_not_named"), "{}", text(&ambiguous.stderr));
+    let misnamed = run("update", &["--table", "no such", "--input", changes.to_str().unwrap()]);
+    assert!(!misnamed.status.success());
+    assert!(text(&misnamed.stderr).contains("names no table"), "{}", text(&misnamed.stderr));
+    // A server of several tables has no snapshot directory; the swap reaches the table and is refused.
+    let swap = run("snapshot", &["--table", "alpha", "--file", "alpha.mgdb"]);
+    assert!(!swap.status.success());
+    assert!(text(&swap.stderr).contains("snapshots_disabled"), "{}", text(&swap.stderr));
+}
+
+#[test]
 fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
     use std::sync::Arc;
     use std::time::Duration;

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
 use reqwest::Url;
 
-use crate::{Error, Settings, http_client, parse_url, success_body, transport_error};
+use crate::{Error, Settings, http_client, parse_url, success_body, table_routes, transport_error};
 
 /// One server's admin routes.
 pub struct Admin {
     http: reqwest::Client,
     url: Url,
+    /// The table's admin routes (`status`, `updates`, `snapshot`) are relative to this.
+    routes: Url,
     token: String,
     timeout: Duration,
 }
@@ -28,9 +30,20 @@ impl Admin {
     /// its public one), authenticated by `token`; every request is bounded by
     /// the settings' timeout.
     pub fn new(url: &str, token: &str, settings: &Settings) -> Result<Admin, Error> {
+        Admin::open(url, None, token, settings)
+    }
+
+    /// Like [`Admin::new`], for the table `table` of a server that serves
+    /// several (`serve --tables`): its routes under `/admin/v1/tables/{table}/`.
+    pub fn for_table(url: &str, table: &str, token: &str, settings: &Settings) -> Result<Admin, Error> {
+        Admin::open(url, Some(table), token, settings)
+    }
+
+    fn open(url: &str, table: Option<&str>, token: &str, settings: &Settings) -> Result<Admin, Error> {
         let url = parse_url(url)?;
         Ok(Admin {
             http: http_client(settings, &[&url])?,
+            routes: table_routes(&url, "admin/v1/", table)?,
             url,
             token: token.trim().to_string(),
             timeout: settings.timeout,
@@ -45,7 +58,7 @@ impl Admin {
     /// The server's metadata as of its current epoch (the next sequence
     /// number is its `epoch` plus one) and its latest snapshot swap.
     pub async fn status(&self) -> Result<AdminStatus, Error> {
-        let url = self.url.join("admin/v1/status").expect("a fixed relative path");
+        let url = self.routes.join("status").expect("a fixed relative path");
         let request = self.http.get(url).bearer_auth(&self.token);
         let bytes = self.send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable status: {e}")))
@@ -54,7 +67,7 @@ impl Admin {
     /// Sends one update batch; it is answered once the server has it in its
     /// log, synced, and in its engine.
     pub async fn update(&self, batch: &UpdateRequest) -> Result<UpdateReply, Error> {
-        let url = self.url.join("admin/v1/updates").expect("a fixed relative path");
+        let url = self.routes.join("updates").expect("a fixed relative path");
         let request = self.http.post(url).bearer_auth(&self.token).json(batch);
         let bytes = self.send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable update reply: {e}")))
@@ -64,7 +77,7 @@ impl Admin {
     /// directory; answered at once, while the server loads it. Follow it
     /// with [`Admin::status`].
     pub async fn swap(&self, request: &SnapshotRequest) -> Result<SwapStatus, Error> {
-        let url = self.url.join("admin/v1/snapshot").expect("a fixed relative path");
+        let url = self.routes.join("snapshot").expect("a fixed relative path");
         let request = self.http.post(url).bearer_auth(&self.token).json(request);
         let bytes = self.send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable swap status: {e}")))

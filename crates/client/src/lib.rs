@@ -294,14 +294,7 @@ impl Connection {
         table: Option<&str>,
         timeout: Duration,
     ) -> Result<Connection, Error> {
-        let routes = match table {
-            None => url.join("v1/"),
-            Some(name) if is_table_name(name) => url.join(&format!("v1/tables/{name}/")),
-            Some(name) => {
-                return Err(Error::Url { url: url.to_string(), message: format!("{name:?} names no table") });
-            }
-        }
-        .expect("a relative path of URL-safe characters");
+        let routes = table_routes(&url, "v1/", table)?;
         let deadline = Instant::now() + timeout;
         let meta = fetch_meta(&http, &url, &routes, deadline).await?;
         let layout =
@@ -415,6 +408,19 @@ fn parse_url(text: &str) -> Result<Url, Error> {
         });
     }
     Ok(url)
+}
+
+/// The routes under `base` (`v1/` or `admin/v1/`) of the table `table` of
+/// the server at `url`, or of its only table if `None`.
+pub(crate) fn table_routes(url: &Url, base: &str, table: Option<&str>) -> Result<Url, Error> {
+    let routes = match table {
+        None => url.join(base),
+        Some(name) if is_table_name(name) => url.join(&format!("{base}tables/{name}/")),
+        Some(name) => {
+            return Err(Error::Url { url: url.to_string(), message: format!("{name:?} names no table") });
+        }
+    };
+    Ok(routes.expect("a relative path of URL-safe characters"))
 }
 
 /// The Prometheus metrics of the server at `url` (`GET /metrics`, beside

@@ -86,6 +86,9 @@ struct Scratch {
     patterns: Vec<u8>,
     /// The order to visit `selected` in: by the first group's pattern.
     order: Vec<u32>,
+    /// `leaf_patterns[j][p]`: which queries of group j select page p of
+    /// the leaf being listed.
+    leaf_patterns: Vec<[u8; POINTS_PER_LEAF as usize]>,
     /// 2^g pages per query group, all zero between chunks. The scan never
     /// writes bucket 0 (pages selected by none of the group).
     buckets: Vec<u8>,
@@ -172,6 +175,7 @@ impl CpuEngine {
             selected: Vec::new(),
             patterns: Vec::new(),
             order: Vec::new(),
+            leaf_patterns: vec![[0; POINTS_PER_LEAF as usize]; groups],
             buckets: vec![0; groups * (page_size << group)],
             answers: Answers::zeroed(layout, queries.len()),
         };
@@ -256,11 +260,10 @@ fn scan_chunk(
 /// Lists the pages of the chunk's first `leaves` leaves that some query
 /// selects, and for each of them which queries of each group select it.
 fn select_pages(scratch: &mut Scratch, queries: usize, leaves: usize) {
-    let Scratch { bits, group, groups, selected, patterns, .. } = scratch;
+    let Scratch { bits, group, selected, patterns, leaf_patterns, .. } = scratch;
     let stride = CHUNK_LEAVES as usize;
     selected.clear();
     patterns.clear();
-    let mut leaf_patterns = vec![[0u8; POINTS_PER_LEAF as usize]; *groups];
     let mut members = [0u128; MAX_GROUP as usize];
     for leaf in 0..leaves {
         let bits_of = |q: usize| bits[q * stride + leaf];
@@ -506,6 +509,7 @@ mod tests {
             selected: vec![10, 11, 12, 13, 14, 15],
             patterns: patterns_by_page.concat(),
             order: Vec::new(),
+            leaf_patterns: Vec::new(),
             buckets: Vec::new(),
             answers: Answers::zeroed(&Layout::new(512, 8, 2, 128, [0; 16]).unwrap(), 1),
         };

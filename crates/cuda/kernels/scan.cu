@@ -280,8 +280,9 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
 }
 
 // Every tile's kernel has the same signature; tiles from 8 up use the
-// grouped scan and COMBINATIONS_MAX * 32 * 16 + 64 * 4 bytes of shared
-// memory per warp (scan_shared_bytes in src/geometry.rs).
+// grouped scan and COMBINATIONS_MAX * 32 * 16 + 40 * 16 bytes of shared
+// memory per warp: the combinations, then the stash of 32 uint4 of
+// selection bits and 32 packed words (scan_shared_bytes in src/geometry.rs).
 #define SCAN_KERNEL(TILE, BODY, MIN_BLOCKS)                                                            \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) scan_tile_##TILE(                   \
         const uint4* __restrict__ table, const uint4* __restrict__ bits, uint4* __restrict__ partial, \

@@ -112,10 +112,23 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
     let originals = dir.path().join("originals");
     fs::create_dir(&originals).unwrap();
     build_named(&originals, "old.mgdb", &rows(500, 0));
-    // Large enough (20 MB) that loading and verifying it takes tens of
-    // milliseconds to kill the server in.
+    // Large enough (107 MB) that loading and verifying it takes 20 to 30 ms
+    // on a 2-core machine, so the first rounds' kills land inside the load
+    // even on a machine several times faster. (A 20 MB table once loaded
+    // on CI before a kill 1 ms after the swap was acknowledged.)
     let new = originals.join("new.mgdb");
-    let built = morphogen(&["build", "--synthetic", "500000", "--output", new.to_str().unwrap()]);
+    let built = morphogen(&[
+        "build",
+        "--synthetic",
+        "200000",
+        "--value-size",
+        "512",
+        // Big pages leave every page free rows for the updates below.
+        "--page-size",
+        "65536",
+        "--output",
+        new.to_str().unwrap(),
+    ]);
     assert!(built.status.success(), "{}", text(&built.stderr));
     let new_digest = file_digest(&new);
     let token = dir.path().join("token");
@@ -123,7 +136,8 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (mut seen_old, mut seen_new) = (0, 0);
 
-    for (round, kill_after_ms) in [0, 2, 5, 10, 20, 40, 80, 160, 320, 640].into_iter().enumerate() {
+    let kill_after_us = [0, 250, 500, 1_000, 2_000, 4_000, 8_000, 32_000, 128_000, 640_000];
+    for (round, kill_after_us) in kill_after_us.into_iter().enumerate() {
         let snapshots = dir.path().join(format!("round-{round}"));
         fs::create_dir(&snapshots).unwrap();
         // Servers never write table files, only the logs beside them.
@@ -148,9 +162,10 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
                 admin.update(&UpdateRequest { sequence: 1, changes: changes(3, 0xd4) }).await.unwrap();
             let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 2 };
             admin.swap(&request).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
             updated.digest
         });
+        // A thread sleep, not the runtime's timer, whose resolution is 1 ms.
+        std::thread::sleep(Duration::from_micros(kill_after_us));
         server.child.kill().unwrap();
         server.child.wait().unwrap();
 

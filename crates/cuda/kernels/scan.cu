@@ -124,40 +124,63 @@ __device__ __forceinline__ void scan_tile(const uint4* __restrict__ table, const
 // query then XORs in the one combination its selection bits name: one
 // shared load per query instead of up to COMBINED XORs (the "four Russians"
 // trick for this GF(2) product). A lane reads only its own combinations, so
-// no barrier is needed for them. The group's other pages are XORed into
-// each query that selects them straight from registers: for 8 or 16
-// queries, storing the 8 further combinations of all 4 pages costs more of
-// the shared memory's bandwidth (which global loads pass through as well)
-// than those XORs cost the otherwise idle ALUs.
+// no barrier is needed for them. With COMBINED = 3 the group's 4th page is
+// XORed into each query that selects it straight from registers: for 8 or
+// 16 queries, storing the 8 further combinations costs more of the shared
+// memory's bandwidth (which global loads pass through as well) than those
+// XORs cost.
 //
-// Once per 32 pages the warp turns its lanes' selection words (lane j holds
-// query j's) into packed 4-bit selections, one word per group and 8
-// queries, so a group costs TILE / 8 broadcast reads of them, not one read
-// per query.
+// Shared memory's bandwidth and the integer ALU pipe bound this loop, so
+// little but the XORs and the combinations' loads and stores is left in
+// it. Once per 32 pages the warp turns its lanes' selection words (lane j
+// holds query j's) into a byte per query and group that names its
+// combination, already shifted so that one byte permute makes it the
+// combination's offset, and a word per group of the queries that select
+// the 4th page. A group then reads one broadcast word per 4 queries, and a
+// query costs a permute, an add, its shared load, its XORs and a bit test.
+// Page addresses are multiply-adds from a pointer that moves by a group
+// (the FMA pipe), and the pages any query selects are tested in a window of
+// wanted bits that shifts by a group.
 //
 // Memory latency is hidden by loading the next group's pages into registers
 // before this group is combined, and by prefetching the group after that
 // into L2: a warp of this scan holds too many accumulators for many warps
-// to share a multiprocessor. The pipeline runs on from one leaf into the
-// next: a leaf's selection bits are loaded a whole leaf ahead and kept in
-// shared memory while it is scanned, so no leaf starts with a wait.
+// to share a multiprocessor. The pipeline runs on from one leaf into the next: a
+// leaf's selection bits are loaded a whole leaf ahead and kept in shared
+// memory while it is scanned, so no leaf starts with a wait.
 #define GROUP_PAGES 4
-#define GROUPS_PER_LEAF (128 / GROUP_PAGES)
 #define GROUPS_PER_WORD (32 / GROUP_PAGES)
-#define QUERIES_PER_NIBBLE_WORD 8
-#define NIBBLE_WORDS_PER_GROUP (32 / QUERIES_PER_NIBBLE_WORD)
 // How many groups ahead a warp prefetches into L2 (1 and 3 measured no
 // better; prefetching into L1 no better either).
 #define PREFETCH_GROUPS 2
+// Shared memory of a warp of the grouped scan, in uint4: its combinations
+// ([combination][lane], 512 bytes apart), then its stash: the leaf's
+// selection bits ([query]), the combination bytes of a word's groups
+// ([group][query] u8, room for 32 queries) and their 4th-page flags
+// ([group] u32). A combination byte is its index times 2: in the second
+// byte of a word it is the index times 512.
+#define COMBINATION_VECS (COMBINATIONS_MAX * 32)
+#define STASH_BITS_VECS 32
+#define STASH_OFFSET_VECS (GROUPS_PER_WORD * 32 / 16)
+#define STASH_FLAG_VECS (GROUPS_PER_WORD / 4)
+#define STASH_VECS (STASH_BITS_VECS + STASH_OFFSET_VECS + STASH_FLAG_VECS)
 
-// Loads the 16 bytes of this lane's column of the 4 pages of a group that
-// `wanted` names (bit i: page first + i); a page no query selects counts as
-// zero and is not read.
-__device__ __forceinline__ void load_group(uint4 (&p)[GROUP_PAGES], const uint4* column, u64 first,
-                                           u32 page_vecs, u32 wanted) {
+// base + index * stride bytes, as one multiply-add: on the FMA pipe, which
+// the grouped scan leaves idle, not on the integer pipe that bounds it.
+__device__ __forceinline__ const uint4* advance(const uint4* base, u32 index, u32 stride) {
+    u64 address;
+    asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(address) : "r"(index), "r"(stride), "l"((u64)base));
+    return (const uint4*)address;
+}
+
+// Loads this lane's 16 bytes of the pages `first` + i * page_bytes whose
+// bit i of `wanted` is set; a page no query selects counts as zero and is
+// not read.
+__device__ __forceinline__ void load_group(uint4 (&p)[GROUP_PAGES], const uint4* first, u32 page_bytes,
+                                           u32 wanted) {
 #pragma unroll
     for (int i = 0; i < GROUP_PAGES; i++) {
-        p[i] = (wanted >> i) & 1u ? __ldg(column + (first + i) * page_vecs) : make_uint4(0, 0, 0, 0);
+        p[i] = (wanted >> i) & 1u ? __ldg(advance(first, i, page_bytes)) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -166,19 +189,16 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
                                              uint4* __restrict__ partial, u32 page_vecs, u64 pages_per_table,
                                              u64 leaves, u32 choices, u32 queries, u32 tiles,
                                              u32 ranges_per_table, u32 leaves_per_range) {
-    static_assert(TILE % QUERIES_PER_NIBBLE_WORD == 0 && TILE <= 32, "a tile is 8, 16 or 32 queries");
-    static_assert(COMBINED >= 1 && COMBINED <= GROUP_PAGES, "combinations of some of the group's pages");
+    static_assert(TILE == 8 || TILE == 16 || TILE == 32, "a tile is 8, 16 or 32 queries");
+    static_assert(COMBINED == 3 || COMBINED == 4, "combinations of 3 or all 4 of a group's pages");
     constexpr int COMBINATIONS = 1 << COMBINED;
-    // Per warp: [combination][lane] of uint4 (COMBINATIONS_MAX of them, so
-    // that the layout does not depend on COMBINED); after all warps'
-    // combinations, per warp the leaf's selection bits ([query] of uint4)
-    // and 32 packed words ([group][queries / 8]): 40 uint4.
     extern __shared__ uint4 shared_of_block[];
     const u32 lane = threadIdx.x & 31u;
     const u32 warp_in_block = threadIdx.x >> 5;
-    uint4* combination = shared_of_block + warp_in_block * (COMBINATIONS_MAX * 32) + lane;
-    uint4* stash = shared_of_block + (blockDim.x >> 5) * (COMBINATIONS_MAX * 32) + warp_in_block * 40;
-    u32* nibbles = (u32*)(stash + 32);
+    uint4* combination = shared_of_block + warp_in_block * COMBINATION_VECS + lane;
+    uint4* stash = shared_of_block + (blockDim.x >> 5) * COMBINATION_VECS + warp_in_block * STASH_VECS;
+    unsigned char* offsets = (unsigned char*)(stash + STASH_BITS_VECS);
+    u32* flags = (u32*)(stash + STASH_BITS_VECS + STASH_OFFSET_VECS);
     combination[0] = make_uint4(0, 0, 0, 0);  // no combined page of the group selected
 
     const WarpWork work = warp_work(bits, table, page_vecs, pages_per_table, leaves, choices, queries, tiles,
@@ -189,100 +209,113 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
 #pragma unroll
     for (int j = 0; j < TILE; j++) acc[j] = make_uint4(0, 0, 0, 0);
 
-    // The packed word this lane writes: group lane / 4, queries 8 (lane % 4) ..
-    const u32 pack_group = lane >> 2;
-    const u32 pack_first_query = (lane & 3u) * QUERIES_PER_NIBBLE_WORD;
-
-    const uint4* column = work.column;
+    const u32 page_bytes = page_vecs * 16u;
     // Selection bits of a leaf (none past the range).
     const auto bits_of = [&](u64 leaf) {
         return work.holds_query && leaf < work.leaf_end ? work.query_bits[leaf] : make_uint4(0, 0, 0, 0);
     };
+    // Combination bytes and flags of the 8 groups of word w of the stashed
+    // leaf. The lane packs for query lane % TILE the groups lane / TILE +
+    // r * 32 / TILE.
+    const auto pack_word = [&](u32 w) {
+        __syncwarp();  // the stash is written; every lane is done with the previous word's bytes
+        const u32 word = ((const u32*)&stash[lane % TILE])[w];
+#pragma unroll
+        for (int r = 0; r < TILE / 4; r++) {
+            const u32 group = lane / TILE + r * (32 / TILE);
+            const u32 nibble = (word >> (GROUP_PAGES * group)) & 15u;
+            offsets[group * TILE + lane % TILE] = (unsigned char)((nibble & (COMBINATIONS - 1)) << 1);
+            if (COMBINED < GROUP_PAGES) {
+                const u32 selecting_4th = __ballot_sync(FULL_WARP, nibble >> 3);
+                if (lane % TILE == 0) flags[group] = (selecting_4th >> lane) & (u32)((1ull << TILE) - 1);
+            }
+        }
+        __syncwarp();
+    };
+
     uint4 b_next = bits_of(work.leaf_begin);
-    u32 any[4] = {__reduce_or_sync(FULL_WARP, b_next.x), __reduce_or_sync(FULL_WARP, b_next.y),
-                  __reduce_or_sync(FULL_WARP, b_next.z), __reduce_or_sync(FULL_WARP, b_next.w)};
+    // anyN: the pages of word N of the leaf that some query selects.
+    u32 any0 = __reduce_or_sync(FULL_WARP, b_next.x), any1 = __reduce_or_sync(FULL_WARP, b_next.y),
+        any2 = __reduce_or_sync(FULL_WARP, b_next.z), any3 = __reduce_or_sync(FULL_WARP, b_next.w);
+    // This lane's 16 bytes of the group's pages, and where they start.
     uint4 p[GROUP_PAGES];
-    load_group(p, column, work.leaf_begin * 128, page_vecs, any[0] & 15u);
+    const uint4* group_pages = work.column + work.leaf_begin * 128 * page_vecs;
+    load_group(p, group_pages, page_bytes, any0 & 15u);
     for (u64 leaf = work.leaf_begin; leaf < work.leaf_end; leaf++) {
-        __syncwarp();  // every lane is done with the previous leaf's stashed words
+        // Every lane is done with the previous leaf's stash: pack_word ends
+        // with a barrier.
         stash[lane] = b_next;  // this leaf's selection bits, lane j: query j's
         b_next = bits_of(leaf + 1);
-        u32 next_first_word = 0;  // the next leaf's first 32 pages any query selects
-        const u64 first_page = leaf * 128;
 #pragma unroll 1
-        for (u32 g = 0; g < GROUPS_PER_LEAF; g++) {
-            const u32 w = g / GROUPS_PER_WORD;
-            const u32 group = g % GROUPS_PER_WORD;
-            if (group == 0) {
-                __syncwarp();  // the stash is written; every lane is done with the previous packed selections
-                u32 packed = 0;
+        for (u32 w = 0; w < 4; w++) {
+            // The word after this one: the next leaf's first at the last.
+            const u32 after = w < 3 ? any1 : __reduce_or_sync(FULL_WARP, b_next.x);
+            pack_word(w);
+            // Bit 4 k + i: some query selects page i of the k-th group from
+            // this one; shifted by a group each group.
+            u32 wanted = any0, wanted_after = after;
+            // One group a turn: unrolling two turns to swap the roles of p
+            // and next instead of copying measured 4-15% slower.
+#pragma unroll 1
+            for (u32 group = 0; group < GROUPS_PER_WORD; group++) {
+                // The group's combination bytes (4 queries a word) and flags,
+                // read first: the compiler may not move them above the
+                // stores of the combinations.
+                u32 four[TILE / 4];
+                const u32* group_offsets = (const u32*)(offsets + group * TILE);
 #pragma unroll
-                for (int i = 0; i < QUERIES_PER_NIBBLE_WORD; i++) {
-                    const u32 word = ((const u32*)&stash[pack_first_query + i])[w];
-                    packed |= ((word >> (pack_group * GROUP_PAGES)) & 15u) << (4 * i);
-                }
-                nibbles[lane] = packed;
-                __syncwarp();
-            }
-            if (g == GROUPS_PER_LEAF - PREFETCH_GROUPS - 1) next_first_word = __reduce_or_sync(FULL_WARP, b_next.x);
-            // Bit i set: some query selects page 4 g2 + i of the leaf (g2 past
-            // the leaf: of the next leaf).
-            const auto wanted_of = [&](u32 g2) {
-                const u32 w2 = g2 / GROUPS_PER_WORD;
-                const u32 word = w2 == 0 ? any[0] : w2 == 1 ? any[1] : w2 == 2 ? any[2] : w2 == 3 ? any[3] : next_first_word;
-                return (word >> ((g2 % GROUPS_PER_WORD) * GROUP_PAGES)) & 15u;
-            };
-            {
-                const u32 soon = wanted_of(g + PREFETCH_GROUPS);
+                for (int k = 0; k < TILE / 4; k++) four[k] = group_offsets[k];
+                const u32 fourth = COMBINED < GROUP_PAGES ? flags[group] : 0u;
 #pragma unroll
                 for (int i = 0; i < GROUP_PAGES; i++) {
-                    if ((soon >> i) & 1u) {
-                        const u64 page = first_page + (g + PREFETCH_GROUPS) * GROUP_PAGES + i;
-                        asm volatile("prefetch.global.L2 [%0];" ::"l"(column + page * page_vecs));
+                    if ((wanted >> (PREFETCH_GROUPS * GROUP_PAGES + i)) & 1u) {
+                        const uint4* page = advance(group_pages, PREFETCH_GROUPS * GROUP_PAGES + i, page_bytes);
+                        asm volatile("prefetch.global.L2 [%0];" ::"l"(page));
                     }
                 }
-            }
-            uint4 next[GROUP_PAGES];
-            load_group(next, column, first_page + (g + 1) * GROUP_PAGES, page_vecs, wanted_of(g + 1));
-            u32 selections[TILE / QUERIES_PER_NIBBLE_WORD];
+                uint4 next[GROUP_PAGES];
+                load_group(next, advance(group_pages, GROUP_PAGES, page_bytes), page_bytes,
+                           (wanted >> GROUP_PAGES) & 15u);
+                // combination c = XOR of the pages i < COMBINED with bit i of c set.
+                uint4 c[COMBINATIONS];
+                c[0] = make_uint4(0, 0, 0, 0);
 #pragma unroll
-            for (int k = 0; k < TILE / QUERIES_PER_NIBBLE_WORD; k++) {
-                selections[k] = nibbles[group * NIBBLE_WORDS_PER_GROUP + k];
-            }
-            // combination c = XOR of the pages i < COMBINED with bit i of c set.
-            uint4 c[COMBINATIONS];
-            c[0] = make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int k = 1; k < COMBINATIONS; k++) {
-                const int low = k & -k;  // c[k] = c[k without its lowest page] ^ that page
-                c[k] = xor4(c[k ^ low], p[low == 1 ? 0 : low == 2 ? 1 : low == 4 ? 2 : 3]);
-                combination[k * 32] = c[k];
-            }
-#pragma unroll
-            for (int j = 0; j < TILE; j++) {
-                const u32 nibble =
-                    (selections[j / QUERIES_PER_NIBBLE_WORD] >> (4 * (j % QUERIES_PER_NIBBLE_WORD))) & 15u;
-                acc[j] = xor4(acc[j], combination[(nibble & (COMBINATIONS - 1)) * 32]);
-#pragma unroll
-                for (int i = COMBINED; i < GROUP_PAGES; i++) {
-                    if ((nibble >> i) & 1u) acc[j] = xor4(acc[j], p[i]);
+                for (int k = 1; k < COMBINATIONS; k++) {
+                    const int low = k & -k;  // c[k] = c[k without its lowest page] ^ that page
+                    c[k] = xor4(c[k ^ low], p[low == 1 ? 0 : low == 2 ? 1 : low == 4 ? 2 : 3]);
+                    combination[k * 32] = c[k];
                 }
-            }
 #pragma unroll
-            for (int i = 0; i < GROUP_PAGES; i++) p[i] = next[i];
+                for (int k = 0; k < TILE / 4; k++) {
+#pragma unroll
+                    for (int m = 0; m < 4; m++) {
+                        const int j = 4 * k + m;
+                        // Byte m of four[k] as the second byte of a word, zeros around it.
+                        const u32 offset = __byte_perm(four[k], 0u, 0x4404u | (m << 4));
+                        acc[j] = xor4(acc[j], *(const uint4*)((const char*)combination + offset));
+                        if (COMBINED < GROUP_PAGES && ((fourth >> j) & 1u)) acc[j] = xor4(acc[j], p[3]);
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < GROUP_PAGES; i++) p[i] = next[i];
+                group_pages = advance(group_pages, GROUP_PAGES, page_bytes);
+                wanted = __funnelshift_r(wanted, wanted_after, GROUP_PAGES);
+                wanted_after >>= GROUP_PAGES;
+            }
+            any0 = after;
+            any1 = any2;
+            any2 = any3;
         }
-        any[0] = next_first_word;
-        any[1] = __reduce_or_sync(FULL_WARP, b_next.y);
-        any[2] = __reduce_or_sync(FULL_WARP, b_next.z);
-        any[3] = __reduce_or_sync(FULL_WARP, b_next.w);
+        any1 = __reduce_or_sync(FULL_WARP, b_next.y);
+        any2 = __reduce_or_sync(FULL_WARP, b_next.z);
+        any3 = __reduce_or_sync(FULL_WARP, b_next.w);
     }
     write_partial<TILE>(acc, partial, work, queries, page_vecs);
 }
 
 // Every tile's kernel has the same signature; tiles from 8 up use the
-// grouped scan and COMBINATIONS_MAX * 32 * 16 + 40 * 16 bytes of shared
-// memory per warp: the combinations, then the stash of 32 uint4 of
-// selection bits and 32 packed words (scan_shared_bytes in src/geometry.rs).
+// grouped scan and (COMBINATION_VECS + STASH_VECS) * 16 bytes of shared
+// memory per warp (scan_shared_bytes in src/geometry.rs).
 #define SCAN_KERNEL(TILE, BODY, MIN_BLOCKS)                                                            \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) scan_tile_##TILE(                   \
         const uint4* __restrict__ table, const uint4* __restrict__ bits, uint4* __restrict__ partial, \

@@ -22,13 +22,18 @@ const GROUPED_FROM: u32 = 8;
 /// warp (`COMBINATIONS_MAX` in scan.cu).
 const COMBINATIONS_MAX: u32 = 16;
 
+/// Bytes of a grouped-scan warp's stash (`STASH_VECS` in scan.cu): the
+/// leaf's 16 bytes of selection bits per lane, a combination byte per
+/// query (up to 32) and group of a 32-page word, and a word of flags per
+/// group.
+const STASH_BYTES: u32 = 32 * 16 + 8 * 32 + 8 * 4;
+
 /// Dynamic shared memory of one block of the scan kernel for `tile`: the
 /// grouped scan keeps, per warp, room for 16 combinations of a 512-byte
-/// slice, the leaf's 16 bytes of selection bits per lane and 32 words of
-/// packed 4-bit selections.
+/// slice and its stash.
 pub(crate) fn scan_shared_bytes(tile: u32) -> u32 {
     if tile >= GROUPED_FROM {
-        WARPS_PER_BLOCK as u32 * (COMBINATIONS_MAX * SLICE_BYTES + 32 * 16 + 32 * 4)
+        WARPS_PER_BLOCK as u32 * (COMBINATIONS_MAX * SLICE_BYTES + STASH_BYTES)
     } else {
         0
     }
@@ -185,7 +190,7 @@ mod tests {
 
     #[test]
     fn grouped_tiles_fit_in_shared_memory() {
-        assert_eq!(TILES.map(scan_shared_bytes), [0, 0, 0, 70656, 70656, 70656]);
+        assert_eq!(TILES.map(scan_shared_bytes), [0, 0, 0, 71936, 71936, 71936]);
         // Two blocks still fit in the 227 KiB a Hopper multiprocessor offers.
         assert!(2 * scan_shared_bytes(32) < 227 << 10);
     }

@@ -7,6 +7,7 @@
 //! compare the two.
 
 mod cpu;
+mod parity;
 mod reference;
 
 use morphogen_dpf::Key;

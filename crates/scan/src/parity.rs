@@ -6,7 +6,7 @@
 //! pages and the block's parity instead, since the XOR of the pages it
 //! selects is the parity XOR the others. Reading whichever is fewer, a
 //! query alone reads min(s, 9 - s) pages of a block of 8 of which it
-//! selects s: 3.27 pages on average instead of 4, a fifth less, for an
+//! selects s: 3.27 pages on average instead of 4, about a fifth less, for an
 //! eighth more memory. For a batch, a block's queries switch only when the
 //! pages the whole batch reads get fewer, so a pass never reads more.
 

@@ -81,43 +81,66 @@ fn compute(table: &Table, blocks_per_table: u64, block: u64, parity: &mut [u8]) 
 /// that select more than half of the block's pages are switched to its
 /// other pages: their selection of the block is complemented within
 /// `valid` and bit `block` of their `parities` word is set.
+///
+/// All 16 blocks of the leaf are planned at once, a byte each, since the
+/// scan thread plans every leaf of every query of a pass.
 pub(crate) fn plan_leaf(selections: &mut [u128], parities: &mut [u16], valid: u128) {
     debug_assert_eq!(selections.len(), parities.len());
-    for block in 0..BLOCKS_PER_LEAF {
-        let shift = block as u32 * BLOCK_PAGES as u32;
-        let valid = (valid >> shift) as u8;
-        let of = |word: u128| (word >> shift) as u8;
-        // Pages the batch reads as it is, and once switched.
-        let (mut plain, mut switched, mut switching) = (0u8, 0u8, false);
-        for &word in selections.iter() {
-            let selection = of(word);
-            plain |= selection;
-            let others = valid & !selection;
-            if reads_fewer(selection, others) {
-                switched |= others;
-                switching = true;
-            } else {
-                switched |= selection;
-            }
-        }
-        if !switching || switched.count_ones() + 1 >= plain.count_ones() {
-            continue;
-        }
-        for (word, parity) in selections.iter_mut().zip(parities.iter_mut()) {
-            let selection = of(*word);
-            let others = valid & !selection;
-            if reads_fewer(selection, others) {
-                *word = *word & !(0xffu128 << shift) | u128::from(others) << shift;
-                *parity |= 1 << block;
-            }
-        }
+    // A selection's other pages, and 0xff in the blocks where they and the
+    // parity are fewer pages than it.
+    let switch_of = |selection: u128| {
+        let others = valid & !selection;
+        (others, bytes_greater(byte_counts(selection), byte_counts(others) + LOW_BITS))
+    };
+    // Pages the batch reads as it is, and once switched; blocks some query switches in.
+    let (mut plain, mut switched, mut switching) = (0u128, 0u128, 0u128);
+    for &selection in selections.iter() {
+        let (others, switch) = switch_of(selection);
+        plain |= selection;
+        switched |= (others & switch) | (selection & !switch);
+        switching |= switch;
+    }
+    // The blocks where switching reads fewer pages, its parity included.
+    let fewer = bytes_greater(byte_counts(plain), byte_counts(switched) + (switching & LOW_BITS));
+    let planned = switching & fewer;
+    if planned == 0 {
+        return;
+    }
+    for (selection, parity) in selections.iter_mut().zip(parities.iter_mut()) {
+        let (others, switch) = switch_of(*selection);
+        let switch = switch & planned;
+        *selection = (others & switch) | (*selection & !switch);
+        *parity |= byte_flags(switch);
     }
 }
 
-/// Whether reading a block's `others` and its parity takes fewer pages
-/// than reading its `selection`.
-fn reads_fewer(selection: u8, others: u8) -> bool {
-    others.count_ones() + 1 < selection.count_ones()
+/// The lowest bit of every byte.
+const LOW_BITS: u128 = u128::MAX / 0xff;
+
+/// The highest bit of every byte.
+const HIGH_BITS: u128 = LOW_BITS << 7;
+
+/// The number of set bits of each byte of `x`, in that byte.
+fn byte_counts(x: u128) -> u128 {
+    let (m1, m2, m4) = (LOW_BITS * 0x55, LOW_BITS * 0x33, LOW_BITS * 0x0f);
+    let x = x - ((x >> 1) & m1);
+    let x = (x & m2) + ((x >> 2) & m2);
+    (x + (x >> 4)) & m4
+}
+
+/// 0xff in each byte where `a`'s byte is greater than `b`'s, 0 elsewhere.
+/// Every byte of both must be below 0x80, so no byte borrows from the next.
+fn bytes_greater(a: u128, b: u128) -> u128 {
+    let greater = ((a | HIGH_BITS) - b - LOW_BITS) & HIGH_BITS;
+    (greater >> 7) * 0xff
+}
+
+/// Bit b set where byte b of `mask` (every byte 0 or 0xff) is set.
+fn byte_flags(mask: u128) -> u16 {
+    // The multiply moves bit 0 of byte i to bit 56 + i, without carries.
+    let gather =
+        |half: u64| ((half & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u16;
+    gather(mask as u64) | gather((mask >> 64) as u64) << 8
 }
 
 #[cfg(test)]
@@ -168,6 +191,76 @@ mod tests {
             let parity_reads = parities.iter().fold(0, |a, p| a | p).count_ones();
             assert!(union(&planned) + parity_reads <= union(&selections), "round {round}");
         }
+    }
+
+    /// The plan, block after block and query after query: the plain twin
+    /// of `plan_leaf`.
+    fn plan_block_by_block(selections: &mut [u128], parities: &mut [u16], valid: u128) {
+        for block in 0..BLOCKS_PER_LEAF {
+            let shift = 8 * block;
+            let valid = (valid >> shift) as u8;
+            let of = |word: u128| (word >> shift) as u8;
+            let fewer = |selection: u8| (valid & !selection).count_ones() + 1 < selection.count_ones();
+            let (mut plain, mut switched, mut switching) = (0u8, 0u8, false);
+            for &word in selections.iter() {
+                let selection = of(word);
+                plain |= selection;
+                switched |= if fewer(selection) { valid & !selection } else { selection };
+                switching |= fewer(selection);
+            }
+            if !switching || switched.count_ones() + 1 >= plain.count_ones() {
+                continue;
+            }
+            for (word, parity) in selections.iter_mut().zip(parities.iter_mut()) {
+                let selection = of(*word);
+                if fewer(selection) {
+                    *word = *word & !(0xffu128 << shift) | u128::from(valid & !selection) << shift;
+                    *parity |= 1 << block;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_plan_equals_its_block_by_block_twin() {
+        let mut state = 11;
+        for round in 0..2000 {
+            let queries = 1 + round % 12;
+            let valid = if round % 3 == 0 { u128::MAX >> (next(&mut state) % 128) } else { u128::MAX };
+            // Denser and sparser selections than a DPF's half, so that every count occurs.
+            let density = round % 4;
+            let word = |state: &mut u64| {
+                let w = u128::from(next(state)) << 64 | u128::from(next(state));
+                let v = u128::from(next(state)) << 64 | u128::from(next(state));
+                match density {
+                    0 => w & v,
+                    1 => w | v,
+                    _ => w,
+                }
+            };
+            let selections: Vec<u128> = (0..queries).map(|_| word(&mut state) & valid).collect();
+            let (mut fast, mut plain) = (selections.clone(), selections);
+            let (mut fast_parities, mut plain_parities) = (vec![0u16; queries], vec![0u16; queries]);
+            plan_leaf(&mut fast, &mut fast_parities, valid);
+            plan_block_by_block(&mut plain, &mut plain_parities, valid);
+            assert_eq!((fast, fast_parities), (plain, plain_parities), "round {round}");
+        }
+    }
+
+    #[test]
+    fn byte_helpers_work_byte_by_byte() {
+        let x: u128 = 0x00ff_0f01_8000_7e3c_1234_5678_9abc_def0;
+        let counts = byte_counts(x).to_le_bytes();
+        for (count, byte) in counts.iter().zip(x.to_le_bytes()) {
+            assert_eq!(u32::from(*count), byte.count_ones());
+        }
+        let a = u128::from_le_bytes([0, 1, 2, 9, 9, 0x7f, 3, 3, 0, 0, 8, 1, 5, 5, 6, 0x7f]);
+        let b = u128::from_le_bytes([0, 0, 3, 8, 9, 0x7e, 4, 2, 1, 0, 0, 1, 6, 4, 6, 0]);
+        let greater = bytes_greater(a, b).to_le_bytes();
+        for (i, (x, y)) in a.to_le_bytes().into_iter().zip(b.to_le_bytes()).enumerate() {
+            assert_eq!(greater[i], if x > y { 0xff } else { 0 }, "byte {i}");
+        }
+        assert_eq!(byte_flags(bytes_greater(a, b)), 0b1010_0100_1010_1010);
     }
 
     #[test]

@@ -156,6 +156,17 @@ mod tests {
         z ^ (z >> 31)
     }
 
+    /// 128 pseudorandom bits.
+    fn next_word(state: &mut u64) -> u128 {
+        u128::from(next(state)) << 64 | u128::from(next(state))
+    }
+
+    /// The pages a leaf has: all of them, or with `short`, as many as a
+    /// sub-table's last leaf may have.
+    fn leaf_pages(state: &mut u64, short: bool) -> u128 {
+        if short { u128::MAX >> (next(state) % 128) } else { u128::MAX }
+    }
+
     /// Stand-in page contents: page p of the leaf is `values[p]`, block
     /// b's parity the XOR of the valid ones.
     fn answer(selection: u128, parities: u16, values: &[u64; 128], valid: u128) -> u64 {
@@ -170,11 +181,8 @@ mod tests {
         let mut state = 7;
         for round in 0..500 {
             let queries = 1 + round % 9;
-            // Every leaf full but some, which end early as a sub-table's last one does.
-            let valid = if round % 5 == 0 { u128::MAX >> (next(&mut state) % 128) } else { u128::MAX };
-            let selections: Vec<u128> = (0..queries)
-                .map(|_| (u128::from(next(&mut state)) << 64 | u128::from(next(&mut state))) & valid)
-                .collect();
+            let valid = leaf_pages(&mut state, round % 5 == 0);
+            let selections: Vec<u128> = (0..queries).map(|_| next_word(&mut state) & valid).collect();
             let values: [u64; 128] = std::array::from_fn(|_| next(&mut state));
             let mut planned = selections.clone();
             let mut parities = vec![0u16; queries];
@@ -226,12 +234,11 @@ mod tests {
         let mut state = 11;
         for round in 0..2000 {
             let queries = 1 + round % 12;
-            let valid = if round % 3 == 0 { u128::MAX >> (next(&mut state) % 128) } else { u128::MAX };
+            let valid = leaf_pages(&mut state, round % 3 == 0);
             // Denser and sparser selections than a DPF's half, so that every count occurs.
             let density = round % 4;
             let word = |state: &mut u64| {
-                let w = u128::from(next(state)) << 64 | u128::from(next(state));
-                let v = u128::from(next(state)) << 64 | u128::from(next(state));
+                let (w, v) = (next_word(state), next_word(state));
                 match density {
                     0 => w & v,
                     1 => w | v,

@@ -78,8 +78,9 @@ fn answers_of_both_parties_xor_to_the_pages_asked_for() {
 
 #[test]
 fn cpu_answers_follow_page_writes() {
-    // Pages of every block position rewritten, the sub-table's short last
-    // block included, so that stale block parities would show.
+    // Pages rewritten at the start, middle and end of both sub-tables (300
+    // pages: their last blocks are short), so that stale block parities
+    // would show.
     let table = random_table(512, 2, 300, 16);
     let mut engine = CpuEngine::new(table.clone());
     let mut rng = StdRng::seed_from_u64(17);

@@ -46,6 +46,11 @@ pub struct Serving {
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// How long a server started by a test may take to say where it listens:
+/// far more than any does, so that one that hangs fails its test instead of
+/// stalling the run.
+const STARTUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Drop for Serving {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -100,26 +105,40 @@ impl Serving {
         Serving::start_until(command, "serving address=")
     }
 
-    /// Starts `command` and waits for the log line that ends in `marker`
-    /// and the address it listens on.
+    /// Starts `command` and waits, at most [`STARTUP_LIMIT`], for the log
+    /// line that ends in `marker` and the address it listens on.
     fn start_until(mut command: Command, marker: &str) -> Serving {
         let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let address = loop {
-            let line = lines.next().expect("the server exits before it serves").unwrap();
-            log.lock().unwrap().push_str(&(line.clone() + "\n"));
-            if let Some((_, address)) = line.split_once(marker) {
-                break address.trim().to_string();
-            }
-        };
-        // Keep reading the log so the server never blocks on a full pipe.
+        // A thread reads the whole log, so the server never blocks on a full
+        // pipe, and passes each line on until the address is found.
+        let (lines, received) = std::sync::mpsc::channel();
         let kept = log.clone();
         std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                kept.lock().unwrap().push_str(&(line + "\n"));
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push_str(&(line.clone() + "\n"));
+                let _ = lines.send(line);
             }
         });
+        let deadline = std::time::Instant::now() + STARTUP_LIMIT;
+        let address = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((_, address)) = line.split_once(marker) {
+                        break address.trim().to_string();
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the server exited before it served:\n{}", log.lock().unwrap())
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    panic!("no `{marker}` line within {STARTUP_LIMIT:?}:\n{}", log.lock().unwrap())
+                }
+            }
+        };
         Serving { child, url: format!("http://{address}"), log }
     }
 }

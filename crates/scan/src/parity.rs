@@ -10,7 +10,7 @@
 //! eighth more memory. For a batch, a block's queries switch only when the
 //! pages the whole batch reads get fewer, so a pass never reads more.
 
-use morphogen_table::{PageWrite, Table};
+use morphogen_table::Table;
 use rayon::prelude::*;
 
 use crate::xor_into;
@@ -23,6 +23,7 @@ pub(crate) const BLOCKS_PER_LEAF: usize = 128 / BLOCK_PAGES as usize;
 
 /// The parity page of every block of every sub-table: the XOR of its pages
 /// (those of a sub-table's last block that lie past its end count as zero).
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct BlockParities {
     page_size: usize,
     blocks_per_table: u64,
@@ -50,16 +51,15 @@ impl BlockParities {
         &self.bytes[index * self.page_size..(index + 1) * self.page_size]
     }
 
-    /// Recomputes the parities of the blocks `writes` changed, from `table`
-    /// with the writes applied.
-    pub(crate) fn refresh(&mut self, table: &Table, writes: &[PageWrite]) {
+    /// XORs page `index` of `table` (counted over all sub-tables) into its
+    /// block's parity: done before a page is written, it takes the old
+    /// bytes out; done after, it puts the new ones in. Two page XORs a
+    /// written page, where recomputing its block would take eight.
+    pub(crate) fn toggle(&mut self, table: &Table, index: u64) {
         let pages_per_table = table.layout().pages_per_table();
-        for write in writes {
-            let sub_table = write.index / pages_per_table;
-            let block = sub_table * self.blocks_per_table + write.index % pages_per_table / BLOCK_PAGES;
-            let start = block as usize * self.page_size;
-            compute(table, self.blocks_per_table, block, &mut self.bytes[start..start + self.page_size]);
-        }
+        let block = index / pages_per_table * self.blocks_per_table + index % pages_per_table / BLOCK_PAGES;
+        let start = block as usize * self.page_size;
+        xor_into(&mut self.bytes[start..start + self.page_size], table.page_at(index));
     }
 }
 

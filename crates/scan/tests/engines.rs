@@ -79,15 +79,20 @@ fn answers_of_both_parties_xor_to_the_pages_asked_for() {
 #[test]
 fn cpu_answers_follow_page_writes() {
     // Pages rewritten at the start, middle and end of both sub-tables (300
-    // pages: their last blocks are short), so that stale block parities
-    // would show.
+    // pages: their last blocks are short), one of them twice, so that
+    // stale block parities would show.
     let table = random_table(512, 2, 300, 16);
     let mut engine = CpuEngine::new(table.clone());
     let mut rng = StdRng::seed_from_u64(17);
-    let writes: Vec<PageWrite> = [0u64, 9, 150, 297, 299, 300, 455, 599]
+    let writes: Vec<PageWrite> = [0u64, 9, 150, 297, 9, 299, 300, 455, 599]
         .into_iter()
         .map(|index| PageWrite { index, bytes: (0..512).map(|_| rng.random()).collect() })
         .collect();
+    // A batch with a page of the wrong length is refused whole, parities included.
+    let refused = [writes[0].clone(), PageWrite { index: 1, bytes: vec![0; 511] }];
+    assert!(engine.write_pages(&refused).is_err());
+    let (batch, _, _) = random_batch(table.layout(), 1, &mut rng);
+    assert!(engine.pass(&batch).unwrap() == ReferenceEngine::new(table.clone()).pass(&batch).unwrap());
     engine.write_pages(&writes).unwrap();
     let mut written = (*table).clone();
     written.apply(&writes).unwrap();

@@ -64,6 +64,17 @@ const PAGES_AT_ONCE: usize = 8;
 /// Bytes XORed per step: one cache line.
 const STRIPE: usize = 64;
 
+/// Bytes from one bucket to the next: the page and one cache line more.
+/// Pages start on a page boundary in a table file, so the same stripe of
+/// every page falls in one set of the L1 cache; without the extra line the
+/// same stripe of every bucket would too, and the eight pages and eight
+/// buckets of a sweep would evict one another from that set (a 12-way set
+/// on the Zen 5 we measure on). With it, bucket b's stripe lies b sets
+/// further on.
+fn bucket_stride(page_size: usize) -> usize {
+    page_size.next_multiple_of(STRIPE) + STRIPE
+}
+
 /// Marks an entry of [`Scratch::selected`] as the parity of a block (its
 /// number within the chunk) instead of a page.
 const PARITY_ENTRY: u32 = 1 << 31;
@@ -106,9 +117,10 @@ struct Scratch {
     /// blocks whose parity it reads (bit b: block b).
     leaf_reads: Vec<u128>,
     leaf_parities: Vec<u16>,
-    /// 2^g pages per query group, all zero between chunks. The scan never
-    /// writes bucket 0 (pages selected by none of the group).
-    buckets: Vec<u8>,
+    /// 2^g buckets of a page per query group, [`bucket_stride`] bytes
+    /// apart, all zero between chunks. The scan never writes bucket 0
+    /// (pages selected by none of the group).
+    buckets: LineAligned,
     answers: Answers,
 }
 
@@ -208,7 +220,7 @@ impl CpuEngine {
             leaf_patterns: vec![[0; POINTS_PER_LEAF as usize]; groups],
             leaf_reads: vec![0; queries.len()],
             leaf_parities: vec![0; queries.len()],
-            buckets: vec![0; groups * (page_size << group)],
+            buckets: LineAligned::zeroed(groups * (bucket_stride(page_size) << group)),
             answers: Answers::zeroed(layout, queries.len()),
         };
         chunks
@@ -261,7 +273,8 @@ fn scan_chunk(
 
     let group = scratch.group;
     let groups = scratch.groups;
-    let group_buckets = page_size << group;
+    let stride = bucket_stride(page_size);
+    let group_buckets = stride << group;
     let first_page = leaves.start * POINTS_PER_LEAF;
     let first_block = leaves.start * BLOCKS_PER_LEAF as u64;
     let page = |i: u32| match scratch.selected[i as usize] {
@@ -272,17 +285,17 @@ fn scan_chunk(
     for visit in &mut visits {
         let visit: &[u32; PAGES_AT_ONCE] = visit.try_into().expect("chunks of PAGES_AT_ONCE");
         let pages = visit.map(page);
-        for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
+        for (index, buckets) in scratch.buckets.bytes_mut().chunks_exact_mut(group_buckets).enumerate() {
             let patterns = visit.map(|i| scratch.patterns[i as usize * groups + index]);
-            xor_pages_into_buckets(buckets, page_size, pages, patterns);
+            xor_pages_into_buckets(buckets, stride, pages, patterns);
         }
     }
     // The chunk's last few pages, one at a time.
     for &i in visits.remainder() {
-        for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
+        for (index, buckets) in scratch.buckets.bytes_mut().chunks_exact_mut(group_buckets).enumerate() {
             xor_pages_into_buckets(
                 buckets,
-                page_size,
+                stride,
                 [page(i)],
                 [scratch.patterns[i as usize * groups + index]],
             );
@@ -290,10 +303,10 @@ fn scan_chunk(
     }
     // Fold each group's buckets into its queries' accumulators, clearing them.
     // A last group with fewer members only ever wrote the buckets its members name.
-    for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
+    for (index, buckets) in scratch.buckets.bytes_mut().chunks_exact_mut(group_buckets).enumerate() {
         let members = group.min(queries.len() - index * group);
         let answers = &mut scratch.answers;
-        fold_buckets(buckets, page_size, members, |slot, bucket| {
+        fold_buckets(buckets, page_size, stride, members, |slot, bucket| {
             xor_into(answers.page_mut(index * group + slot, usize::from(sub_table)), bucket);
         });
     }
@@ -408,7 +421,8 @@ fn order_by_first_group(scratch: &mut Scratch) {
 
 /// Gives each of a group's `members` queries the XOR of the buckets whose
 /// index has the query's bit (`add(slot, bucket)` XORs one bucket into the
-/// accumulator of the group's query `slot`), and clears the buckets.
+/// accumulator of the group's query `slot`), and clears the buckets. A
+/// bucket is `width` bytes, and bucket b starts at `b * stride`.
 ///
 /// The top query takes the upper half of the buckets; folding that half
 /// onto the lower one (bucket b ^= bucket b + half) then leaves the same
@@ -416,11 +430,18 @@ fn order_by_first_group(scratch: &mut Scratch) {
 /// 2^(g+1) bucket XORs in all, where XORing each bucket into every query of
 /// its index costs g·2^(g-1) (1,024 against 510 for g = 8).
 #[multiversion(targets("x86_64+avx2+avx"))]
-fn fold_buckets(buckets: &mut [u8], width: usize, members: usize, mut add: impl FnMut(usize, &[u8])) {
+fn fold_buckets(
+    buckets: &mut [u8],
+    width: usize,
+    stride: usize,
+    members: usize,
+    mut add: impl FnMut(usize, &[u8]),
+) {
     for slot in (0..members).rev() {
-        let half = width << slot;
+        let half = stride << slot;
         let (lower, upper) = buckets[..2 * half].split_at_mut(half);
-        for (low, high) in lower.chunks_exact_mut(width).zip(upper.chunks_exact_mut(width)) {
+        for (low, high) in lower.chunks_exact_mut(stride).zip(upper.chunks_exact_mut(stride)) {
+            let (low, high) = (&mut low[..width], &mut high[..width]);
             add(slot, high);
             xor_into(low, high);
             high.fill(0);
@@ -431,15 +452,17 @@ fn fold_buckets(buckets: &mut [u8], width: usize, members: usize, mut add: impl 
 }
 
 /// XORs page `i` into bucket `patterns[i]` (0: into none), one stripe of
-/// all pages at a time. When every page goes to the same bucket (always so
-/// for a batch of one) the stripes are summed in registers first.
-#[multiversion(targets("x86_64+avx2+avx"))]
+/// all pages at a time; bucket b starts at `b * stride`. When every page
+/// goes to the same bucket (always so for a batch of one) the stripes are
+/// summed in registers first.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+avx", "x86_64+avx2+avx"))]
 fn xor_pages_into_buckets<const N: usize>(
     buckets: &mut [u8],
-    page_size: usize,
+    stride: usize,
     pages: [&[u8]; N],
     patterns: [u8; N],
 ) {
+    let page_size = pages[0].len();
     let same_bucket = patterns.iter().all(|&p| p == patterns[0]);
     for start in (0..page_size).step_by(STRIPE) {
         let stripe = start..start + STRIPE;
@@ -451,16 +474,40 @@ fn xor_pages_into_buckets<const N: usize>(
             for page in pages {
                 xor_into(&mut sum, &page[stripe.clone()]);
             }
-            let bucket = usize::from(patterns[0]) * page_size;
+            let bucket = usize::from(patterns[0]) * stride;
             xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &sum);
         } else {
             for (page, pattern) in pages.iter().zip(patterns) {
                 if pattern != 0 {
-                    let bucket = usize::from(pattern) * page_size;
+                    let bucket = usize::from(pattern) * stride;
                     xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &page[stripe.clone()]);
                 }
             }
         }
+    }
+}
+
+/// A zeroed byte buffer that starts on a cache line, so that a stripe of
+/// it is one line: a line-sized load or store across two lines costs two.
+struct LineAligned {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl LineAligned {
+    fn zeroed(len: usize) -> LineAligned {
+        let storage = vec![0; len + STRIPE - 1];
+        // `align_offset` may decline to compute; the buffer is then merely slower.
+        let start = match storage.as_ptr().align_offset(STRIPE) {
+            offset if offset < STRIPE => offset,
+            _ => 0,
+        };
+        LineAligned { storage, start, len }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
     }
 }
 
@@ -532,32 +579,46 @@ mod tests {
         }
     }
 
-    /// Bucket `b` of width 2 filled with bytes that differ between buckets.
-    fn numbered_buckets(members: usize) -> Vec<u8> {
-        (0..2usize << members).map(|i| (i * 37 % 251) as u8).collect()
-    }
-
     #[test]
     fn folding_gives_each_query_the_buckets_its_bit_names() {
+        // Buckets of 2 bytes, 3 apart: the byte between them is not a bucket's.
+        let (width, stride, gap) = (2, 3, 0xEE);
         for members in 1..=MAX_GROUP as usize {
-            let width = 2;
-            let mut buckets = numbered_buckets(members);
+            let mut buckets: Vec<u8> = (0..stride << members)
+                .map(|i| if i % stride < width { (i * 37 % 251) as u8 } else { gap })
+                .collect();
+            let bucket =
+                |buckets: &[u8], index: usize| buckets[index * stride..index * stride + width].to_vec();
             // The plain definition: query s takes every bucket whose index has bit s.
             let expected: Vec<Vec<u8>> = (0..members)
                 .map(|slot| {
                     let mut answer = vec![0u8; width];
-                    for (index, bucket) in buckets.chunks_exact(width).enumerate() {
-                        if index >> slot & 1 == 1 {
-                            xor_into(&mut answer, bucket);
-                        }
+                    for index in (0..1 << members).filter(|index| index >> slot & 1 == 1) {
+                        xor_into(&mut answer, &bucket(&buckets, index));
                     }
                     answer
                 })
                 .collect();
             let mut answers = vec![vec![0u8; width]; members];
-            fold_buckets(&mut buckets, width, members, |slot, bucket| xor_into(&mut answers[slot], bucket));
+            fold_buckets(&mut buckets, width, stride, members, |slot, bucket| {
+                xor_into(&mut answers[slot], bucket)
+            });
             assert_eq!(answers, expected, "{members} members");
-            assert!(buckets.iter().all(|&b| b == 0), "buckets cleared for {members} members");
+            for (i, &byte) in buckets.iter().enumerate() {
+                let wanted = if i % stride < width { 0 } else { gap };
+                assert_eq!(byte, wanted, "byte {i} after folding for {members} members");
+            }
+        }
+    }
+
+    #[test]
+    fn line_aligned_buffers_start_on_a_line_and_are_zero() {
+        for len in [0, 1, 63, 64, 4096 * 3 + 5] {
+            let mut buffer = LineAligned::zeroed(len);
+            let bytes = buffer.bytes_mut();
+            assert_eq!(bytes.len(), len);
+            assert_eq!(bytes.as_ptr() as usize % STRIPE, 0, "{len} bytes");
+            assert!(bytes.iter().all(|&b| b == 0));
         }
     }
 
@@ -603,7 +664,7 @@ mod tests {
             leaf_patterns: Vec::new(),
             leaf_reads: Vec::new(),
             leaf_parities: Vec::new(),
-            buckets: Vec::new(),
+            buckets: LineAligned::zeroed(0),
             answers: Answers::zeroed(&Layout::new(512, 8, 2, 128, [0; 16]).unwrap(), 1),
         };
         order_by_first_group(&mut scratch);

@@ -103,15 +103,13 @@ impl TableSource {
         match self {
             TableSource::Host(table) => Ok(table.clone()),
             TableSource::Synthetic { layout, seed } => {
-                let len = layout.total_pages() * u64::from(layout.page_size());
-                let len =
-                    usize::try_from(len).context("the table does not fit in this machine's address space")?;
-                let mut bytes = vec![0u8; len];
                 const STEP: usize = 1 << 20;
-                bytes.par_chunks_mut(STEP).enumerate().for_each(|(i, chunk)| {
-                    fill_synthetic(*seed, (i * STEP) as u64, chunk);
-                });
-                Ok(Arc::new(Table::new(layout.clone(), 0, bytes)?))
+                let table = Table::generate(layout.clone(), 0, |bytes| {
+                    bytes.par_chunks_mut(STEP).enumerate().for_each(|(i, chunk)| {
+                        fill_synthetic(*seed, (i * STEP) as u64, chunk);
+                    });
+                })?;
+                Ok(Arc::new(table))
             }
         }
     }

@@ -16,17 +16,21 @@
 //!   summed in registers and their bucket stays in the L1 cache, so the
 //!   first group costs little more than reading the pages.
 //! * Selected pages are XORed [`PAGES_AT_ONCE`] at a time, stripe by stripe,
-//!   so that several pages stream from memory together.
+//!   so that several pages stream from memory together. Buckets start on a
+//!   cache line and lie a page and a line apart ([`bucket_stride`]), so
+//!   that a sweep's pages and buckets do not crowd into one L1 cache set.
 //!
 //! And one thing keeps the pages read few: the engine keeps the parity of
 //! every block of 8 pages (an eighth more memory), and a query that
 //! selects most of a block reads the block's other pages and its parity
 //! instead (see `parity.rs`). A query alone reads a fifth fewer pages.
 //!
-//! The XOR loops are compiled twice, portable and for AVX2, and the build
-//! the CPU can run is picked at run time (the `multiversion` crate): with
-//! 32-byte registers a core XORs a page into a bucket in half the
-//! instructions, which takes about a sixth off batches of 16 and more.
+//! The XOR loops are compiled twice, portable and for AVX2, and the bucket
+//! loop a third time for AVX-512; the build the CPU can run is picked at run
+//! time (the `multiversion` crate). With 32-byte registers a core XORs a
+//! page into a bucket in half the instructions, which takes about a sixth
+//! off batches of 16 and more; 64-byte registers take a few percent more,
+//! once the buckets start on a cache line.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use morphogen_table::{Layout, PageWrite, Table};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use crate::aligned::{AlignedBytes, CACHE_LINE};
 use crate::parity::{BLOCKS_PER_LEAF, BlockParities, plan_leaf};
 use crate::{Answers, Engine, Error, Query, time_host_read, validate, write_shared, xor_into};
 
@@ -62,7 +67,7 @@ pub(crate) fn group_size(page_size: usize) -> usize {
 const PAGES_AT_ONCE: usize = 8;
 
 /// Bytes XORed per step: one cache line.
-const STRIPE: usize = 64;
+const STRIPE: usize = CACHE_LINE;
 
 /// Bytes from one bucket to the next: the page and one cache line more.
 /// Pages start on a page boundary in a table file, so the same stripe of
@@ -120,7 +125,7 @@ struct Scratch {
     /// 2^g buckets of a page per query group, [`bucket_stride`] bytes
     /// apart, all zero between chunks. The scan never writes bucket 0
     /// (pages selected by none of the group).
-    buckets: LineAligned,
+    buckets: AlignedBytes,
     answers: Answers,
 }
 
@@ -220,7 +225,7 @@ impl CpuEngine {
             leaf_patterns: vec![[0; POINTS_PER_LEAF as usize]; groups],
             leaf_reads: vec![0; queries.len()],
             leaf_parities: vec![0; queries.len()],
-            buckets: LineAligned::zeroed(groups * (bucket_stride(page_size) << group)),
+            buckets: AlignedBytes::zeroed(groups * (bucket_stride(page_size) << group), CACHE_LINE),
             answers: Answers::zeroed(layout, queries.len()),
         };
         chunks
@@ -285,14 +290,14 @@ fn scan_chunk(
     for visit in &mut visits {
         let visit: &[u32; PAGES_AT_ONCE] = visit.try_into().expect("chunks of PAGES_AT_ONCE");
         let pages = visit.map(page);
-        for (index, buckets) in scratch.buckets.bytes_mut().chunks_exact_mut(group_buckets).enumerate() {
+        for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
             let patterns = visit.map(|i| scratch.patterns[i as usize * groups + index]);
             xor_pages_into_buckets(buckets, stride, pages, patterns);
         }
     }
     // The chunk's last few pages, one at a time.
     for &i in visits.remainder() {
-        for (index, buckets) in scratch.buckets.bytes_mut().chunks_exact_mut(group_buckets).enumerate() {
+        for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
             xor_pages_into_buckets(
                 buckets,
                 stride,
@@ -303,7 +308,7 @@ fn scan_chunk(
     }
     // Fold each group's buckets into its queries' accumulators, clearing them.
     // A last group with fewer members only ever wrote the buckets its members name.
-    for (index, buckets) in scratch.buckets.bytes_mut().chunks_exact_mut(group_buckets).enumerate() {
+    for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
         let members = group.min(queries.len() - index * group);
         let answers = &mut scratch.answers;
         fold_buckets(buckets, page_size, stride, members, |slot, bucket| {
@@ -487,51 +492,24 @@ fn xor_pages_into_buckets<const N: usize>(
     }
 }
 
-/// A zeroed byte buffer that starts on a cache line, so that a stripe of
-/// it is one line: a line-sized load or store across two lines costs two.
-struct LineAligned {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl LineAligned {
-    fn zeroed(len: usize) -> LineAligned {
-        let storage = vec![0; len + STRIPE - 1];
-        // `align_offset` may decline to compute; the buffer is then merely slower.
-        let start = match storage.as_ptr().align_offset(STRIPE) {
-            offset if offset < STRIPE => offset,
-            _ => 0,
-        };
-        LineAligned { storage, start, len }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
-    }
-}
-
 /// The baseline every pass is measured against: reads every page once, on
 /// every core, XORing it into one accumulator, and returns the XOR of all
 /// pages so that the reads cannot be optimized away. Pages are read in
 /// order, one after the other: the fastest plain read measured on our machines.
 pub fn read_every_page(pages: &[u8], page_size: usize) -> Vec<u8> {
+    // Accumulators on a cache line, as the engine's buckets are.
+    let zeroed = || AlignedBytes::zeroed(page_size, CACHE_LINE);
     pages
         .par_chunks(page_size * POINTS_PER_LEAF as usize * CHUNK_LEAVES as usize)
-        .fold(
-            || vec![0u8; page_size],
-            |mut acc, chunk| {
-                xor_each_page_into(&mut acc, chunk);
-                acc
-            },
-        )
-        .reduce(
-            || vec![0u8; page_size],
-            |mut a, b| {
-                xor_into(&mut a, &b);
-                a
-            },
-        )
+        .fold(zeroed, |mut acc, chunk| {
+            xor_each_page_into(&mut acc, chunk);
+            acc
+        })
+        .reduce(zeroed, |mut a, b| {
+            xor_into(&mut a, &b);
+            a
+        })
+        .to_vec()
 }
 
 /// XORs each page of `pages` into `acc`, whose length is the page size.
@@ -612,17 +590,6 @@ mod tests {
     }
 
     #[test]
-    fn line_aligned_buffers_start_on_a_line_and_are_zero() {
-        for len in [0, 1, 63, 64, 4096 * 3 + 5] {
-            let mut buffer = LineAligned::zeroed(len);
-            let bytes = buffer.bytes_mut();
-            assert_eq!(bytes.len(), len);
-            assert_eq!(bytes.as_ptr() as usize % STRIPE, 0, "{len} bytes");
-            assert!(bytes.iter().all(|&b| b == 0));
-        }
-    }
-
-    #[test]
     fn transposing_bits_moves_bit_c_of_byte_r_to_bit_r_of_byte_c() {
         let mut rng = 0x9E37_79B9_7F4A_7C15u64;
         for _ in 0..100 {
@@ -664,7 +631,7 @@ mod tests {
             leaf_patterns: Vec::new(),
             leaf_reads: Vec::new(),
             leaf_parities: Vec::new(),
-            buckets: LineAligned::zeroed(0),
+            buckets: AlignedBytes::zeroed(0, CACHE_LINE),
             answers: Answers::zeroed(&Layout::new(512, 8, 2, 128, [0; 16]).unwrap(), 1),
         };
         order_by_first_group(&mut scratch);

@@ -6,6 +6,7 @@
 //! same bytes: [`ReferenceEngine`] plainly, [`CpuEngine`] fast, and tests
 //! compare the two.
 
+mod aligned;
 mod cpu;
 mod parity;
 mod reference;

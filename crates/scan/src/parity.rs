@@ -13,6 +13,7 @@
 use morphogen_table::Table;
 use rayon::prelude::*;
 
+use crate::aligned::AlignedBytes;
 use crate::xor_into;
 
 /// Pages per block: a byte of a query's selection bits.
@@ -27,8 +28,9 @@ pub(crate) const BLOCKS_PER_LEAF: usize = 128 / BLOCK_PAGES as usize;
 pub(crate) struct BlockParities {
     page_size: usize,
     blocks_per_table: u64,
-    /// Sub-table after sub-table, block after block.
-    bytes: Vec<u8>,
+    /// Sub-table after sub-table, block after block, from a page boundary
+    /// as the pages of a table file.
+    bytes: AlignedBytes,
 }
 
 impl BlockParities {
@@ -38,7 +40,7 @@ impl BlockParities {
         let page_size = layout.page_size() as usize;
         let blocks_per_table = layout.pages_per_table().div_ceil(BLOCK_PAGES);
         let blocks = u64::from(layout.choices()) * blocks_per_table;
-        let mut bytes = vec![0u8; blocks as usize * page_size];
+        let mut bytes = AlignedBytes::zeroed(blocks as usize * page_size, page_size);
         bytes.par_chunks_exact_mut(page_size).enumerate().for_each(|(block, parity)| {
             compute(table, blocks_per_table, block as u64, parity);
         });

@@ -137,6 +137,14 @@ pub enum Error {
         /// The operating system's message.
         message: String,
     },
+    /// Memory for a table's pages could not be mapped.
+    #[error("cannot map {bytes} bytes of memory for the pages: {message}")]
+    Memory {
+        /// Bytes asked for.
+        bytes: u64,
+        /// The operating system's message.
+        message: String,
+    },
     /// A table file is not as long as its header says (truncated or extended).
     #[error("{} is {actual} bytes, but its header describes {expected}: the file is truncated or damaged", path.display())]
     FileLength {

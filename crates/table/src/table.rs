@@ -20,8 +20,9 @@ pub(crate) enum Pages {
     /// Built in memory.
     Owned(Vec<u8>),
     /// Mapped from a file, privately: a page written after an update is
-    /// copied into memory and the file never changes. The pages start
-    /// `offset` bytes into the map.
+    /// copied into memory and the file never changes. Or mapped anonymous
+    /// memory ([`Table::generate`]). The pages start `offset` bytes into
+    /// the map.
     Mapped { map: memmap2::MmapMut, offset: usize },
 }
 
@@ -104,6 +105,21 @@ impl Table {
         check_length(&layout, pages.len() as u64)?;
         let digest = digest_pages(&pages, &NoProgress);
         Ok(Table { layout, records, pages: Pages::Owned(pages), digest })
+    }
+
+    /// A table whose pages `fill` writes, given the layout's pages zeroed;
+    /// computes their digest. The pages start on a boundary of the
+    /// operating system's pages, as a mapped table file's do: a table in a
+    /// `Vec` starts wherever the allocator puts it, often 16 bytes past
+    /// one, and then every cache line of a page straddles two.
+    pub fn generate(layout: Layout, records: u64, fill: impl FnOnce(&mut [u8])) -> Result<Table, Error> {
+        let bytes = layout.total_pages() * u64::from(layout.page_size());
+        let memory_error = |message: String| Error::Memory { bytes, message };
+        let len = usize::try_from(bytes).map_err(|_| memory_error("more than the address space".into()))?;
+        let mut map = memmap2::MmapMut::map_anon(len).map_err(|e| memory_error(e.to_string()))?;
+        fill(&mut map);
+        let digest = digest_pages(&map, &NoProgress);
+        Ok(Table { layout, records, pages: Pages::Mapped { map, offset: 0 }, digest })
     }
 
     /// A table over pages whose length and digest the caller has checked.

@@ -56,6 +56,25 @@ fn a_written_table_opens_identical() {
 }
 
 #[test]
+fn a_generated_table_starts_on_a_page_boundary_and_equals_one_built_in_a_vec() {
+    let original = table();
+    let mut generated = Table::generate(original.layout().clone(), original.records(), |pages| {
+        assert!(pages.iter().all(|&b| b == 0), "generate hands out zeroed pages");
+        pages.copy_from_slice(original.pages());
+    })
+    .unwrap();
+    assert_eq!(generated.pages().as_ptr() as usize % 4096, 0);
+    assert_eq!(generated.pages(), original.pages());
+    assert_eq!(generated.digest(), original.digest());
+    // Its pages take updates like any table's.
+    let page_size = original.layout().page_size() as usize;
+    let write = morphogen_table::PageWrite { index: 1, bytes: vec![0xA5; page_size] };
+    generated.apply(&[write]).unwrap();
+    assert_eq!(generated.page_at(1), vec![0xA5; page_size]);
+    assert_eq!(generated.page_at(0), original.page_at(0));
+}
+
+#[test]
 fn writing_leaves_no_temporary_file_and_replaces_an_old_table() {
     let (dir, path) = written();
     table().write(&path).unwrap();

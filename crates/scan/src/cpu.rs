@@ -15,10 +15,12 @@
 //!   first group select them. Runs of pages bound for the same bucket are
 //!   summed in registers and their bucket stays in the L1 cache, so the
 //!   first group costs little more than reading the pages.
-//! * Selected pages are XORed [`PAGES_AT_ONCE`] at a time, stripe by stripe,
-//!   so that several pages stream from memory together. Buckets start on a
-//!   cache line and lie a page and a line apart ([`bucket_stride`]), so
-//!   that a sweep's pages and buckets do not crowd into one L1 cache set.
+//! * Selected pages are visited [`PAGES_AT_ONCE`] at a time. The first group
+//!   XORs them stripe by stripe, so that they stream from memory together;
+//!   the later groups find them in the cache and XOR them page by page.
+//!   Buckets start on a cache line and lie a page and a line apart
+//!   ([`bucket_stride`]), so that a visit's pages and buckets do not crowd
+//!   into one L1 cache set.
 //!
 //! And one thing keeps the pages read few: the engine keeps the parity of
 //! every block of 8 pages (an eighth more memory), and a query that
@@ -286,24 +288,25 @@ fn scan_chunk(
         entry if entry & PARITY_ENTRY == 0 => table.page(sub_table, first_page + u64::from(entry)),
         entry => parities.page(sub_table, first_block + u64::from(entry & !PARITY_ENTRY)),
     };
+    // The first group reads the pages from memory; the later ones find them
+    // in the cache.
     let mut visits = scratch.order.chunks_exact(PAGES_AT_ONCE);
     for visit in &mut visits {
         let visit: &[u32; PAGES_AT_ONCE] = visit.try_into().expect("chunks of PAGES_AT_ONCE");
         let pages = visit.map(page);
         for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
             let patterns = visit.map(|i| scratch.patterns[i as usize * groups + index]);
-            xor_pages_into_buckets(buckets, stride, pages, patterns);
+            match index {
+                0 => sweep_pages_into_buckets(buckets, stride, pages, patterns),
+                _ => xor_cached_pages_into_buckets(buckets, stride, pages, patterns),
+            }
         }
     }
     // The chunk's last few pages, one at a time.
     for &i in visits.remainder() {
         for (index, buckets) in scratch.buckets.chunks_exact_mut(group_buckets).enumerate() {
-            xor_pages_into_buckets(
-                buckets,
-                stride,
-                [page(i)],
-                [scratch.patterns[i as usize * groups + index]],
-            );
+            let pattern = scratch.patterns[i as usize * groups + index];
+            xor_cached_pages_into_buckets(buckets, stride, [page(i)], [pattern]);
         }
     }
     // Fold each group's buckets into its queries' accumulators, clearing them.
@@ -457,11 +460,11 @@ fn fold_buckets(
 }
 
 /// XORs page `i` into bucket `patterns[i]` (0: into none), one stripe of
-/// all pages at a time; bucket b starts at `b * stride`. When every page
-/// goes to the same bucket (always so for a batch of one) the stripes are
-/// summed in registers first.
+/// all pages at a time, so that the pages stream from memory together;
+/// bucket b starts at `b * stride`. When every page goes to the same bucket
+/// (always so for a batch of one) the stripes are summed in registers first.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+avx", "x86_64+avx2+avx"))]
-fn xor_pages_into_buckets<const N: usize>(
+fn sweep_pages_into_buckets<const N: usize>(
     buckets: &mut [u8],
     stride: usize,
     pages: [&[u8]; N],
@@ -488,6 +491,25 @@ fn xor_pages_into_buckets<const N: usize>(
                     xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &page[stripe.clone()]);
                 }
             }
+        }
+    }
+}
+
+/// XORs page `i` into bucket `patterns[i]` (0: into none) page by page:
+/// for pages already in the cache, a tight loop over each page beats
+/// [`sweep_pages_into_buckets`]'s stripes of all pages, which must keep
+/// eight page and bucket addresses live and check each stripe's bounds.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+avx", "x86_64+avx2+avx"))]
+fn xor_cached_pages_into_buckets<const N: usize>(
+    buckets: &mut [u8],
+    stride: usize,
+    pages: [&[u8]; N],
+    patterns: [u8; N],
+) {
+    for (page, pattern) in pages.iter().zip(patterns) {
+        if pattern != 0 {
+            let bucket = usize::from(pattern) * stride;
+            xor_into(&mut buckets[bucket..bucket + page.len()], page);
         }
     }
 }

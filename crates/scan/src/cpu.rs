@@ -71,8 +71,7 @@ const PAGES_AT_ONCE: usize = 8;
 /// Bytes of each page XORed per step of a sweep: four cache lines. Four
 /// lines of each of a visit's pages, one after the other, stream from
 /// memory better than one line of each, and the loop runs a quarter as many
-/// steps (one thread: batch 1 took 4.4–4.6 ms against 4.7–5.0 with one
-/// line, batch 32 25.0–25.9 against 26.5–27.0).
+/// steps: 5–10% off every batch on one core (docs/PERFORMANCE.md).
 const STRIPE: usize = 4 * CACHE_LINE;
 
 /// Bytes from one bucket to the next: the page and one cache line more.

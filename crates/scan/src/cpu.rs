@@ -29,10 +29,10 @@
 //!
 //! The XOR loops are compiled twice, portable and for AVX2, and the two
 //! bucket loops a third time for AVX-512; the build the CPU can run is
-//! picked at run time (the `multiversion` crate). With 32-byte registers a core XORs a
-//! page into a bucket in half the instructions, which takes about a sixth
-//! off batches of 16 and more; 64-byte registers take a few percent more,
-//! once the buckets start on a cache line.
+//! picked at run time (the `multiversion` crate). With 32-byte registers a
+//! core XORs a page into a bucket in half the instructions, which takes
+//! about a sixth off batches of 16 and more; 64-byte registers take a few
+//! percent more, once the buckets start on a cache line.
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -7,14 +7,15 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use morphogen_scan::{Engine, Query, ReferenceEngine};
-use morphogen_table::{Layout, Verify, fill_synthetic};
+use morphogen_scan::{Answers, Engine, Query, ReferenceEngine};
+use morphogen_table::{Layout, Progress, Verify, fill_synthetic};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::engine::{self, EngineChoice, TableSource};
+use crate::progress::Bar;
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("table").required(true).args(["db", "pages"]))]
@@ -91,47 +92,35 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         table_bytes as f64 / (1u64 << 30) as f64
     ));
 
-    let read = time_passes(args.warmup, args.iterations, || Ok(engine.plain_read_seconds()?))?;
-    let read_pass_ms = read.mean_ms;
-    say(format!("plain read of every page: {read_pass_ms:.2} ms (min {:.2})", read.min_ms));
+    let mut rng = StdRng::seed_from_u64(1);
+    let batches = args
+        .batch
+        .iter()
+        .map(|&batch| Ok((batch, engine::random_queries(&layout, batch as usize, &mut rng)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rounds = time_rounds(engine.as_mut(), &batches, args.warmup, args.iterations)?;
+    let read_pass_ms = rounds.read.mean_ms;
+    say(format!("plain read of every page: {read_pass_ms:.2} ms (min {:.2})", rounds.read.min_ms));
     say(format!(
         "{:>6} {:>10} {:>10} {:>13} {:>10} {:>8} {:>9}  {}",
         "batch", "pass ms", "min ms", "per query ms", "queries/s", "GB/s", "× read", "phases ms"
     ));
 
-    let mut rng = StdRng::seed_from_u64(1);
     let mut verified = true;
     let mut results = Vec::new();
-    for &batch in &args.batch {
-        let queries = engine::random_queries(&layout, batch as usize, &mut rng)?;
-        let mut last = None;
-        let mut phases_ms = BTreeMap::<&'static str, f64>::new();
-        let timing = time_passes(args.warmup, args.iterations, || {
-            let started = Instant::now();
-            let answers = engine.pass(&queries)?;
-            let seconds = started.elapsed().as_secs_f64();
-            last = Some(answers);
-            for phase in engine.last_pass_phases() {
-                *phases_ms.entry(phase.name).or_default() += phase.seconds * 1000.0;
-            }
-            Ok(seconds)
-        })?;
-        // The phases were summed over warm-up and timed passes alike.
-        let passes = f64::from(args.warmup + args.iterations);
-        phases_ms.values_mut().for_each(|ms| *ms /= passes);
+    for ((batch, queries), timed) in batches.iter().zip(rounds.batches) {
         // One sampled query per batch size, checked against the oracle.
         let sample = rng.random_range(0..queries.len());
-        let answers = last.expect("at least one timed pass");
-        verified &= answers.query(sample) == oracle.answer(&queries[sample])?;
-        let pass_ms = timing.mean_ms;
+        verified &= timed.answers.query(sample) == oracle.answer(&queries[sample])?;
+        let pass_ms = timed.timing.mean_ms;
         let result = BatchResult {
-            batch,
+            batch: *batch,
             pass_ms,
-            pass_ms_min: timing.min_ms,
-            per_query_ms: pass_ms / f64::from(batch),
-            qps: f64::from(batch) * 1000.0 / pass_ms,
+            pass_ms_min: timed.timing.min_ms,
+            per_query_ms: pass_ms / f64::from(*batch),
+            qps: f64::from(*batch) * 1000.0 / pass_ms,
             effective_gbps: table_bytes as f64 / (pass_ms / 1000.0) / 1e9,
-            phases_ms,
+            phases_ms: timed.phases_ms,
         };
         let phases: Vec<String> =
             result.phases_ms.iter().map(|(name, ms)| format!("{name} {ms:.2}")).collect();
@@ -238,19 +227,80 @@ struct Timing {
     min_ms: f64,
 }
 
-/// Runs `measure` `warmup` times untimed, then `iterations` times; each run
-/// returns the seconds it measured.
-fn time_passes(
+impl Timing {
+    fn of(times_ms: &[f64]) -> Timing {
+        Timing {
+            mean_ms: times_ms.iter().sum::<f64>() / times_ms.len() as f64,
+            min_ms: times_ms.iter().copied().fold(f64::INFINITY, f64::min),
+        }
+    }
+}
+
+/// What [`time_rounds`] measured.
+struct Rounds {
+    read: Timing,
+    batches: Vec<TimedBatch>,
+}
+
+/// One batch size's timed passes.
+struct TimedBatch {
+    timing: Timing,
+    /// Mean time of each pass phase, over warm-up and timed passes alike.
+    phases_ms: BTreeMap<&'static str, f64>,
+    /// The answers of the last pass.
+    answers: Answers,
+}
+
+/// Times the plain read and a pass of each batch in rounds: every round
+/// reads the table once, then passes each batch once. `warmup` rounds go
+/// untimed, then `iterations` are timed. Interleaved so that the read and
+/// the passes see the same machine: the memory of the VM we develop on
+/// switches between a fast and a slow state within seconds, and a read
+/// timed before all the passes could see one state and the passes the
+/// other, which moves every ratio to the read by a third.
+fn time_rounds(
+    engine: &mut dyn Engine,
+    batches: &[(u32, Vec<Query>)],
     warmup: u32,
     iterations: u32,
-    mut measure: impl FnMut() -> anyhow::Result<f64>,
-) -> anyhow::Result<Timing> {
-    for _ in 0..warmup {
-        measure()?;
+) -> anyhow::Result<Rounds> {
+    let bar = Bar::new();
+    bar.start("timing", u64::from(warmup + iterations));
+    let mut read_ms = Vec::new();
+    let mut pass_ms = vec![Vec::new(); batches.len()];
+    let mut phases_ms = vec![BTreeMap::<&'static str, f64>::new(); batches.len()];
+    let mut answers = Vec::with_capacity(batches.len());
+    for round in 0..warmup + iterations {
+        let timed = round >= warmup;
+        let read = engine.plain_read_seconds()? * 1000.0;
+        if timed {
+            read_ms.push(read);
+        }
+        answers.clear();
+        for (index, (_, queries)) in batches.iter().enumerate() {
+            let started = Instant::now();
+            let pass = engine.pass(queries)?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if timed {
+                pass_ms[index].push(ms);
+            }
+            for phase in engine.last_pass_phases() {
+                *phases_ms[index].entry(phase.name).or_default() += phase.seconds * 1000.0;
+            }
+            answers.push(pass);
+        }
+        bar.advance(1);
     }
-    let times: Vec<f64> = (0..iterations).map(|_| Ok(measure()? * 1000.0)).collect::<anyhow::Result<_>>()?;
-    Ok(Timing {
-        mean_ms: times.iter().sum::<f64>() / times.len() as f64,
-        min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
-    })
+    bar.finish();
+    let passes = f64::from(warmup + iterations);
+    let batches = pass_ms
+        .iter()
+        .zip(phases_ms)
+        .zip(answers)
+        .map(|((times, mut phases_ms), answers)| {
+            phases_ms.values_mut().for_each(|ms| *ms /= passes);
+            TimedBatch { timing: Timing::of(times), phases_ms, answers }
+        })
+        .collect();
+    Ok(Rounds { read: Timing::of(&read_ms), batches })
 }

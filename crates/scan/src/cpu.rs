@@ -14,7 +14,9 @@
 //! * The chunk's selected pages are visited ordered by which queries of the
 //!   first group select them. Runs of pages bound for the same bucket are
 //!   summed in registers and their bucket stays in the L1 cache, so the
-//!   first group costs little more than reading the pages.
+//!   first group costs little more than reading the pages. Within a run, a
+//!   visit's pages are taken far apart from each other, which streams them
+//!   from memory faster than taking neighbours.
 //! * Selected pages are visited [`PAGES_AT_ONCE`] at a time. The first group
 //!   XORs them stripe by stripe, so that they stream from memory together;
 //!   the later groups find them in the cache and XOR them page by page.
@@ -118,7 +120,9 @@ struct Scratch {
     /// `patterns[i * groups + j]`: which queries of group j read
     /// `selected[i]` (bit s: the group's query s).
     patterns: Vec<u8>,
-    /// The order to visit `selected` in: by the first group's pattern.
+    /// `selected` sorted by the first group's pattern.
+    sorted: Vec<u32>,
+    /// The order to visit `selected` in ([`order_by_first_group`]).
     order: Vec<u32>,
     /// `leaf_patterns[j][p]`: which queries of group j read entry p of
     /// the leaf being listed (a page, or a block's parity).
@@ -226,6 +230,7 @@ impl CpuEngine {
             groups,
             selected: Vec::new(),
             patterns: Vec::new(),
+            sorted: Vec::new(),
             order: Vec::new(),
             leaf_patterns: vec![[0; POINTS_PER_LEAF as usize]; groups],
             leaf_reads: vec![0; queries.len()],
@@ -408,11 +413,19 @@ fn transpose_bits(mut x: u64) -> u64 {
     x ^ t ^ (t << 28)
 }
 
-/// Orders the selected pages by the first group's pattern (a counting
-/// sort, stable, so pages of one pattern stay in address order). A batch
-/// of one has a single pattern and keeps address order.
+/// Orders the selected pages for visiting, [`PAGES_AT_ONCE`] at a time.
+/// Pages the first group sends to one bucket are visited together, so that
+/// the sweep sums them in registers: a counting sort by the first group's
+/// pattern, which keeps each pattern's pages in address order. Each
+/// pattern's pages then fill whole visits, whose pages are spread out: the
+/// pattern's pages are dealt round the visits like cards, so that a
+/// visit's pages lie far apart and not within a few pages of each other
+/// (one eighth of the pattern's pages apart, for a batch of one an eighth
+/// of the chunk). Far apart, the pages stream from memory faster
+/// (docs/PERFORMANCE.md). The fewer than [`PAGES_AT_ONCE`] pages of each
+/// pattern left over come last, still ordered by pattern.
 fn order_by_first_group(scratch: &mut Scratch) {
-    let Scratch { groups, selected, patterns, order, .. } = scratch;
+    let Scratch { groups, selected, patterns, sorted, order, .. } = scratch;
     let first_group = |i: usize| usize::from(patterns[i * *groups]);
     let mut starts = [0u32; 257];
     for i in 0..selected.len() {
@@ -421,12 +434,25 @@ fn order_by_first_group(scratch: &mut Scratch) {
     for pattern in 0..256 {
         starts[pattern + 1] += starts[pattern];
     }
-    order.clear();
-    order.resize(selected.len(), 0);
+    // Where each pattern's pages begin and end in `sorted`.
+    let bounds = starts;
+    sorted.clear();
+    sorted.resize(selected.len(), 0);
     for i in 0..selected.len() {
         let start = &mut starts[first_group(i)];
-        order[*start as usize] = i as u32;
+        sorted[*start as usize] = i as u32;
         *start += 1;
+    }
+    let runs = || bounds.windows(2).map(|run| &sorted[run[0] as usize..run[1] as usize]);
+    order.clear();
+    for run in runs() {
+        let visits = run.len() / PAGES_AT_ONCE;
+        let dealt =
+            (0..visits * PAGES_AT_ONCE).map(|at| run[at % PAGES_AT_ONCE * visits + at / PAGES_AT_ONCE]);
+        order.extend(dealt);
+    }
+    for run in runs() {
+        order.extend_from_slice(&run[run.len() / PAGES_AT_ONCE * PAGES_AT_ONCE..]);
     }
 }
 
@@ -464,8 +490,10 @@ fn fold_buckets(
 
 /// XORs page `i` into bucket `patterns[i]` (0: into none), one stripe of
 /// all pages at a time, so that the pages stream from memory together;
-/// bucket b starts at `b * stride`. When every page goes to the same bucket
-/// (always so for a batch of one) the stripes are summed in registers first.
+/// bucket b starts at `b * stride`. The pages come ordered by pattern, so
+/// pages bound for the same bucket are neighbours: each run of them is
+/// summed in registers and XORed into its bucket once (a batch of one has
+/// a single run).
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+avx", "x86_64+avx2+avx"))]
 fn sweep_pages_into_buckets<const N: usize>(
     buckets: &mut [u8],
@@ -474,26 +502,34 @@ fn sweep_pages_into_buckets<const N: usize>(
     patterns: [u8; N],
 ) {
     let page_size = pages[0].len();
-    let same_bucket = patterns.iter().all(|&p| p == patterns[0]);
-    for start in (0..page_size).step_by(STRIPE) {
-        let stripe = start..start + STRIPE;
-        if same_bucket {
-            if patterns[0] == 0 {
-                return;
-            }
+    if patterns.iter().all(|&p| p == patterns[0]) {
+        if patterns[0] == 0 {
+            return;
+        }
+        let bucket = usize::from(patterns[0]) * stride;
+        for start in (0..page_size).step_by(STRIPE) {
             let mut sum = [0u8; STRIPE];
             for page in pages {
-                xor_into(&mut sum, &page[stripe.clone()]);
+                xor_into(&mut sum, &page[start..start + STRIPE]);
             }
-            let bucket = usize::from(patterns[0]) * stride;
             xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &sum);
-        } else {
-            for (page, pattern) in pages.iter().zip(patterns) {
-                if pattern != 0 {
-                    let bucket = usize::from(pattern) * stride;
-                    xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &page[stripe.clone()]);
-                }
+        }
+        return;
+    }
+    for start in (0..page_size).step_by(STRIPE) {
+        let stripe = start..start + STRIPE;
+        let mut sum = [0u8; STRIPE];
+        for (i, page) in pages.iter().enumerate() {
+            xor_into(&mut sum, &page[stripe.clone()]);
+            let pattern = patterns[i];
+            if i + 1 < N && patterns[i + 1] == pattern {
+                continue;
             }
+            if pattern != 0 {
+                let bucket = usize::from(pattern) * stride;
+                xor_into(&mut buckets[bucket + start..bucket + start + STRIPE], &sum);
+            }
+            sum = [0; STRIPE];
         }
     }
 }
@@ -643,15 +679,19 @@ mod tests {
     }
 
     #[test]
-    fn pages_are_visited_by_first_group_pattern_then_address() {
-        let patterns_by_page: [[u8; 2]; 6] = [[3, 9], [1, 0], [3, 1], [0, 5], [1, 2], [3, 3]];
+    fn each_pattern_fills_whole_visits_of_pages_far_apart_then_the_rest_follow_by_pattern() {
+        // The first group's pattern of each selected page (a group of one):
+        // twenty pages of pattern 5, seven of pattern 2, three of pattern 7.
+        let first_group =
+            [5, 2, 5, 7, 5, 2, 5, 5, 2, 5, 7, 5, 2, 5, 5, 2, 5, 5, 2, 5, 5, 7, 2, 5, 5, 5, 5, 5, 5, 5];
         let mut scratch = Scratch {
             expander: Expander::new(),
             bits: Vec::new(),
             group: 8,
-            groups: 2,
-            selected: vec![10, 11, 12, 13, 14, 15],
-            patterns: patterns_by_page.concat(),
+            groups: 1,
+            selected: (100..130).collect(),
+            patterns: first_group.to_vec(),
+            sorted: Vec::new(),
             order: Vec::new(),
             leaf_patterns: Vec::new(),
             leaf_reads: Vec::new(),
@@ -660,6 +700,13 @@ mod tests {
             answers: Answers::zeroed(&Layout::new(512, 8, 2, 128, [0; 16]).unwrap(), 1),
         };
         order_by_first_group(&mut scratch);
-        assert_eq!(scratch.order, [3, 1, 4, 0, 2, 5]);
+        // Pattern 5's pages, in address order, are the entries
+        // [0, 2, 4, 6, 7, 9, 11, 13, 14, 16, 17, 19, 20, 23, 24, 25, 26, 27, 28, 29].
+        // Its first sixteen fill two visits, dealt alternately: 1st, 3rd,
+        // 5th, ... and 2nd, 4th, .... Pattern 2 fills no visit.
+        let visits = [[0, 4, 7, 11, 14, 17, 20, 24], [2, 6, 9, 13, 16, 19, 23, 25]];
+        // Then what is left, by pattern: all of 2, the last four of 5, all of 7.
+        let rest = [1, 5, 8, 12, 15, 18, 22, 26, 27, 28, 29, 3, 10, 21];
+        assert_eq!(scratch.order, [visits.concat(), rest.to_vec()].concat());
     }
 }

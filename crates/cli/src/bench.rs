@@ -36,10 +36,12 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: Vec<u32>,
-    /// Timed passes per batch size.
+    /// Timed rounds. Each round reads every page once, then runs one pass
+    /// of each batch size, so that the read and the passes are timed over
+    /// the same stretch of the run.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: u32,
-    /// Untimed passes before the timed ones.
+    /// Untimed rounds before the timed ones.
     #[arg(long, default_value_t = 2)]
     warmup: u32,
     /// Also write the results as JSON to FILE (`-` for standard output).

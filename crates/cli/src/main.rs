@@ -44,7 +44,8 @@ enum Command {
     /// Swap the servers to a new table file of their snapshot directories,
     /// as the next epoch, while they keep answering.
     Snapshot(swap::SnapshotArgs),
-    /// Time an engine's passes over a table (no HTTP), next to a plain read of every page.
+    /// Time an engine's passes over a table (no HTTP), next to a plain read
+    /// of every page timed in the same rounds.
     Bench(bench::BenchArgs),
     /// Load-test two servers (or one) with many concurrent private lookups,
     /// checking every answer; reports throughput and latency percentiles.

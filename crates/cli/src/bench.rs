@@ -259,7 +259,7 @@ struct TimedBatch {
 /// the passes see the same machine: the memory of the VM we develop on
 /// switches between a fast and a slow state within seconds, and a read
 /// timed before all the passes could see one state and the passes the
-/// other, which moves every ratio to the read by a third.
+/// other, which moved every ratio to the read by up to half.
 fn time_rounds(
     engine: &mut dyn Engine,
     batches: &[(u32, Vec<Query>)],

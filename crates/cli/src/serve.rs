@@ -13,7 +13,8 @@ use clap::builder::TypedValueParser;
 use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir, log_path};
 use morphogen_scan::Engine;
 use morphogen_server::{
-    Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_TABLE, Limits, ServedTable, Server, SnapshotLoader,
+    Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_TABLE, Limits,
+    ServedTable, Server, SnapshotLoader,
 };
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
@@ -73,6 +74,11 @@ pub struct ServeArgs {
     /// routes are disabled.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Most changes one update batch may hold (413 too_many_changes beyond);
+    /// the update route's body limit follows from it and the value size.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH_CHANGES,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    max_batch_changes: usize,
     /// A directory of table files the server may be told to swap to
     /// (`morphogen snapshot`, POST /admin/v1/snapshot); needs the admin
     /// routes. The server records the snapshot it serves in
@@ -186,6 +192,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
         admin_token,
+        max_batch_changes: args.max_batch_changes,
         limits: args.limits.limits(),
         tls,
         about,

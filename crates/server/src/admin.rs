@@ -14,10 +14,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State as Shared};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State as Shared};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change};
@@ -30,8 +32,21 @@ use crate::batcher::UpdateError;
 use crate::snapshot::SwapRefused;
 use crate::{ApiError, State};
 
-/// Largest admin body: a million changes of short values.
-const MAX_ADMIN_BODY: usize = 256 << 20;
+/// Largest body of a snapshot request: a file name and a number.
+const MAX_SNAPSHOT_BODY: usize = 4 << 10;
+
+/// The most bytes one change of an update batch can take as JSON, beyond
+/// its key and value in hex: the field names, quotes, a separator and
+/// some whitespace.
+const CHANGE_OVERHEAD: usize = 64;
+
+/// The largest update body a batch of `max_changes` changes of values of
+/// `value_size` bytes can need: every key of the longest kind, every value
+/// whole.
+pub(crate) fn max_update_body(max_changes: usize, value_size: u32) -> usize {
+    let change = 2 * MAX_KEY_LEN + 2 * value_size as usize + CHANGE_OVERHEAD;
+    max_changes.saturating_mul(change).saturating_add(1 << 10)
+}
 
 /// Each table's admin routes under `/admin/v1/tables/{name}`; `only`, the
 /// table of a server of one, also under `/admin/v1`.
@@ -48,21 +63,36 @@ pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>) -> Router 
     }
 }
 
+/// The routes of one table. The token is checked before anything of a
+/// request's body is read: a client without it costs the server a head.
 fn table_routes(prefix: &str, state: Arc<State>) -> Router {
     Router::new()
         .route(&format!("{prefix}/status"), get(status))
-        .route(&format!("{prefix}/updates"), post(updates).layer(DefaultBodyLimit::max(MAX_ADMIN_BODY)))
-        .route(&format!("{prefix}/snapshot"), post(snapshot))
+        // The update route reads its body itself, with a limit sized by the table.
+        .route(&format!("{prefix}/updates"), post(updates).layer(DefaultBodyLimit::disable()))
+        .route(&format!("{prefix}/snapshot"), post(snapshot).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY)))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
-/// Checks the `Authorization: Bearer …` header against the admin token.
+/// Answers 401 to a request without the admin token, before its body is read.
+async fn require_token(Shared(state): Shared<Arc<State>>, request: Request, next: Next) -> Response {
+    match authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Checks the `Authorization: Bearer …` header (the scheme in any case)
+/// against the admin token.
 fn authorize(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
     let expected = state.admin_token.as_ref().expect("admin routes exist only with a token");
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| value.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     // blake3::Hash compares in constant time, so the comparison says
     // nothing about how much of a guess was right.
     match given {
@@ -75,21 +105,19 @@ fn authorize(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn status(Shared(state): Shared<Arc<State>>, headers: HeaderMap) -> axum::response::Response {
-    match authorize(&state, &headers) {
-        Ok(()) => {
-            Json(AdminStatus { meta: state.meta(), snapshot_swap: state.swaps.latest() }).into_response()
-        }
-        Err(error) => error.into_response(),
-    }
+async fn status(Shared(state): Shared<Arc<State>>) -> Response {
+    Json(AdminStatus { meta: state.meta(), snapshot_swap: state.swaps.latest() }).into_response()
 }
 
 async fn snapshot(
     Shared(state): Shared<Arc<State>>,
     headers: HeaderMap,
-    body: Result<Json<SnapshotRequest>, JsonRejection>,
-) -> axum::response::Response {
-    match start_swap(&state, &headers, body) {
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = body.map_err(|rejection| {
+        ApiError::unreadable_body(rejection.status(), rejection.body_text(), &rejection)
+    });
+    match body.and_then(|body| start_swap(&state, &headers, &body)) {
         Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
         Err(error) => {
             if error.status != StatusCode::UNAUTHORIZED {
@@ -101,13 +129,9 @@ async fn snapshot(
     }
 }
 
-fn start_swap(
-    state: &Arc<State>,
-    headers: &HeaderMap,
-    body: Result<Json<SnapshotRequest>, JsonRejection>,
-) -> Result<SwapStatus, ApiError> {
-    authorize(state, headers)?;
-    let Json(request) = body.map_err(bad_body)?;
+fn start_swap(state: &Arc<State>, headers: &HeaderMap, body: &[u8]) -> Result<SwapStatus, ApiError> {
+    ApiError::require_json(headers)?;
+    let request: SnapshotRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad_json(&e))?;
     state.swaps.start(request, state.clone()).map_err(|refused| match refused {
         SwapRefused::Disabled => ApiError::client(
             StatusCode::CONFLICT,
@@ -136,15 +160,7 @@ fn swap_in_progress() -> ApiError {
     )
 }
 
-fn bad_body(rejection: JsonRejection) -> ApiError {
-    ApiError::unreadable_body(rejection.status(), rejection.body_text(), &rejection)
-}
-
-async fn updates(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    body: Result<Json<UpdateRequest>, JsonRejection>,
-) -> axum::response::Response {
+async fn updates(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: Body) -> Response {
     match apply_updates(&state, &headers, body).await {
         Ok(reply) => Json(reply).into_response(),
         Err(error) => {
@@ -157,26 +173,47 @@ async fn updates(
     }
 }
 
-async fn apply_updates(
-    state: &State,
-    headers: &HeaderMap,
-    body: Result<Json<UpdateRequest>, JsonRejection>,
-) -> Result<UpdateReply, ApiError> {
-    authorize(state, headers)?;
-    let Json(request) = body.map_err(bad_body)?;
+async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result<UpdateReply, ApiError> {
+    ApiError::require_json(headers)?;
     if state.swaps.loading() {
         return Err(swap_in_progress());
     }
-    let changes = request
-        .changes
-        .iter()
-        .enumerate()
-        .map(|(i, change)| decode_change(i, change))
-        .collect::<Result<_, _>>()?;
-    let count = request.changes.len();
+    let max_changes = state.max_batch_changes;
+    let value_size = state.batcher.live().snapshot.layout.value_size();
+    let limit = max_update_body(max_changes, value_size);
+    let too_large = || {
+        ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the body is larger than the {limit} bytes that a batch of {max_changes} changes \
+                 (this server's limit) of {value_size}-byte values can need; send smaller batches"
+            ),
+        )
+    };
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        if crate::errors::caused_by::<http_body_util::LengthLimitError>(&error) {
+            too_large()
+        } else {
+            ApiError::unreadable_body(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read".to_string(),
+                &error,
+            )
+        }
+    })?;
+    // Parsing and hashing up to a batch's worth of keys: off the async workers.
+    let batch = tokio::task::spawn_blocking(move || decode_batch(&body, max_changes))
+        .await
+        .map_err(ApiError::internal)??;
+    let count = batch.changes.len();
     let outcome = state
         .batcher
-        .update(Batch { sequence: request.sequence, changes })
+        .update(batch)
         .await
         .map_err(|_| ApiError::internal("the scan thread dropped an update batch"))?;
     let applied = outcome.map_err(update_error)?;
@@ -193,6 +230,28 @@ async fn apply_updates(
         records: applied.current.records,
         changed_rows: applied.changed_rows,
     })
+}
+
+/// The batch of an update body, of at most `max_changes` changes.
+fn decode_batch(body: &[u8], max_changes: usize) -> Result<Batch, ApiError> {
+    let request: UpdateRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad_json(&e))?;
+    if request.changes.len() > max_changes {
+        return Err(ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_changes",
+            format!(
+                "the batch has {} changes; this server takes at most {max_changes} a batch",
+                request.changes.len()
+            ),
+        ));
+    }
+    let changes = request
+        .changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| decode_change(i, change))
+        .collect::<Result<_, _>>()?;
+    Ok(Batch { sequence: request.sequence, changes })
 }
 
 /// A change of the request as the table takes it; the error names the

@@ -55,19 +55,58 @@ impl ApiError {
         text: String,
         error: &(dyn std::error::Error + 'static),
     ) -> ApiError {
-        let mut cause = Some(error);
-        while let Some(error) = cause {
-            if error.is::<tower_http::timeout::TimeoutError>() {
-                return ApiError::client(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the request body stopped arriving; send it without pauses",
-                );
-            }
-            cause = error.source();
+        if caused_by::<tower_http::timeout::TimeoutError>(error) {
+            return ApiError::client(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body stopped arriving; send it without pauses",
+            );
         }
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_body" };
         ApiError::client(status, code, text)
+    }
+
+    /// A JSON body that does not parse as the route's request (400) or not
+    /// into its shape (422). The parser's own message may quote what was
+    /// sent (a key, a value): only the place and, for a missing field, the
+    /// field's name are passed on.
+    pub(crate) fn bad_json(error: &serde_json::Error) -> ApiError {
+        use serde_json::error::Category;
+        let (status, problem) = match error.classify() {
+            Category::Syntax => (StatusCode::BAD_REQUEST, "the body is not JSON".to_string()),
+            Category::Eof => (StatusCode::BAD_REQUEST, "the body's JSON ends early".to_string()),
+            Category::Io => (StatusCode::BAD_REQUEST, "the body could not be read".to_string()),
+            Category::Data => {
+                let message = error.to_string();
+                // Field names are the request type's own, never the client's data.
+                let problem = match message.split_once(" at line ") {
+                    Some((missing, _)) if missing.starts_with("missing field `") => missing.to_string(),
+                    _ => "a field has the wrong type or form".to_string(),
+                };
+                (StatusCode::UNPROCESSABLE_ENTITY, problem)
+            }
+        };
+        let place = format!("line {}, column {}", error.line(), error.column());
+        ApiError::client(
+            status,
+            "bad_body",
+            format!("{problem} ({place}); see docs/PROTOCOL.md for the shape"),
+        )
+    }
+
+    /// 415 `unsupported_media_type` unless `headers` say the body is JSON.
+    pub(crate) fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let essence = content_type.and_then(|v| v.split(';').next()).map(str::trim);
+        if essence.is_some_and(|essence| essence.eq_ignore_ascii_case("application/json")) {
+            Ok(())
+        } else {
+            Err(ApiError::client(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_body",
+                "the body is JSON, sent with the header Content-Type: application/json",
+            ))
+        }
     }
 
     /// An internal fault: logged in full here, reported to the client only as such.
@@ -79,6 +118,18 @@ impl ApiError {
             "internal error; see the server's log",
         )
     }
+}
+
+/// Whether `error` or one of its causes is an `E`.
+pub(crate) fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<E>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 impl From<morphogen_protocol::Error> for ApiError {

@@ -62,6 +62,9 @@ pub struct Config {
     pub max_queue: usize,
     /// The bearer token of the admin routes; `None` disables them.
     pub admin_token: Option<String>,
+    /// Most changes one update batch may hold; the update route's body
+    /// limit follows from it and the table's value size.
+    pub max_batch_changes: usize,
     /// What one client may hold of the server.
     pub limits: Limits,
     /// TLS for both listeners (see [`tls_config`]); `None` serves plain
@@ -78,6 +81,7 @@ impl Default for Config {
             max_batch: DEFAULT_MAX_BATCH,
             max_queue: DEFAULT_MAX_QUEUE,
             admin_token: None,
+            max_batch_changes: DEFAULT_MAX_BATCH_CHANGES,
             limits: Limits::default(),
             tls: None,
             about: serde_json::Map::new(),
@@ -94,6 +98,11 @@ pub const DEFAULT_MAX_BATCH: usize = 32;
 /// Queries waiting for a pass unless configured otherwise: 32 full passes,
 /// about a second on a GPU, a few seconds on CPU cores.
 pub const DEFAULT_MAX_QUEUE: usize = 1024;
+
+/// Changes an update batch may hold unless configured otherwise: a block
+/// of a busy chain changes a few thousand slots; the body of this many
+/// changes of 32-byte values is about 20 MiB.
+pub const DEFAULT_MAX_BATCH_CHANGES: usize = 100_000;
 
 /// Why a server could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +181,8 @@ pub(crate) struct State {
     max_body_bytes: usize,
     /// Most queries one request may hold.
     max_batch: usize,
+    /// Most changes one update batch may hold.
+    max_batch_changes: usize,
     batcher: Batcher,
     swaps: Swaps,
     /// Labelled with the table's name.
@@ -196,6 +207,11 @@ impl Server {
         }
         if config.admin_token.as_ref().is_some_and(|token| token.trim().is_empty()) {
             return Err(Error::Config("the admin token is empty".to_string()));
+        }
+        if config.max_batch_changes == 0 {
+            return Err(Error::Config(
+                "the limit of changes per update batch must be at least 1".to_string(),
+            ));
         }
         config.limits.check().map_err(Error::Config)?;
         let admin_token = config.admin_token.as_deref().map(|token| blake3::hash(token.trim().as_bytes()));
@@ -302,7 +318,16 @@ impl State {
         let limits = (config.max_batch, config.max_queue);
         let batcher = Batcher::start(engine, epochs, live, limits, metrics.clone())?;
         let swaps = Swaps::new(snapshots);
-        Ok(State { name, admin_token, max_body_bytes, max_batch: config.max_batch, batcher, swaps, metrics })
+        Ok(State {
+            name,
+            admin_token,
+            max_body_bytes,
+            max_batch: config.max_batch,
+            max_batch_changes: config.max_batch_changes,
+            batcher,
+            swaps,
+            metrics,
+        })
     }
 
     /// The metadata as of the current epoch.

@@ -1,0 +1,157 @@
+//! Attacks on a server, each sent as an attacker would and checked against
+//! the bound the server promises (docs/SECURITY.md): unauthenticated
+//! bodies, oversized batches, values echoed back.
+
+mod common;
+
+use common::{post_admin, spawn};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use morphogen_epochs::Epochs;
+use morphogen_scan::CpuEngine;
+use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
+use morphogen_table::{BuildOptions, NoProgress, Table, build};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "a test admin token of some length";
+
+fn table() -> Table {
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..500).map(|i| (format!("key-{i}").into_bytes(), format!("value-{i}").into_bytes())).collect();
+    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 2, seed: None };
+    build(&records[..], &options, &NoProgress).unwrap()
+}
+
+/// A server with an update log and the admin routes, made with `config`
+/// (its admin token set here); its URL, and what keeps it running.
+async fn start(config: Config) -> (String, oneshot::Sender<()>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table();
+    let (epochs, _) = Epochs::open(&mut table, &dir.path().join("table.log"), 16).unwrap();
+    let info = TableInfo::of(&table);
+    let engine = Box::new(CpuEngine::new(Arc::new(table)));
+    let served = ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, engine) };
+    let config = Config { admin_token: Some(TOKEN.to_string()), ..config };
+    let (url, stop) = spawn(Server::new(vec![served], config).unwrap()).await;
+    (url, stop, dir)
+}
+
+/// This process's resident memory, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Sends a request head announcing a body of `length` bytes, then streams
+/// that much junk while reading; returns the status line the server sent
+/// (empty if none) once it answers or closes.
+async fn post_huge(address: &str, route: &str, headers: &str, length: usize) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST {route} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n{headers}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'['; 1 << 20];
+        let mut sent = 0;
+        while sent < length {
+            let n = chunk.len().min(length - sent);
+            if writer.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    });
+    read.await.expect("the server answered or closed within 30 s");
+    sender.abort();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_admin_body_is_refused_unread() {
+    let (url, _stop, _dir) = start(Config::default()).await;
+    let address = url.trim_start_matches("http://");
+    // Warm up the allocator and the connection path first.
+    assert!(post_huge(address, "/admin/v1/updates", "", 1 << 20).await.starts_with("HTTP/1.1 401"));
+    let before = resident_bytes();
+    let statuses = futures_join(address, 200 << 20).await;
+    let grown = resident_bytes().saturating_sub(before);
+    for status in statuses {
+        assert!(status.starts_with("HTTP/1.1 401"), "{status:?}");
+    }
+    assert!(grown < 16 << 20, "resident memory grew by {} MiB", grown >> 20);
+}
+
+/// Three 200-MiB bodies at once, with a wrong token, to the update route,
+/// the snapshot route and the update route again.
+async fn futures_join(address: &str, length: usize) -> Vec<String> {
+    let wrong = "authorization: Bearer not-the-token-at-all\r\n";
+    let (a, b, c) = tokio::join!(
+        post_huge(address, "/admin/v1/updates", "", length),
+        post_huge(address, "/admin/v1/snapshot", wrong, length),
+        post_huge(address, "/admin/v1/updates", wrong, length),
+    );
+    vec![a, b, c]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_change_limit_gets_413_that_names_the_limit() {
+    let (url, _stop, _dir) = start(Config { max_batch_changes: 10, ..Config::default() }).await;
+    let address = url.trim_start_matches("http://");
+    let change = |i: usize| serde_json::json!({"key": hex::encode(format!("key-{i}")), "value": "00"});
+    let eleven: Vec<_> = (0..11).map(change).collect();
+    let body = serde_json::json!({"sequence": 1, "changes": eleven});
+    let (status, error) = post_admin(&url, "/admin/v1/updates", Some(TOKEN), body).await;
+    assert_eq!((status, error.code.as_str()), (413, "too_many_changes"));
+    assert!(error.error.contains("at most 10"), "{}", error.error);
+
+    // A body longer than ten changes can be, announced or not, is refused
+    // before it is read whole.
+    let bearer = format!("authorization: bearer {TOKEN}\r\n");
+    let status = post_huge(address, "/admin/v1/updates", &bearer, 8 << 20).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status:?}");
+
+    let ten: Vec<_> = (0..10).map(change).collect();
+    let body = serde_json::json!({"sequence": 1, "changes": ten});
+    let (status, error) = post_admin(&url, "/admin/v1/updates", Some(TOKEN), body).await;
+    assert_eq!(status, 200, "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_admin_body_is_refused_without_quoting_it() {
+    let (url, _stop, _dir) = start(Config::default()).await;
+    let secret = "0xfeedfacecafebeef";
+    let bodies = [
+        serde_json::json!({"sequence": secret, "changes": []}),
+        serde_json::json!({"sequence": 1, "changes": [{"key": 1234567, "value": secret}]}),
+        serde_json::json!({"sequence": 1, "changes": [{"key": "00", "value": [secret]}]}),
+        serde_json::json!({"sequence": 1, "changes": {secret: secret}}),
+    ];
+    for body in bodies {
+        let (status, error) = post_admin(&url, "/admin/v1/updates", Some(TOKEN), body.clone()).await;
+        assert_eq!((status, error.code.as_str()), (422, "bad_body"), "{body}");
+        assert!(!error.error.contains("feedface") && !error.error.contains("1234567"), "{}", error.error);
+        assert!(error.error.contains("line 1"), "the message says where: {}", error.error);
+    }
+    let (status, error) =
+        post_admin(&url, "/admin/v1/updates", Some(TOKEN), serde_json::json!({"changes": []})).await;
+    assert_eq!((status, error.code.as_str()), (422, "bad_body"));
+    assert!(error.error.contains("missing field `sequence`"), "{}", error.error);
+}

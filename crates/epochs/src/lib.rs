@@ -229,6 +229,12 @@ impl Epochs {
     pub fn log_len(&self) -> u64 {
         self.log.len()
     }
+
+    /// Whether the update log takes no more batches: an append failed and
+    /// could not be undone, so the file's end is unknown until a restart.
+    pub fn log_broken(&self) -> bool {
+        self.log.is_broken()
+    }
 }
 
 impl Chain {

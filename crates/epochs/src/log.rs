@@ -189,6 +189,11 @@ impl UpdateLog {
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
+
+    /// Whether a failed append left the file's end unknown.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
 }
 
 fn header(snapshot: &[u8; 32], base_epoch: u64) -> [u8; LOG_HEADER_LEN] {

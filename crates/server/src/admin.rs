@@ -294,6 +294,13 @@ fn update_error(error: UpdateError) -> ApiError {
                  see the server's log, then send it again",
             )
         }
+        UpdateError::LogBroken => ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log_broken",
+            "the update log takes no more batches after a write that could not be undone: restart needed \
+             (the log is replayed up to its last whole batch); nothing was applied",
+        ),
+        UpdateError::EngineDown => crate::routes::engine_down(),
         UpdateError::ReadOnly => ApiError::client(
             StatusCode::CONFLICT,
             "read_only",

@@ -93,6 +93,48 @@ pub(crate) struct Applied {
     pub(crate) changed_rows: usize,
 }
 
+/// What is wrong with a table's serving, published by `/v1/health`. Each
+/// fault but the failing passes lasts until a restart.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Faults {
+    /// Why the engine answers nothing more: it panicked, the scan thread
+    /// stopped, or an update reached the log but not the engine's pages.
+    /// For the server's log, not for clients.
+    pub(crate) engine_down: Option<String>,
+    /// Why the update log takes no more batches.
+    pub(crate) log_broken: Option<String>,
+    /// Passes that failed in a row, up to the latest.
+    pub(crate) failed_passes: u32,
+}
+
+/// Failed passes in a row that make a table unhealthy: one is a fault of a
+/// batch, several in a row a fault of the engine.
+pub(crate) const FAILING_PASSES: u32 = 3;
+
+impl Faults {
+    /// The health check's code and message for the worst fault, if any.
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        if self.engine_down.is_some() {
+            Some((
+                "engine_down",
+                "the scan engine is down; the server must be restarted (see its log)".into(),
+            ))
+        } else if self.log_broken.is_some() {
+            Some((
+                "log_broken",
+                "the update log takes no more batches; restart needed (see the server's log)".into(),
+            ))
+        } else if self.failed_passes >= FAILING_PASSES {
+            Some((
+                "engine_failing",
+                format!("the last {} passes failed (see the server's log)", self.failed_passes),
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// Why an update batch was not applied.
 #[derive(Debug)]
 pub(crate) enum UpdateError {
@@ -104,6 +146,10 @@ pub(crate) enum UpdateError {
     /// The update log could not be written (a full disk, an I/O error);
     /// nothing changed. The message is for the server's log.
     NotLogged(String),
+    /// The update log takes no more batches until a restart; nothing changed.
+    LogBroken,
+    /// The engine is down; nothing changed.
+    EngineDown,
     /// The server failed; the message is for its log.
     Failed(String),
 }
@@ -135,6 +181,8 @@ pub(crate) enum Refused {
     Overloaded { retry_after_secs: u64 },
     /// Its keys were checked against a snapshot swapped out since.
     SnapshotChanged,
+    /// The engine is down until a restart ([`Faults::engine_down`]).
+    EngineDown,
 }
 
 struct Shared {
@@ -149,6 +197,7 @@ struct Shared {
     /// Written by the scan thread only; by a swap under the intake lock,
     /// together with [`Intake::base`].
     live: std::sync::RwLock<Live>,
+    faults: Mutex<Faults>,
     metrics: Metrics,
 }
 
@@ -256,13 +305,20 @@ impl Batcher {
             max_batch,
             last_pass_nanos: AtomicU64::new(0),
             live: std::sync::RwLock::new(live),
+            faults: Mutex::new(Faults::default()),
             metrics,
         });
         let scan_side = shared.clone();
-        std::thread::Builder::new()
-            .name("morphogen-scan".to_string())
-            .spawn(move || scan_loop(engine, epochs, &scan_side))?;
+        std::thread::Builder::new().name("morphogen-scan".to_string()).spawn(move || {
+            let _watch = ScanThreadWatch(&scan_side);
+            scan_loop(engine, epochs, &scan_side);
+        })?;
         Ok(Batcher { shared })
+    }
+
+    /// What is wrong with serving this table now.
+    pub(crate) fn faults(&self) -> Faults {
+        self.shared.faults().clone()
     }
 
     /// The snapshot and epoch passes answer from now.
@@ -304,6 +360,9 @@ impl Batcher {
         debug_assert!(!queries.is_empty() && queries.len() <= self.shared.max_batch);
         let count = queries.len();
         let (reply, answer) = oneshot::channel();
+        if self.shared.faults().engine_down.is_some() {
+            return Err(Refused::EngineDown);
+        }
         let mut intake = self.shared.lock();
         if intake.base != base {
             return Err(Refused::SnapshotChanged);
@@ -337,7 +396,45 @@ impl Drop for Batcher {
     }
 }
 
+/// Marks the engine down if the scan thread ends by a panic, and fails
+/// what waits for it: requests and jobs are answered (by their dropped
+/// reply channels) instead of waiting for their deadlines.
+struct ScanThreadWatch<'a>(&'a Shared);
+
+impl Drop for ScanThreadWatch<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.0.engine_down("the scan thread stopped by a panic".to_string());
+        let mut intake = self.0.lock();
+        intake.arrived.clear();
+        intake.jobs.clear();
+        intake.queued_queries = 0;
+    }
+}
+
 impl Shared {
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks the engine down for good (until a restart), logging why once.
+    fn engine_down(&self, reason: String) {
+        let mut faults = self.faults();
+        if faults.engine_down.is_none() {
+            tracing::error!(%reason, "the scan engine is down: new requests get 503 engine_down; restart the server");
+            self.metrics.engine_down();
+            faults.engine_down = Some(reason);
+        }
+    }
+
+    /// Counts a pass's outcome for the health check.
+    fn pass_outcome(&self, ok: bool) {
+        let mut faults = self.faults();
+        faults.failed_passes = if ok { 0 } else { faults.failed_passes.saturating_add(1) };
+    }
+
     fn live(&self) -> Live {
         self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -389,11 +486,9 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
         let part = round.next_part % parts;
         round.next_part = (part + 1) % parts;
         let started = Instant::now();
-        let result = match &scanner.broken {
-            None => scanner.engine.pass_part(round.queries.make_contiguous(), part),
-            Some(reason) => Err(morphogen_scan::Error::Fault(reason.clone())),
-        };
+        let result = scanner.pass_part(round.queries.make_contiguous(), part, shared);
         let elapsed = started.elapsed();
+        shared.pass_outcome(result.is_ok());
         // Retry-After counts in whole passes: all the parts.
         shared.last_pass_nanos.store(elapsed.as_nanos() as u64 * parts as u64, Ordering::Relaxed);
         shared.metrics.pass(round.len(), elapsed, &scanner.engine.last_pass_phases());
@@ -447,10 +542,43 @@ struct Scanner {
 }
 
 impl Scanner {
+    /// Scans one part of the table for `queries`. A panic of the engine
+    /// fails the pass and takes the engine down: its state is unknown.
+    fn pass_part(
+        &mut self,
+        queries: &[morphogen_scan::Query],
+        part: usize,
+        shared: &Shared,
+    ) -> Result<morphogen_scan::Answers, morphogen_scan::Error> {
+        if let Some(reason) = &self.broken {
+            return Err(morphogen_scan::Error::Fault(reason.clone()));
+        }
+        let engine = &mut self.engine;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.pass_part(queries, part))) {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_string());
+                let reason = format!("the engine panicked during a pass ({message})");
+                self.break_down(reason.clone(), shared);
+                Err(morphogen_scan::Error::Fault(reason))
+            }
+        }
+    }
+
+    /// Takes the engine out of service until a restart or a swap.
+    fn break_down(&mut self, reason: String, shared: &Shared) {
+        shared.engine_down(reason.clone());
+        self.broken = Some(reason);
+    }
+
     /// Places, logs and applies one update batch, and publishes its epoch.
     fn apply(&mut self, batch: Batch, shared: &Shared) -> UpdateOutcome {
-        if let Some(reason) = &self.broken {
-            return Err(UpdateError::Failed(reason.clone()));
+        if self.broken.is_some() {
+            return Err(UpdateError::EngineDown);
         }
         let (Some(epochs), Some(table)) = (self.epochs.as_mut(), self.engine.table()) else {
             return Err(UpdateError::ReadOnly);
@@ -459,9 +587,19 @@ impl Scanner {
         let plan = epochs.plan(table, batch).map_err(UpdateError::Refused)?;
         let changed_rows = plan.changed_rows();
         // In the log and synced before anything changes: nothing acknowledged is lost.
-        let writes = epochs.commit(plan).map_err(|error| match error {
-            morphogen_epochs::Error::BatchTooLarge => UpdateError::Refused(error),
-            error => UpdateError::NotLogged(error.to_string()),
+        let writes = epochs.commit(plan).map_err(|error| {
+            if epochs.log_broken() {
+                let mut faults = shared.faults();
+                if faults.log_broken.is_none() {
+                    tracing::error!(%error, "the update log takes no more batches until a restart");
+                    faults.log_broken = Some(error.to_string());
+                }
+            }
+            match error {
+                morphogen_epochs::Error::BatchTooLarge => UpdateError::Refused(error),
+                morphogen_epochs::Error::LogBroken { .. } => UpdateError::LogBroken,
+                error => UpdateError::NotLogged(error.to_string()),
+            }
         })?;
         if let Err(error) = self.engine.write_pages(&writes) {
             let reason = format!(
@@ -469,7 +607,7 @@ impl Scanner {
                  restart the server to replay the log",
                 epochs.epoch()
             );
-            self.broken = Some(reason.clone());
+            self.break_down(reason.clone(), shared);
             return Err(UpdateError::Failed(reason));
         }
         let current = Current::of(epochs);
@@ -500,8 +638,10 @@ impl Scanner {
         let LoadedSnapshot { table, engine, epochs, .. } = loaded;
         let snapshot = Snapshot::new(&table, engine.name(), Some(&epochs), shared.max_batch);
         let live = Live { snapshot: Arc::new(snapshot), current: Current::of(&epochs) };
-        // The old engine and its table are dropped here.
+        // The old engine and its table are dropped here; a new engine and a
+        // new log are sound again.
         *self = Scanner { engine, epochs: Some(epochs), broken: None };
+        *shared.faults() = Faults::default();
 
         let mut intake = shared.lock();
         intake.base = base;

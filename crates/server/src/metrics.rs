@@ -115,6 +115,10 @@ impl Metrics {
                 "Requests answered 503 deadline_exceeded: not answered within the request timeout."
             );
             metrics::describe_gauge!(
+                "morphogen_engine_down",
+                "1 when the table's scan engine is down (it panicked, or an update reached the log but not its pages) until a restart; /v1/health answers 503 then."
+            );
+            metrics::describe_gauge!(
                 "morphogen_resident_memory_bytes",
                 "Resident memory of the server process (Linux only)."
             );
@@ -135,6 +139,11 @@ impl Metrics {
     pub(crate) fn connection_opened(&self) -> OpenConnection {
         self.with(|| gauge!("morphogen_open_connections").increment(1.0));
         OpenConnection(self.clone())
+    }
+
+    /// Marks the table's engine down.
+    pub(crate) fn engine_down(&self) {
+        self.with(|| gauge!("morphogen_engine_down", "table" => self.table.clone()).set(1.0));
     }
 
     /// Counts a connection whose TLS handshake failed or timed out.

@@ -32,8 +32,9 @@ pub(crate) fn router(
     catalog: Arc<Catalog>,
     metrics: Metrics,
 ) -> Router {
+    let watched: Vec<Arc<State>> = tables.to_vec();
     let mut router = Router::new()
-        .route("/v1/health", get(health))
+        .route("/v1/health", get(move || async move { health(&watched) }))
         .route("/v1/tables", get(move || async move { Json(catalog.as_ref().clone()) }))
         .route("/metrics", get(move || async move { render_metrics(&metrics) }));
     for table in tables {
@@ -55,8 +56,22 @@ fn table_routes(prefix: &str, state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// 200 `{"status": "ok"}` while every table can answer; otherwise 503
+/// with each table's problem, so that a load balancer sends no more lookups.
+fn health(tables: &[Arc<State>]) -> HttpResponse {
+    let problems: Vec<serde_json::Value> = tables
+        .iter()
+        .filter_map(|table| {
+            let (code, error) = table.batcher.faults().problem()?;
+            Some(serde_json::json!({ "table": table.name, "code": code, "error": error }))
+        })
+        .collect();
+    if problems.is_empty() {
+        Json(serde_json::json!({ "status": "ok" })).into_response()
+    } else {
+        let body = serde_json::json!({ "status": "unavailable", "problems": problems });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 async fn meta(Shared(state): Shared<Arc<State>>) -> Json<morphogen_protocol::Meta> {
@@ -157,6 +172,7 @@ async fn answer(
             "the server's queue is full; try again after the time in Retry-After",
         ),
         Refused::SnapshotChanged => snapshot_changed(),
+        Refused::EngineDown => engine_down(),
     })?;
     let reply = answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))?;
     let Answered { epoch, mut answers } = reply.map_err(|error| match error {
@@ -198,6 +214,15 @@ fn epoch_unavailable(problem: String, oldest: u64) -> ApiError {
         oldest_epoch: Some(oldest),
         ..ApiError::client(StatusCode::GONE, "epoch_unavailable", format!("{problem}; read /v1/meta"))
     }
+}
+
+/// 503 `engine_down`: the table answers nothing until its server restarts.
+pub(crate) fn engine_down() -> ApiError {
+    ApiError::client(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "engine_down",
+        "this server's scan engine is down and answers nothing until its operator restarts it",
+    )
 }
 
 /// 410 `snapshot_changed`: the request was made for a snapshot this server

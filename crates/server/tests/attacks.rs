@@ -1,18 +1,22 @@
-//! Attacks on a server, each sent as an attacker would and checked against
-//! the bound the server promises (docs/SECURITY.md): unauthenticated
-//! bodies, oversized batches, values echoed back.
+//! Attacks and faults, each sent or caused as it would happen and checked
+//! against the bound the server promises (docs/SECURITY.md):
+//! unauthenticated bodies, oversized batches, values echoed back, engines
+//! that fail or panic.
 
 mod common;
 
-use common::{post_admin, spawn};
+use common::{Fault, FaultyEngine, post_admin, post_query, spawn};
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use morphogen_dpf::generate;
 use morphogen_epochs::Epochs;
-use morphogen_scan::CpuEngine;
+use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
+use morphogen_scan::{CpuEngine, Engine};
 use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
+use rand::SeedableRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -29,11 +33,19 @@ fn table() -> Table {
 /// A server with an update log and the admin routes, made with `config`
 /// (its admin token set here); its URL, and what keeps it running.
 async fn start(config: Config) -> (String, oneshot::Sender<()>, tempfile::TempDir) {
+    start_with(config, |table| Box::new(CpuEngine::new(table.clone()))).await
+}
+
+/// [`start`] with the engine that `engine` makes over the table.
+async fn start_with(
+    config: Config,
+    engine: impl FnOnce(&Arc<Table>) -> Box<dyn Engine>,
+) -> (String, oneshot::Sender<()>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut table = table();
     let (epochs, _) = Epochs::open(&mut table, &dir.path().join("table.log"), 16).unwrap();
     let info = TableInfo::of(&table);
-    let engine = Box::new(CpuEngine::new(Arc::new(table)));
+    let engine = engine(&Arc::new(table));
     let served = ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, engine) };
     let config = Config { admin_token: Some(TOKEN.to_string()), ..config };
     let (url, stop) = spawn(Server::new(vec![served], config).unwrap()).await;
@@ -154,4 +166,89 @@ async fn a_mistyped_admin_body_is_refused_without_quoting_it() {
         post_admin(&url, "/admin/v1/updates", Some(TOKEN), serde_json::json!({"changes": []})).await;
     assert_eq!((status, error.code.as_str()), (422, "bad_body"));
     assert!(error.error.contains("missing field `sequence`"), "{}", error.error);
+}
+
+/// A valid one-query body for the tests' table.
+fn query_body() -> Vec<u8> {
+    let pages = table().layout().pages_per_table();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let keys = (0..2).map(|_| generate(pages, 1, &mut rng).unwrap().0).collect();
+    Request { epoch: Epoch::Latest, queries: vec![keys] }.encode().unwrap()
+}
+
+/// `/v1/health`'s status and body.
+async fn health(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("{url}/v1/health")).await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A query's status and error code (empty when answered).
+async fn query(url: &str) -> (u16, String) {
+    let (status, body) = post_query(url, CONTENT_TYPE, query_body()).await;
+    (status, serde_json::from_slice::<ErrorBody>(&body).map(|e| e.code).unwrap_or_default())
+}
+
+/// A faulty engine over the tests' table, and its switch.
+async fn start_faulty() -> (String, Arc<std::sync::Mutex<Fault>>, oneshot::Sender<()>, tempfile::TempDir) {
+    let mut switch = None;
+    let (url, stop, dir) = start_with(Config::default(), |table| {
+        let (engine, fault) = FaultyEngine::new(table);
+        switch = Some(fault);
+        Box::new(engine)
+    })
+    .await;
+    (url, switch.unwrap(), stop, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_passes_answer_500_and_the_scan_thread_carries_on() {
+    let (url, fault, _stop, _dir) = start_faulty().await;
+    assert_eq!(query(&url).await, (200, String::new()));
+    *fault.lock().unwrap() = Fault::Fail;
+    for failed in 1..=3 {
+        assert_eq!(query(&url).await, (500, "internal".to_string()));
+        let (status, body) = health(&url).await;
+        if failed < 3 {
+            assert_eq!(status, 200, "one failed pass is not yet an unhealthy engine: {body}");
+        } else {
+            assert_eq!(status, 503, "three failed passes in a row make health fail");
+            assert_eq!(body["problems"][0]["code"], "engine_failing", "{body}");
+        }
+    }
+    // The engine recovers: answers and health are back.
+    *fault.lock().unwrap() = Fault::None;
+    assert_eq!(query(&url).await, (200, String::new()));
+    assert_eq!(health(&url).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_panics_is_down_health_says_so_and_requests_get_503_at_once() {
+    let (url, fault, _stop, _dir) = start_faulty().await;
+    assert_eq!(health(&url).await.0, 200);
+    *fault.lock().unwrap() = Fault::PanicInPass;
+    assert_eq!(query(&url).await, (500, "internal".to_string()));
+    let (status, body) = health(&url).await;
+    assert_eq!((status, body["problems"][0]["code"].as_str()), (503, Some("engine_down")), "{body}");
+    // Down for good, even once the engine would answer again.
+    *fault.lock().unwrap() = Fault::None;
+    let started = std::time::Instant::now();
+    assert_eq!(query(&url).await, (503, "engine_down".to_string()));
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not at a deadline");
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("morphogen_engine_down{table=\"default\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_thread_that_dies_fails_what_waits_and_takes_the_engine_down() {
+    let (url, fault, _stop, _dir) = start_faulty().await;
+    *fault.lock().unwrap() = Fault::PanicInWrite;
+    let change = serde_json::json!({"key": hex::encode("key-1"), "value": "01"});
+    let body = serde_json::json!({"sequence": 1, "changes": [change]});
+    let started = std::time::Instant::now();
+    let (status, error) = post_admin(&url, "/admin/v1/updates", Some(TOKEN), body).await;
+    assert_eq!(status, 500, "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered when the thread died");
+    let (status, body) = health(&url).await;
+    assert_eq!((status, body["problems"][0]["code"].as_str()), (503, Some("engine_down")), "{body}");
+    assert_eq!(query(&url).await, (503, "engine_down".to_string()));
 }

@@ -104,3 +104,65 @@ pub async fn post_admin(
     let status = response.status().as_u16();
     (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
 }
+
+/// How a [`FaultyEngine`] behaves on its next passes and page writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers as the CPU engine does.
+    None,
+    /// Every pass returns an error.
+    Fail,
+    /// Every pass panics.
+    PanicInPass,
+    /// Page writes (updates) panic, outside any pass.
+    PanicInWrite,
+}
+
+/// The CPU engine with a switch that makes it fail or panic.
+pub struct FaultyEngine {
+    inner: CpuEngine,
+    fault: Arc<std::sync::Mutex<Fault>>,
+}
+
+impl FaultyEngine {
+    /// The engine over `table`, and the switch of its fault.
+    pub fn new(table: &Arc<Table>) -> (FaultyEngine, Arc<std::sync::Mutex<Fault>>) {
+        let fault = Arc::new(std::sync::Mutex::new(Fault::None));
+        (FaultyEngine { inner: CpuEngine::new(table.clone()), fault: fault.clone() }, fault)
+    }
+
+    fn fault(&self) -> Fault {
+        *self.fault.lock().unwrap()
+    }
+}
+
+impl Engine for FaultyEngine {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    fn device(&self) -> String {
+        "test".to_string()
+    }
+    fn layout(&self) -> &morphogen_table::Layout {
+        self.inner.layout()
+    }
+    fn pass(&mut self, queries: &[Query]) -> Result<Answers, morphogen_scan::Error> {
+        match self.fault() {
+            Fault::Fail => Err(morphogen_scan::Error::Fault("a test fault".to_string())),
+            Fault::PanicInPass => panic!("a test panic in a pass"),
+            Fault::None | Fault::PanicInWrite => self.inner.pass(queries),
+        }
+    }
+    fn table(&self) -> Option<&Table> {
+        self.inner.table()
+    }
+    fn write_pages(&mut self, writes: &[morphogen_table::PageWrite]) -> Result<(), morphogen_scan::Error> {
+        if self.fault() == Fault::PanicInWrite {
+            panic!("a test panic in a page write");
+        }
+        self.inner.write_pages(writes)
+    }
+    fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
+        self.inner.plain_read_seconds()
+    }
+}

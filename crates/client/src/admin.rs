@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
 use reqwest::Url;
 
-use crate::{Error, Settings, http_client, parse_url, success_body, table_routes, transport_error};
+use crate::{
+    Error, MAX_JSON_BODY, Settings, http_client, parse_url, success_body, table_routes, transport_error,
+    warn_if_plain,
+};
 
 /// One server's admin routes.
 pub struct Admin {
@@ -41,6 +44,7 @@ impl Admin {
 
     fn open(url: &str, table: Option<&str>, token: &str, settings: &Settings) -> Result<Admin, Error> {
         let url = parse_url(url)?;
+        warn_if_plain(&url, "the admin token");
         Ok(Admin {
             http: http_client(settings, &[&url])?,
             routes: table_routes(&url, "admin/v1/", table)?,
@@ -90,7 +94,7 @@ impl Admin {
             .send()
             .await
             .map_err(|e| transport_error(&self.url, e))?;
-        success_body(&self.url, response).await
+        success_body(&self.url, response, MAX_JSON_BODY).await
     }
 
     fn protocol(&self, message: String) -> Error {

@@ -95,6 +95,8 @@ pub(crate) fn http_client(settings: &Settings, servers: &[&Url]) -> Result<reqwe
     };
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
+        // A redirect could send key shares or the admin token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|error| Error::Setup(error.to_string()))
 }

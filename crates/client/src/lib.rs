@@ -24,7 +24,8 @@ pub use http::{DEFAULT_TIMEOUT, Settings, Trust};
 
 use morphogen_dpf::{Key, generate};
 use morphogen_protocol::{
-    CONTENT_TYPE, Catalog, Epoch, ErrorBody, Meta, PROTOCOL_VERSION, Request, Response, is_table_name,
+    CONTENT_TYPE, Catalog, Epoch, ErrorBody, HEADER_LEN, Meta, PROTOCOL_VERSION, Request, Response,
+    is_table_name,
 };
 use morphogen_table::{KeyDigest, Layout, MAX_KEY_LEN};
 use rand::RngExt;
@@ -41,6 +42,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long the servers' metadata (and so the epoch asked for) is used
 /// before it is read again.
 const META_REFRESH: Duration = Duration::from_secs(1);
+
+/// Largest JSON body a server may answer (metadata, the list of tables,
+/// admin replies): far beyond any real one, far below a client's memory.
+pub(crate) const MAX_JSON_BODY: usize = 1 << 20;
+/// Largest error body read; a longer one is cut off there.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// Largest metrics page read.
+const MAX_METRICS_BODY: usize = 16 << 20;
 
 /// Times a lookup re-reads the metadata after a server said the epoch
 /// asked for is not available or the snapshot changed, before it gives up.
@@ -103,12 +112,16 @@ impl Client {
         settings: &Settings,
     ) -> Result<Client, Error> {
         let (url_a, url_b) = (parse_url(url_a)?, parse_url(url_b)?);
+        for url in [&url_a, &url_b] {
+            warn_if_plain(url, "key shares");
+        }
         let http = http_client(settings, &[&url_a, &url_b])?;
         let timeout = settings.timeout;
         let (a, b) = tokio::try_join!(
             Connection::open(http.clone(), url_a, table, timeout),
             Connection::open(http, url_b, table, timeout)
         )?;
+        check_two_servers(&a, &b.meta)?;
         let view = View::of(&a.meta, &b.meta, a.layout.clone())?;
         Ok(Client { servers: [a, b], view: std::sync::Mutex::new(view) })
     }
@@ -144,6 +157,7 @@ impl Client {
             tokio::time::sleep(jittered).await;
             wait = (wait * 2).min(MAX_BACKOFF);
         };
+        check_two_servers(&self.servers[0], &b)?;
         let layout = if a.snapshot_digest == view.meta.snapshot_digest {
             view.layout
         } else {
@@ -357,7 +371,8 @@ impl Connection {
                 .get(RETRY_AFTER)
                 .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
                 .map(Duration::from_secs);
-            match success_body(&self.url, response).await {
+            let expected = HEADER_LEN + queries * usize::from(layout.choices()) * layout.page_size() as usize;
+            match success_body(&self.url, response, expected).await {
                 Ok(bytes) => return self.check_answer(&bytes, queries, layout),
                 // 503 is transient by definition, from the server or a proxy.
                 Err(Error::Server { status: 503, .. }) => {
@@ -429,7 +444,8 @@ pub(crate) fn table_routes(url: &Url, base: &str, table: Option<&str>) -> Result
 pub async fn fetch_metrics(url: &str, settings: &Settings) -> Result<String, Error> {
     let server = parse_url(url)?;
     let deadline = Instant::now() + settings.timeout;
-    let bytes = fetch(&http_client(settings, &[&server])?, &server, &server, "metrics", deadline).await?;
+    let http = http_client(settings, &[&server])?;
+    let bytes = fetch(&http, &server, &server, "metrics", MAX_METRICS_BODY, deadline).await?;
     String::from_utf8(bytes).map_err(|_| Error::Protocol {
         server: server.to_string(),
         message: "metrics that are not UTF-8 text".to_string(),
@@ -442,25 +458,27 @@ pub async fn fetch_catalog(url: &str, settings: &Settings) -> Result<Catalog, Er
     let server = parse_url(url)?;
     let routes = server.join("v1/").expect("a fixed relative path");
     let deadline = Instant::now() + settings.timeout;
-    let bytes = fetch(&http_client(settings, &[&server])?, &server, &routes, "tables", deadline).await?;
+    let http = http_client(settings, &[&server])?;
+    let bytes = fetch(&http, &server, &routes, "tables", MAX_JSON_BODY, deadline).await?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
         server: server.to_string(),
         message: format!("unreadable list of tables: {e}"),
     })
 }
 
-/// The body of `GET {routes}{path}` from `server`.
+/// The body of `GET {routes}{path}` from `server`, of at most `limit` bytes.
 async fn fetch(
     http: &reqwest::Client,
     server: &Url,
     routes: &Url,
     path: &str,
+    limit: usize,
     deadline: Instant,
 ) -> Result<Vec<u8>, Error> {
     let url = routes.join(path).expect("a fixed relative path");
     let timeout = deadline.saturating_duration_since(Instant::now());
     let response = http.get(url).timeout(timeout).send().await.map_err(|e| transport_error(server, e))?;
-    success_body(server, response).await
+    success_body(server, response, limit).await
 }
 
 async fn fetch_meta(
@@ -469,7 +487,7 @@ async fn fetch_meta(
     routes: &Url,
     deadline: Instant,
 ) -> Result<Meta, Error> {
-    let bytes = fetch(http, server, routes, "meta", deadline).await?;
+    let bytes = fetch(http, server, routes, "meta", MAX_JSON_BODY, deadline).await?;
     let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
         server: server.to_string(),
         message: format!("unreadable metadata: {e}"),
@@ -486,12 +504,48 @@ async fn fetch_meta(
     Ok(meta)
 }
 
-/// The body of a 2xx answer, or the server's error.
-async fn success_body(server: &Url, response: reqwest::Response) -> Result<Vec<u8>, Error> {
+/// The body of a 2xx answer of at most `limit` bytes, or the server's
+/// error. A longer body is refused as soon as it is announced or has
+/// arrived past the limit: a server cannot make the client hold more. A
+/// redirect is not followed (the client follows none): it is an error.
+pub(crate) async fn success_body(
+    server: &Url,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| transport_error(server, e))?;
+    if status.is_redirection() {
+        return Err(Error::Protocol {
+            server: server.to_string(),
+            message: format!(
+                "answered a redirect ({status}); the client follows none: give the URL the server answers at"
+            ),
+        });
+    }
+    let limit = if status.is_success() { limit } else { MAX_ERROR_BODY };
+    let too_long = |length: u64| Error::Protocol {
+        server: server.to_string(),
+        message: format!("answered a body of {length} bytes or more where at most {limit} can be right"),
+    };
+    if let Some(length) = response.content_length().filter(|&length| length > limit as u64)
+        && status.is_success()
+    {
+        return Err(too_long(length));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(server, e))? {
+        if bytes.len() + chunk.len() > limit {
+            if status.is_success() {
+                return Err(too_long((bytes.len() + chunk.len()) as u64));
+            }
+            // An error's message: its start is enough.
+            bytes.extend_from_slice(&chunk[..limit - bytes.len()]);
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     if status.is_success() {
-        return Ok(bytes.to_vec());
+        return Ok(bytes);
     }
     let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
         Ok(body) => (body.code, body.error),
@@ -516,6 +570,36 @@ fn transport_error(server: &Url, error: reqwest::Error) -> Error {
         if causes.is_empty() { what.to_string() } else { format!("{what}: {}", causes.join(": ")) }
     };
     Error::Unreachable { server: server.to_string(), message }
+}
+
+/// Refuses two URLs that reach the same server (the instance id of `a`'s
+/// metadata and `b`'s): it would receive both shares of every key.
+fn check_two_servers(a: &Connection, b: &Meta) -> Result<(), Error> {
+    if !a.meta.instance.is_empty() && a.meta.instance == b.instance {
+        return Err(Error::SameServer { instance: b.instance.clone() });
+    }
+    Ok(())
+}
+
+/// Warns when `what` would cross plain HTTP to a host that is not this
+/// machine: anyone on the path sees it.
+pub(crate) fn warn_if_plain(url: &Url, what: &str) {
+    if url.scheme() == "http" && !is_loopback(url) {
+        tracing::warn!(
+            server = %url,
+            "sending {what} over plain HTTP to a host that is not this machine: anyone on the path can read \
+             them; use https"
+        );
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        None => false,
+    }
 }
 
 impl View {
@@ -608,6 +692,15 @@ pub enum Error {
     /// The two servers do not serve the same table.
     #[error("the two servers disagree on the {0}; they must serve the same table")]
     Mismatch(&'static str),
+    /// The two URLs reach one server, which would see both shares of every key.
+    #[error(
+        "both server URLs reach the same server (instance {instance}), which would learn every key looked up: \
+         give the URLs of two servers run by parties that do not collude"
+    )]
+    SameServer {
+        /// The server's instance id.
+        instance: String,
+    },
     /// A key to look up is empty or too long.
     #[error("key {index} is {len} bytes; keys are 1 to 64 bytes")]
     KeyLength {

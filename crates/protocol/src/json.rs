@@ -35,6 +35,12 @@ pub struct Meta {
     pub engine: String,
     /// Most queries the server takes in one request.
     pub max_batch: usize,
+    /// A random id the server process draws at start-up, hex: two URLs
+    /// whose metadata name the same instance reach the same server, which
+    /// must never be given both shares of a key. Empty from servers older
+    /// than the field.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// What `GET /v1/tables` returns: the names of the tables a server serves

@@ -173,6 +173,8 @@ pub struct Server {
 /// What every request handler of one table shares.
 pub(crate) struct State {
     name: String,
+    /// The server's random instance id, hex, published in the metadata.
+    instance: Arc<str>,
     /// BLAKE3 of the admin token: compared in constant time.
     admin_token: Option<blake3::Hash>,
     /// The largest body a request of `max_batch` queries can need for any
@@ -216,6 +218,7 @@ impl Server {
         config.limits.check().map_err(Error::Config)?;
         let admin_token = config.admin_token.as_deref().map(|token| blake3::hash(token.trim().as_bytes()));
         let metrics = metrics::Metrics::new();
+        let instance: Arc<str> = Arc::from(hex::encode(rand::random::<[u8; 16]>()));
         // Every table checked before any scan thread starts.
         let mut names = std::collections::BTreeSet::new();
         for served in &tables {
@@ -237,7 +240,8 @@ impl Server {
         let mut states = BTreeMap::new();
         for served in tables {
             let name = served.name.clone();
-            let state = State::start(served, &config, admin_token, metrics.for_table(&name))?;
+            let state =
+                State::start(served, &config, admin_token, instance.clone(), metrics.for_table(&name))?;
             states.insert(name, Arc::new(state));
         }
         let catalog = Catalog { tables: states.keys().cloned().collect(), about: config.about };
@@ -301,6 +305,7 @@ impl State {
         served: ServedTable,
         config: &Config,
         admin_token: Option<blake3::Hash>,
+        instance: Arc<str>,
         metrics: metrics::Metrics,
     ) -> Result<State, Error> {
         let ServedTable { name, table, engine, epochs, snapshots } = served;
@@ -320,6 +325,7 @@ impl State {
         let swaps = Swaps::new(snapshots);
         Ok(State {
             name,
+            instance,
             admin_token,
             max_body_bytes,
             max_batch: config.max_batch,
@@ -332,7 +338,7 @@ impl State {
 
     /// The metadata as of the current epoch.
     fn meta(&self) -> Meta {
-        Live::meta(&self.batcher.live())
+        Meta { instance: self.instance.to_string(), ..Live::meta(&self.batcher.live()) }
     }
 }
 

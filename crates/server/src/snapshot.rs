@@ -98,6 +98,8 @@ impl Snapshot {
             records: table.records,
             engine: engine.to_string(),
             max_batch,
+            // The server's own, set where it publishes the metadata.
+            instance: String::new(),
         };
         Snapshot { base, meta, layout: layout.clone(), history }
     }

@@ -252,3 +252,16 @@ async fn a_scan_thread_that_dies_fails_what_waits_and_takes_the_engine_down() {
     assert_eq!((status, body["problems"][0]["code"].as_str()), (503, Some("engine_down")), "{body}");
     assert_eq!(query(&url).await, (503, "engine_down".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_given_twice_is_refused_by_its_instance_id() {
+    let (url, _stop, _dir) = start(Config::default()).await;
+    let (other, _stop_other, _dir_other) = start(Config::default()).await;
+    let localhost = url.replace("127.0.0.1", "localhost");
+    for twice in [url.clone(), format!("{url}/"), localhost] {
+        let error = morphogen_client::Client::new(&url, &twice).await.unwrap_err();
+        assert!(matches!(error, morphogen_client::Error::SameServer { .. }), "{twice}: {error}");
+    }
+    // Two servers of the same table have different ids.
+    morphogen_client::Client::new(&url, &other).await.unwrap();
+}

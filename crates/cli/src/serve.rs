@@ -121,6 +121,17 @@ struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize), help_heading = "Limits")]
     max_connections: usize,
+    /// Most open connections per listener from one client address (IPv4,
+    /// or an IPv6 /64); further ones are closed at once. Behind a proxy,
+    /// where every client has the proxy's address, set it to --max-connections.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_client,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize), help_heading = "Limits")]
+    max_connections_per_client: usize,
+    /// Longest stall, in seconds, of a write to a client; a client that does
+    /// not read its answers loses its connection after it.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().write_timeout.as_secs_f64(),
+          value_parser = crate::positive_seconds, help_heading = "Limits")]
+    write_timeout: f64,
     /// Seconds for a TLS handshake and for a request's headers; an idle
     /// keep-alive connection is closed after as long.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_timeout.as_secs_f64(),
@@ -145,6 +156,8 @@ impl LimitArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            write_timeout: Duration::from_secs_f64(self.write_timeout),
             header_timeout: Duration::from_secs_f64(self.header_timeout),
             body_timeout: Duration::from_secs_f64(self.body_timeout),
             request_timeout: Duration::from_secs_f64(self.request_timeout),

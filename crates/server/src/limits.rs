@@ -25,6 +25,14 @@ pub struct Limits {
     /// Most open connections per listener; further ones wait in the
     /// kernel's backlog until one closes.
     pub max_connections: usize,
+    /// Most open connections per listener from one client address (an
+    /// IPv4 address, or an IPv6 /64); further ones are closed at once.
+    /// Behind a proxy every client has the proxy's address: set it to
+    /// `max_connections` there.
+    pub max_connections_per_client: usize,
+    /// Longest time a write to a client may stall; a client that does not
+    /// read its answers loses its connection after it.
+    pub write_timeout: Duration,
     /// Time for a TLS handshake, and for a request's head (request line and
     /// headers) once its first byte is awaited; an idle keep-alive
     /// connection is closed after it too.
@@ -44,6 +52,8 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 1024,
+            max_connections_per_client: 64,
+            write_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -59,12 +69,16 @@ impl Limits {
             ("header timeout", self.header_timeout),
             ("body timeout", self.body_timeout),
             ("request timeout", self.request_timeout),
+            ("write timeout", self.write_timeout),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, duration)| duration.is_zero()) {
             return Err(format!("the {name} must be more than zero"));
         }
         if self.max_connections == 0 {
             return Err("the connection limit must be at least 1".to_string());
+        }
+        if self.max_connections_per_client == 0 {
+            return Err("the connection limit per client must be at least 1".to_string());
         }
         if self.max_header_bytes < MIN_HEADER_BYTES {
             return Err(format!("the header size limit must be at least {MIN_HEADER_BYTES} bytes"));

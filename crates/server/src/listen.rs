@@ -3,13 +3,19 @@
 //!
 //! One accept loop per listener. It takes a connection slot before it
 //! accepts, so that past the limit new connections wait in the kernel's
-//! backlog instead of costing the server memory. Each connection then gets
-//! its own task: the TLS handshake (bounded by the header timeout), then
-//! HTTP/1.1, whose request heads must arrive within the header timeout (an
-//! idle keep-alive connection is closed after it too). Body and request
+//! backlog instead of costing the server memory; a connection from a
+//! client address that already holds its share of the slots is closed at
+//! once, so that one client cannot hold them all. Each connection then
+//! gets its own task: the TLS handshake (bounded by the header timeout),
+//! then HTTP/1.1, whose request heads must arrive within the header timeout
+//! (an idle keep-alive connection is closed after it too) and whose writes
+//! may not stall longer than the write timeout (a client that pipelines
+//! requests and never reads the answers is cut off). Body and request
 //! deadlines are enforced by the routes' layers (see [`Limits`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +25,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::Limits;
@@ -39,6 +46,7 @@ pub(crate) async fn serve(
     mut stopped: watch::Receiver<()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = Arc::new(ClientCounts::new(limits.max_connections_per_client));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -55,7 +63,7 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
             _ = stopped.changed() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors, or a connection reset before it
@@ -66,7 +74,15 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        let Some(client_slot) = clients.take(peer.ip()) else {
+            // Dropped unanswered: the client holds its share already.
+            metrics.connection_refused("per_client_limit");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
+        let stream = Box::pin(stream);
         let service = TowerToHyperService::new(router.clone());
         let http = http.clone();
         let watcher = graceful.watcher();
@@ -75,6 +91,7 @@ pub(crate) async fn serve(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let _client_slot = client_slot;
             let _open = metrics.connection_opened();
             let result = match tls {
                 None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
@@ -108,6 +125,56 @@ pub(crate) async fn serve(
         tracing::warn!("connections still open after the shutdown grace period; closing them");
     }
     Ok(())
+}
+
+/// Open connections by client: an IPv4 address, or the /64 of an IPv6 one
+/// (what one host is usually given).
+struct ClientCounts {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+impl ClientCounts {
+    fn new(max: usize) -> ClientCounts {
+        ClientCounts { open: Mutex::new(HashMap::new()), max }
+    }
+
+    /// A slot for one more connection of `address`'s client, if it has
+    /// fewer than its share open.
+    fn take(self: &Arc<Self>, address: IpAddr) -> Option<ClientSlot> {
+        let client = match address {
+            IpAddr::V4(_) => address,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+        };
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { counts: self.clone(), client })
+    }
+}
+
+/// One open connection of a client, given back when dropped.
+struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// The smallest read buffer hyper accepts.

@@ -107,6 +107,10 @@ impl Metrics {
             );
             metrics::describe_gauge!("morphogen_open_connections", "Connections open now, on all listeners.");
             metrics::describe_counter!(
+                "morphogen_connections_refused_total",
+                "Connections closed unserved when accepted, by reason: per_client_limit (the client address held its share of the connection limit)."
+            );
+            metrics::describe_counter!(
                 "morphogen_tls_handshake_failures_total",
                 "Connections closed because their TLS handshake failed or timed out."
             );
@@ -144,6 +148,11 @@ impl Metrics {
     /// Marks the table's engine down.
     pub(crate) fn engine_down(&self) {
         self.with(|| gauge!("morphogen_engine_down", "table" => self.table.clone()).set(1.0));
+    }
+
+    /// Counts a connection closed unserved as soon as it was accepted.
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        self.with(|| counter!("morphogen_connections_refused_total", "reason" => reason).increment(1));
     }
 
     /// Counts a connection whose TLS handshake failed or timed out.

@@ -188,3 +188,69 @@ fn limits_that_would_answer_nothing_are_refused() {
         assert!(Server::new(vec![served], config).is_err(), "{limits:?}");
     }
 }
+
+/// A connection to `address` from the loopback address `source`
+/// (127.0.0.2 and so on: another client, as far as the server can tell).
+async fn connect_from(source: [u8; 4], address: &str) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    socket.connect(address.parse().unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_connection() {
+    let table = table();
+    let limits = Limits { max_connections: 256, max_connections_per_client: 16, ..Limits::default() };
+    let (address, _stop) = start(&table, 0, limits).await;
+    let url = format!("http://{address}");
+    let pipelined = format!("GET /v1/health HTTP/1.1\r\nhost: {address}\r\n\r\n").repeat(20);
+
+    // 1,000 connections of one client, each pipelining requests and never
+    // reading an answer.
+    let mut hogs = Vec::new();
+    for _ in 0..1_000 {
+        if let Ok(mut stream) = connect_from([127, 0, 0, 2], &address).await {
+            let _ = stream.write_all(pipelined.as_bytes()).await;
+            hogs.push(stream);
+        }
+    }
+    assert!(hogs.len() >= 900, "only {} connections were made", hogs.len());
+
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/query"))
+        .header("content-type", CONTENT_TYPE)
+        .body(query_body(&table))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("another client is served");
+    assert_eq!(response.status().as_u16(), 200);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "a lookup took {elapsed:?} beside the hogs");
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("morphogen_connections_refused_total{reason=\"per_client_limit\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_loses_its_connection_at_the_write_timeout() {
+    let table = table();
+    let limits = Limits {
+        write_timeout: Duration::from_millis(300),
+        header_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let (address, _stop) = start(&table, 0, limits).await;
+    // Far more answers than the sockets' buffers hold.
+    let pipelined = format!("GET /metrics HTTP/1.1\r\nhost: {address}\r\n\r\n").repeat(5_000);
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Reading now drains what the buffers hold; a connection still open
+    // would then be answered to the end and kept alive for a minute.
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "the server kept writing to a client that did not read");
+}

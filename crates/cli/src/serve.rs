@@ -13,8 +13,8 @@ use clap::builder::TypedValueParser;
 use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir, log_path};
 use morphogen_scan::Engine;
 use morphogen_server::{
-    Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_TABLE, Limits,
-    ServedTable, Server, SnapshotLoader,
+    Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_REWIND_ROWS,
+    DEFAULT_TABLE, Limits, ServedTable, Server, SnapshotLoader,
 };
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
@@ -67,8 +67,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "db")]
     log: Option<PathBuf>,
     /// How many epochs back a query may ask to be answered as of.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW,
+          value_parser = clap::value_parser!(u64).range(1..))]
     epoch_window: u64,
+    /// Most changed rows an answer as of an older epoch may be taken back
+    /// through, per query: older epochs are refused (410
+    /// epoch_unavailable) and /v1/meta's oldest_epoch says so. Bounds the
+    /// work a lookup of an older epoch can cost.
+    #[arg(long, value_name = "ROWS", default_value_t = DEFAULT_MAX_REWIND_ROWS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    max_rewind_rows: usize,
     /// A file holding the bearer token of the admin routes (updates).
     /// Without it (or MORPHOGEN_ADMIN_TOKEN in the environment) the admin
     /// routes are disabled.
@@ -206,6 +214,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         max_queue: args.max_queue,
         admin_token,
         max_batch_changes: args.max_batch_changes,
+        max_rewind_rows: args.max_rewind_rows,
         limits: args.limits.limits(),
         tls,
         about,

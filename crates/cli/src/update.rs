@@ -106,8 +106,10 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
         outcomes
             .iter()
             .map(|o| {
+                let again =
+                    if o.reply.already_applied { " (applied before: this batch was sent again)" } else { "" };
                 format!(
-                    "{}: epoch {}, {} rows changed, {} records, digest {}, acknowledged in {:.1} ms\n",
+                    "{}: epoch {}{again}, {} rows changed, {} records, digest {}, acknowledged in {:.1} ms\n",
                     o.server,
                     o.reply.epoch,
                     o.reply.changed_rows,

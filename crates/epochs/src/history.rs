@@ -31,13 +31,20 @@ impl std::fmt::Debug for RowDiff {
     }
 }
 
-/// The rows one epoch changed, in page and row order.
+/// The rows one epoch changed, in page and row order, and what the epoch
+/// was made of.
 #[derive(Debug)]
 pub struct EpochDiff {
     /// The epoch these changes made.
     pub epoch: u64,
     /// Its changed rows.
     pub rows: Vec<RowDiff>,
+    /// BLAKE3 of the batch as logged: a batch sent again is known by it.
+    pub batch: [u8; 32],
+    /// The epoch's digest.
+    pub digest: [u8; 32],
+    /// Records in the table as of the epoch.
+    pub records: u64,
 }
 
 /// The diffs of the last `window` epochs, shared between the thread that
@@ -104,6 +111,33 @@ impl History {
     pub fn oldest(&self) -> u64 {
         let inner = self.read();
         inner.current - inner.diffs.len() as u64
+    }
+
+    /// The diff of `epoch`, if it is within the window.
+    pub fn epoch(&self, epoch: u64) -> Option<Arc<EpochDiff>> {
+        let inner = self.read();
+        let oldest = inner.current - inner.diffs.len() as u64;
+        if epoch <= oldest || epoch > inner.current {
+            return None;
+        }
+        inner.diffs.get((epoch - oldest - 1) as usize).cloned()
+    }
+
+    /// The oldest epoch an answer can be taken back to by rewinding at
+    /// most `rows` changed rows: the window, shortened where recent epochs
+    /// changed many rows.
+    pub fn oldest_within(&self, rows: usize) -> u64 {
+        let inner = self.read();
+        let mut oldest = inner.current;
+        let mut total = 0usize;
+        for diff in inner.diffs.iter().rev() {
+            total = total.saturating_add(diff.rows.len());
+            if total > rows {
+                break;
+            }
+            oldest = diff.epoch - 1;
+        }
+        oldest
     }
 
     /// Adds the newest epoch's diff, which must be `current + 1`, and

@@ -60,6 +60,8 @@ pub struct Batch {
 /// A batch placed into the table, checked, not yet logged or applied.
 pub struct Plan {
     batch: Batch,
+    /// The batch as the log holds it.
+    encoded: Vec<u8>,
     placement: Placement,
     digest: [u8; 32],
 }
@@ -109,6 +111,22 @@ struct Chain {
 
 impl Chain {
     fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
+        let encoded = encode_batch(&batch);
+        if batch.sequence <= self.epoch
+            && let Some(applied) = self.history.epoch(batch.sequence)
+        {
+            // Sent again (a retry after a lost answer): say so, change nothing.
+            return Err(if applied.batch == *blake3::hash(&encoded).as_bytes() {
+                Error::AlreadyApplied {
+                    epoch: applied.epoch,
+                    digest: applied.digest,
+                    records: applied.records,
+                    changed_rows: applied.rows.len(),
+                }
+            } else {
+                Error::OtherBatchApplied { epoch: applied.epoch }
+            });
+        }
         // A log may name any first epoch, even the last one there is.
         let expected = self.epoch.checked_add(1).ok_or(Error::EpochsExhausted)?;
         if batch.sequence != expected {
@@ -116,7 +134,7 @@ impl Chain {
         }
         let placement = place(table, self.records, &batch.changes)?;
         let digest = self.next_digest(batch.sequence, &placement);
-        Ok(Plan { batch, placement, digest })
+        Ok(Plan { batch, encoded, placement, digest })
     }
 
     fn next_digest(&self, epoch: u64, placement: &Placement) -> [u8; 32] {
@@ -139,11 +157,17 @@ impl Chain {
 
     /// Moves to the plan's epoch; returns the page writes to apply.
     fn advance(&mut self, plan: Plan) -> Vec<PageWrite> {
-        let Plan { batch, placement, digest } = plan;
+        let Plan { batch, encoded, placement, digest } = plan;
         self.epoch = batch.sequence;
         self.digest = digest;
         self.records = placement.records;
-        self.history.push(EpochDiff { epoch: batch.sequence, rows: placement.rows });
+        self.history.push(EpochDiff {
+            epoch: batch.sequence,
+            rows: placement.rows,
+            batch: *blake3::hash(&encoded).as_bytes(),
+            digest,
+            records: placement.records,
+        });
         placement.writes
     }
 }
@@ -195,7 +219,7 @@ impl Epochs {
     /// from it) must be given before the next pass. If the log cannot be
     /// written, nothing changes.
     pub fn commit(&mut self, plan: Plan) -> Result<Vec<PageWrite>, Error> {
-        self.log.append(&encode_batch(&plan.batch))?;
+        self.log.append(&plan.encoded)?;
         Ok(self.chain.advance(plan))
     }
 
@@ -276,6 +300,25 @@ pub enum Error {
         len: usize,
         /// The table's value size.
         value_size: u32,
+    },
+    /// The batch was applied already, as epoch `epoch` (within the window):
+    /// a batch sent again, nothing changed.
+    #[error("batch {epoch} was applied already")]
+    AlreadyApplied {
+        /// Its epoch.
+        epoch: u64,
+        /// That epoch's digest.
+        digest: [u8; 32],
+        /// Records as of that epoch.
+        records: u64,
+        /// Rows the batch changed.
+        changed_rows: usize,
+    },
+    /// Another batch of the same sequence number was applied.
+    #[error("sequence number {epoch} was applied already, with other changes")]
+    OtherBatchApplied {
+        /// Its epoch.
+        epoch: u64,
     },
     /// The epoch is the largest number there is: no batch can follow.
     #[error("the epoch is at its largest possible value; no batch can follow (build a new snapshot)")]

@@ -287,10 +287,18 @@ fn a_swapped_in_snapshot_starts_at_its_sequence_number_with_a_fresh_log() {
     assert_eq!(swapped.history().oldest(), 42);
     // Batch 43 follows the swap at 42.
     update(&mut swapped, &mut new, vec![Change::set(b"key1", b"new")]).unwrap();
+    // Another batch 43 is not the one applied; batch 42 is the swap itself.
     assert!(matches!(
         swapped.plan(&new, Batch { sequence: 43, changes: vec![] }),
-        Err(Error::Sequence { expected: 44, actual: 43 })
+        Err(Error::OtherBatchApplied { epoch: 43 })
     ));
+    assert!(matches!(
+        swapped.plan(&new, Batch { sequence: 42, changes: vec![] }),
+        Err(Error::Sequence { expected: 44, actual: 42 })
+    ));
+    // The same batch 43 again is known as applied.
+    let again = Batch { sequence: 43, changes: vec![Change::set(b"key1", b"new")] };
+    assert!(matches!(swapped.plan(&new, again), Err(Error::AlreadyApplied { epoch: 43, .. })));
     let digest = swapped.digest();
     drop(swapped);
 

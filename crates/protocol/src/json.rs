@@ -152,6 +152,11 @@ pub struct UpdateReply {
     pub records: u64,
     /// Rows the batch changed.
     pub changed_rows: usize,
+    /// The batch had been applied before (it was sent again, the same
+    /// sequence number and changes): nothing changed now, and the fields
+    /// above are those of its epoch.
+    #[serde(default)]
+    pub already_applied: bool,
 }
 
 /// `POST /admin/v1/snapshot`: swap to another table file as the next

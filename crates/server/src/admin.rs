@@ -29,6 +29,7 @@ use morphogen_protocol::{
 use morphogen_table::{KeyDigest, MAX_KEY_LEN};
 
 use crate::batcher::UpdateError;
+use crate::limits::Deadline;
 use crate::snapshot::SwapRefused;
 use crate::{ApiError, State};
 
@@ -50,13 +51,14 @@ pub(crate) fn max_update_body(max_changes: usize, value_size: u32) -> usize {
 
 /// Each table's admin routes under `/admin/v1/tables/{name}`; `only`, the
 /// table of a server of one, also under `/admin/v1`.
-pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>) -> Router {
+pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>, deadline: &Arc<Deadline>) -> Router {
     let mut router = Router::new();
     for table in tables {
-        router = router.merge(table_routes(&format!("/admin/v1/tables/{}", table.name), table.clone()));
+        let prefix = format!("/admin/v1/tables/{}", table.name);
+        router = router.merge(table_routes(&prefix, table.clone(), deadline));
     }
     match only {
-        Some(table) => router.merge(table_routes("/admin/v1", table)),
+        Some(table) => router.merge(table_routes("/admin/v1", table, deadline)),
         None => ["status", "updates", "snapshot"].into_iter().fold(router, |router, route| {
             router.route(&format!("/admin/v1/{route}"), any(crate::routes::several_tables))
         }),
@@ -65,12 +67,16 @@ pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>) -> Router 
 
 /// The routes of one table. The token is checked before anything of a
 /// request's body is read: a client without it costs the server a head.
-fn table_routes(prefix: &str, state: Arc<State>) -> Router {
-    Router::new()
+fn table_routes(prefix: &str, state: Arc<State>, deadline: &Arc<Deadline>) -> Router {
+    let quick = Router::new()
         .route(&format!("{prefix}/status"), get(status))
-        // The update route reads its body itself, with a limit sized by the table.
-        .route(&format!("{prefix}/updates"), post(updates).layer(DefaultBodyLimit::disable()))
-        .route(&format!("{prefix}/snapshot"), post(snapshot).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY)))
+        .route(&format!("{prefix}/snapshot"), post(snapshot).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY)));
+    // The update route reads its body itself, with a limit sized by the
+    // table, and keeps its own deadline (see `apply_updates`).
+    let updates =
+        Router::new().route(&format!("{prefix}/updates"), post(updates).layer(DefaultBodyLimit::disable()));
+    crate::limits::with_deadline(quick, deadline)
+        .merge(updates)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -173,7 +179,21 @@ async fn updates(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: Bo
     }
 }
 
+/// Reads, checks and applies an update batch. Its deadline is the request
+/// deadline, kept here rather than by the router's layer: at the deadline
+/// a batch still queued is withdrawn (503 `deadline_exceeded`, not
+/// applied), and one the scan thread has begun to apply is waited for, so
+/// that the answer always says whether the batch was applied.
 async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result<UpdateReply, ApiError> {
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    let not_applied = || {
+        state.metrics.deadline_exceeded();
+        ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deadline_exceeded",
+            "the batch was not applied within the request timeout, and it will not be: send it again",
+        )
+    };
     ApiError::require_json(headers)?;
     if state.swaps.loading() {
         return Err(swap_in_progress());
@@ -195,7 +215,8 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
     if announced.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
+    let read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit));
+    let body = read.await.map_err(|_| not_applied())?.map_err(|error| {
         if crate::errors::caused_by::<http_body_util::LengthLimitError>(&error) {
             too_large()
         } else {
@@ -207,16 +228,38 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
         }
     })?;
     // Parsing and hashing up to a batch's worth of keys: off the async workers.
-    let batch = tokio::task::spawn_blocking(move || decode_batch(&body, max_changes))
+    let decode = tokio::task::spawn_blocking(move || decode_batch(&body, max_changes));
+    let batch = tokio::time::timeout_at(deadline, decode)
         .await
+        .map_err(|_| not_applied())?
         .map_err(ApiError::internal)??;
     let count = batch.changes.len();
-    let outcome = state
-        .batcher
-        .update(batch)
-        .await
-        .map_err(|_| ApiError::internal("the scan thread dropped an update batch"))?;
-    let applied = outcome.map_err(update_error)?;
+    let (mut outcome, ticket) = state.batcher.update(batch);
+    let outcome = match tokio::time::timeout_at(deadline, &mut outcome).await {
+        Ok(outcome) => outcome,
+        Err(_) if ticket.cancel() => return Err(not_applied()),
+        // Taken by the scan thread: its outcome comes soon.
+        Err(_) => outcome.await,
+    };
+    let outcome = outcome.map_err(|_| ApiError::internal("the scan thread dropped an update batch"))?;
+    let applied = match outcome {
+        Err(UpdateError::Refused(morphogen_epochs::Error::AlreadyApplied {
+            epoch,
+            digest,
+            records,
+            changed_rows,
+        })) => {
+            tracing::info!(epoch, "an update batch sent again was applied already");
+            return Ok(UpdateReply {
+                epoch,
+                digest: hex::encode(digest),
+                records,
+                changed_rows,
+                already_applied: true,
+            });
+        }
+        outcome => outcome.map_err(update_error)?,
+    };
     tracing::info!(
         epoch = applied.current.epoch,
         changes = count,
@@ -229,6 +272,7 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
         digest: hex::encode(applied.current.digest),
         records: applied.current.records,
         changed_rows: applied.changed_rows,
+        already_applied: false,
     })
 }
 
@@ -275,6 +319,18 @@ fn update_error(error: UpdateError) -> ApiError {
                 format!("sequence number {actual} is not the next one: this server expects {expected}"),
             )
         },
+        UpdateError::Refused(E::OtherBatchApplied { epoch }) => ApiError::client(
+            StatusCode::CONFLICT,
+            "sequence",
+            format!(
+                "batch {epoch} was applied already, with other changes: this batch is not the one applied"
+            ),
+        ),
+        UpdateError::Refused(error @ E::EpochsExhausted) => ApiError::client(
+            StatusCode::CONFLICT,
+            "epochs_exhausted",
+            format!("{error}: build a new snapshot and swap to it (morphogen snapshot)"),
+        ),
         UpdateError::Refused(error @ E::TableFull { .. }) => {
             ApiError::client(StatusCode::CONFLICT, "table_full", error.to_string())
         }

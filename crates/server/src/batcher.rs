@@ -163,8 +163,39 @@ pub(crate) type SwapOutcome = Result<(), String>;
 
 /// A change of the table waiting for the scan thread, applied in arrival order.
 enum Job {
-    Update { batch: Batch, reply: oneshot::Sender<UpdateOutcome> },
+    Update { batch: Batch, ticket: UpdateTicket, reply: oneshot::Sender<UpdateOutcome> },
     Swap { loaded: Box<LoadedSnapshot>, loader: Arc<dyn SnapshotLoader>, reply: oneshot::Sender<SwapOutcome> },
+}
+
+/// Decides, once, between the scan thread applying a queued update batch
+/// and its request giving up on it: a batch is either applied and its
+/// outcome waited for, or never applied.
+#[derive(Clone)]
+pub(crate) struct UpdateTicket(Arc<std::sync::atomic::AtomicU8>);
+
+const TICKET_QUEUED: u8 = 0;
+const TICKET_TAKEN: u8 = 1;
+const TICKET_CANCELLED: u8 = 2;
+
+impl UpdateTicket {
+    fn new() -> UpdateTicket {
+        UpdateTicket(Arc::new(std::sync::atomic::AtomicU8::new(TICKET_QUEUED)))
+    }
+
+    fn settle(&self, to: u8) -> bool {
+        self.0.compare_exchange(TICKET_QUEUED, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Withdraws the batch; false if the scan thread has taken it already
+    /// (its outcome is then on its way).
+    pub(crate) fn cancel(&self) -> bool {
+        self.settle(TICKET_CANCELLED)
+    }
+
+    /// Takes the batch to apply it; false if it was withdrawn.
+    fn take(&self) -> bool {
+        self.settle(TICKET_TAKEN)
+    }
 }
 
 /// The handlers' side of the queue. Dropping it stops the scan thread once
@@ -327,12 +358,15 @@ impl Batcher {
     }
 
     /// Queues an update batch for the scan thread, which applies it once no
-    /// query is in the round; the outcome arrives on the returned channel once the batch
-    /// is in the log and the engine's pages.
-    pub(crate) fn update(&self, batch: Batch) -> oneshot::Receiver<UpdateOutcome> {
+    /// query is in the round; the outcome arrives on the returned channel
+    /// once the batch is in the log and the engine's pages. The ticket
+    /// withdraws it if the scan thread has not taken it yet; a batch whose
+    /// channel is dropped while it waits is withdrawn too.
+    pub(crate) fn update(&self, batch: Batch) -> (oneshot::Receiver<UpdateOutcome>, UpdateTicket) {
         let (reply, outcome) = oneshot::channel();
-        self.queue_job(Job::Update { batch, reply });
-        outcome
+        let ticket = UpdateTicket::new();
+        self.queue_job(Job::Update { batch, ticket: ticket.clone(), reply });
+        (outcome, ticket)
     }
 
     /// Queues the swap to `loaded` for the scan thread, which has `loader`
@@ -386,6 +420,38 @@ impl Batcher {
         drop(intake);
         self.shared.wakeup.notify_one();
         Ok(answer)
+    }
+}
+
+/// Room in the queue taken by work done outside passes, given back when dropped.
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    count: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut intake = self.shared.lock();
+        intake.queued_queries = intake.queued_queries.saturating_sub(self.count);
+        self.shared.metrics.queue_depth(intake.queued_queries);
+    }
+}
+
+impl Batcher {
+    /// Takes room for `count` queries' worth of work done outside the
+    /// passes (answers taken back to an older epoch), so that it counts
+    /// against the queue limit as scans do; refused like a request when
+    /// the queue is full.
+    pub(crate) fn reserve(&self, count: usize) -> Result<Reservation, Refused> {
+        let mut intake = self.shared.lock();
+        if intake.queued_queries + count > self.shared.max_queue {
+            let queued = intake.queued_queries;
+            drop(intake);
+            return Err(Refused::Overloaded { retry_after_secs: self.shared.retry_after_secs(queued) });
+        }
+        intake.queued_queries += count;
+        self.shared.metrics.queue_depth(intake.queued_queries);
+        Ok(Reservation { shared: self.shared.clone(), count })
     }
 }
 
@@ -469,8 +535,11 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
             Work::Jobs(jobs) => {
                 for job in jobs {
                     match job {
-                        Job::Update { batch, reply } => {
-                            let _ = reply.send(scanner.apply(batch, shared));
+                        Job::Update { batch, ticket, reply } => {
+                            // Withdrawn, or its request is gone: not applied.
+                            if !reply.is_closed() && ticket.take() {
+                                let _ = reply.send(scanner.apply(batch, shared));
+                            }
                         }
                         Job::Swap { loaded, loader, reply } => {
                             let _ = reply.send(scanner.swap(*loaded, loader.as_ref(), &mut queue, shared));
@@ -927,7 +996,7 @@ mod tests {
         let mut h = Harness::with_parts(8, 64, 2);
         let (first, first_answer) = h.submit(1);
         assert_eq!(h.next_part(), (1, 0));
-        let mut update = h.batcher.update(Batch { sequence: 1, changes: Vec::new() });
+        let (mut update, _ticket) = h.batcher.update(Batch { sequence: 1, changes: Vec::new() });
         let (later, later_answer) = h.submit(1);
         h.release(Ok(()));
         assert_eq!(h.next_part(), (1, 1), "the later request waits behind the update");
@@ -962,6 +1031,28 @@ mod tests {
         // Drained: a full queue's worth fits again.
         let again = [h.submit(2), h.submit(2)];
         for (queries, answer) in again {
+            assert_eq!(h.next_pass(), 2);
+            h.release(Ok(()));
+            h.assert_answered(answer, &queries);
+        }
+    }
+
+    #[test]
+    fn reserved_room_counts_against_the_queue_until_given_back() {
+        let mut h = Harness::new(2, 4);
+        let room = h.batcher.reserve(3).expect("an empty queue has room");
+        assert!(matches!(h.batcher.reserve(2), Err(Refused::Overloaded { .. })));
+        let (queries, answer) = h.submit(1);
+        let extra = h.queries(1);
+        let refused = h.batcher.submit(extra, 0).expect_err("3 reserved and 1 queued fill 4");
+        assert!(matches!(refused, Refused::Overloaded { .. }));
+        assert_eq!(h.next_pass(), 1);
+        h.release(Ok(()));
+        h.assert_answered(answer, &queries);
+        drop(room);
+        let (queries, answer) = h.submit(2);
+        let (more, more_answer) = h.submit(2);
+        for (queries, answer) in [(queries, answer), (more, more_answer)] {
             assert_eq!(h.next_pass(), 2);
             h.release(Ok(()));
             h.assert_answered(answer, &queries);

@@ -65,6 +65,11 @@ pub struct Config {
     /// Most changes one update batch may hold; the update route's body
     /// limit follows from it and the table's value size.
     pub max_batch_changes: usize,
+    /// Most changed rows an answer as of an older epoch may take back, per
+    /// query: the epochs a server answers as of are those within it (and
+    /// within the epoch window); older ones are refused 410
+    /// `epoch_unavailable`.
+    pub max_rewind_rows: usize,
     /// What one client may hold of the server.
     pub limits: Limits,
     /// TLS for both listeners (see [`tls_config`]); `None` serves plain
@@ -82,6 +87,7 @@ impl Default for Config {
             max_queue: DEFAULT_MAX_QUEUE,
             admin_token: None,
             max_batch_changes: DEFAULT_MAX_BATCH_CHANGES,
+            max_rewind_rows: DEFAULT_MAX_REWIND_ROWS,
             limits: Limits::default(),
             tls: None,
             about: serde_json::Map::new(),
@@ -103,6 +109,11 @@ pub const DEFAULT_MAX_QUEUE: usize = 1024;
 /// of a busy chain changes a few thousand slots; the body of this many
 /// changes of 32-byte values is about 20 MiB.
 pub const DEFAULT_MAX_BATCH_CHANGES: usize = 100_000;
+
+/// Changed rows an answer may be taken back through unless configured
+/// otherwise: a few blocks of a busy chain, a few thousand epochs of
+/// small batches. Each costs a DPF point evaluation at most.
+pub const DEFAULT_MAX_REWIND_ROWS: usize = 16_384;
 
 /// Why a server could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +196,10 @@ pub(crate) struct State {
     max_batch: usize,
     /// Most changes one update batch may hold.
     max_batch_changes: usize,
+    /// Most changed rows one query's answer may be taken back through.
+    max_rewind_rows: usize,
+    /// The request deadline, which the update route keeps itself.
+    request_timeout: std::time::Duration,
     batcher: Batcher,
     swaps: Swaps,
     /// Labelled with the table's name.
@@ -209,6 +224,9 @@ impl Server {
         }
         if config.admin_token.as_ref().is_some_and(|token| token.trim().is_empty()) {
             return Err(Error::Config("the admin token is empty".to_string()));
+        }
+        if config.max_rewind_rows == 0 {
+            return Err(Error::Config("the rewind budget must be at least 1 row".to_string()));
         }
         if config.max_batch_changes == 0 {
             return Err(Error::Config(
@@ -271,11 +289,13 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let upkeep = tokio::spawn(self.metrics.clone().upkeep());
-        let with_limits = |router| limits::apply(router, &self.limits, self.metrics.clone());
+        let with_limits = |router| limits::apply(router, &self.limits);
+        let deadline = limits::Deadline::new(self.limits.request_timeout, self.metrics.clone());
         let only = (self.tables.len() == 1).then(|| self.tables.values().next().cloned()).flatten();
         let tables: Vec<Arc<State>> = self.tables.values().cloned().collect();
-        let admin = self.admin.then(|| with_limits(admin::router(&tables, only.clone())));
-        let public = with_limits(routes::router(&tables, only, self.catalog.clone(), self.metrics.clone()));
+        let admin = self.admin.then(|| with_limits(admin::router(&tables, only.clone(), &deadline)));
+        let public = routes::router(&tables, only, self.catalog.clone(), self.metrics.clone());
+        let public = with_limits(limits::with_deadline(public, &deadline));
         let (stop, stopped) = tokio::sync::watch::channel(());
         tokio::spawn(async move {
             shutdown.await;
@@ -309,7 +329,9 @@ impl State {
         metrics: metrics::Metrics,
     ) -> Result<State, Error> {
         let ServedTable { name, table, engine, epochs, snapshots } = served;
-        assert_eq!(&table.layout, engine.layout(), "the engine of {name} answers from another table");
+        if &table.layout != engine.layout() {
+            return Err(Error::Config(format!("the engine of table {name} answers from another table")));
+        }
         let current = match &epochs {
             Some(epochs) => Current::of(epochs),
             None => Current { epoch: 0, digest: table.digest, records: table.records },
@@ -330,6 +352,8 @@ impl State {
             max_body_bytes,
             max_batch: config.max_batch,
             max_batch_changes: config.max_batch_changes,
+            max_rewind_rows: config.max_rewind_rows,
+            request_timeout: config.limits.request_timeout,
             batcher,
             swaps,
             metrics,
@@ -338,26 +362,31 @@ impl State {
 
     /// The metadata as of the current epoch.
     fn meta(&self) -> Meta {
-        Meta { instance: self.instance.to_string(), ..Live::meta(&self.batcher.live()) }
+        Meta { instance: self.instance.to_string(), ..self.batcher.live().meta(self.max_rewind_rows) }
     }
 }
 
 impl Live {
-    /// `/v1/meta` for the server standing here.
-    pub(crate) fn meta(&self) -> Meta {
+    /// `/v1/meta` for the server standing here, answering as of epochs
+    /// within `rewind_rows` changed rows.
+    pub(crate) fn meta(&self, rewind_rows: usize) -> Meta {
         let current = self.current;
         Meta {
             digest: hex::encode(current.digest),
             epoch: current.epoch,
             records: current.records,
-            oldest_epoch: self.oldest_epoch(),
+            oldest_epoch: self.oldest_epoch(rewind_rows),
             ..self.snapshot.meta.clone()
         }
     }
 
-    /// The oldest epoch a query may name.
-    pub(crate) fn oldest_epoch(&self) -> u64 {
+    /// The oldest epoch a query may name: within the window, and no more
+    /// than `rewind_rows` changed rows back.
+    pub(crate) fn oldest_epoch(&self, rewind_rows: usize) -> u64 {
         let current = self.current.epoch;
-        self.snapshot.history.as_ref().map_or(current, |history| history.oldest().min(current))
+        self.snapshot
+            .history
+            .as_ref()
+            .map_or(current, |history| history.oldest_within(rewind_rows).max(history.oldest()).min(current))
     }
 }

@@ -91,19 +91,35 @@ impl Limits {
 /// length, authorization, user agent).
 const MIN_HEADER_BYTES: usize = 1024;
 
-/// `router` with the body timeout, the request deadline and the header size
-/// limit around every route.
-pub(crate) fn apply(router: Router, limits: &Limits, metrics: Metrics) -> Router {
-    let deadline = Deadline { timeout: limits.request_timeout, metrics };
+/// `router` with the body timeout and the header size limit around every
+/// route.
+pub(crate) fn apply(router: Router, limits: &Limits) -> Router {
     router
-        .layer(middleware::from_fn_with_state(Arc::new(deadline), enforce_deadline))
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
         .layer(middleware::from_fn_with_state(limits.max_header_bytes, limit_headers))
 }
 
-struct Deadline {
-    timeout: Duration,
+/// `router` with the request deadline around every route: a route that has
+/// not answered in time is dropped and answered 503 `deadline_exceeded`.
+/// (The update route keeps its own deadline: a batch the scan thread has
+/// begun to apply is waited for, so that its client learns the outcome.)
+pub(crate) fn with_deadline<S>(router: Router<S>, deadline: &Arc<Deadline>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.layer(middleware::from_fn_with_state(deadline.clone(), enforce_deadline))
+}
+
+/// The request deadline.
+pub(crate) struct Deadline {
+    pub(crate) timeout: Duration,
     metrics: Metrics,
+}
+
+impl Deadline {
+    pub(crate) fn new(timeout: Duration, metrics: Metrics) -> Arc<Deadline> {
+        Arc::new(Deadline { timeout, metrics })
+    }
 }
 
 /// Answers 503 `deadline_exceeded` when the route has not answered in time;

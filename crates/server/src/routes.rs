@@ -157,7 +157,7 @@ async fn answer(
         Epoch::Exact(epoch) => Some(epoch),
     };
     if let Some(wanted) = wanted {
-        check_epoch(&live, wanted)?;
+        check_epoch(&live, wanted, state.max_rewind_rows)?;
     }
     let snapshot = live.snapshot;
     let queries: Vec<Query> = request.queries.into_iter().map(|keys| Query { keys }).collect();
@@ -166,14 +166,7 @@ async fn answer(
     // pass answer from a newer one.
     let keys: Option<Vec<Vec<Key>>> = wanted.map(|_| queries.iter().map(|q| q.keys.clone()).collect());
 
-    let answer = state.batcher.submit(queries, snapshot.base).map_err(|refused| match refused {
-        Refused::Overloaded { retry_after_secs } => ApiError::overloaded(
-            retry_after_secs,
-            "the server's queue is full; try again after the time in Retry-After",
-        ),
-        Refused::SnapshotChanged => snapshot_changed(),
-        Refused::EngineDown => engine_down(),
-    })?;
+    let answer = state.batcher.submit(queries, snapshot.base).map_err(refused)?;
     let reply = answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))?;
     let Answered { epoch, mut answers } = reply.map_err(|error| match error {
         PassError::Engine(error) => ApiError::from(error),
@@ -191,14 +184,27 @@ async fn answer(
         .map_err(ApiError::internal)
 }
 
+/// The answer to a request the queue refused.
+fn refused(refused: Refused) -> ApiError {
+    match refused {
+        Refused::Overloaded { retry_after_secs } => ApiError::overloaded(
+            retry_after_secs,
+            "the server's queue is full; try again after the time in Retry-After",
+        ),
+        Refused::SnapshotChanged => snapshot_changed(),
+        Refused::EngineDown => engine_down(),
+    }
+}
+
 /// Refuses an epoch the server cannot answer as of: one of an earlier
-/// snapshot, newer than its current one, or older than its window.
-fn check_epoch(live: &Live, wanted: u64) -> Result<(), ApiError> {
+/// snapshot, newer than its current one, or older than its window or its
+/// rewind budget of `rewind_rows` changed rows.
+fn check_epoch(live: &Live, wanted: u64, rewind_rows: usize) -> Result<(), ApiError> {
     if wanted < live.snapshot.base {
         return Err(snapshot_changed());
     }
     let current = live.current.epoch;
-    let oldest = live.oldest_epoch();
+    let oldest = live.oldest_epoch(rewind_rows);
     let problem = if wanted > current {
         format!("epoch {wanted} is newer than this server's current epoch {current}")
     } else if wanted < oldest {
@@ -237,6 +243,9 @@ fn snapshot_changed() -> ApiError {
 
 /// Takes the answers of a pass at epoch `from` back to epoch `wanted`,
 /// evaluating each query's own keys at the pages changed in between only.
+/// The work is bounded: at most the rewind budget of rows a query (more is
+/// refused 410, as an epoch out of reach), counted against the queue while
+/// it runs, and stopped when the client has gone.
 async fn rewind_answers(
     state: &State,
     snapshot: &Snapshot,
@@ -253,20 +262,47 @@ async fn rewind_answers(
         Unavailable::TooOld { oldest, .. } => epoch_unavailable(unavailable.to_string(), oldest),
         Unavailable::Ahead { .. } => ApiError::internal(unavailable),
     })?;
+    let rows: usize = diffs.iter().map(|diff| diff.rows.len()).sum();
+    if rows > state.max_rewind_rows {
+        // Updates applied while the request waited took it out of reach.
+        let oldest = state.batcher.live().oldest_epoch(state.max_rewind_rows);
+        let problem = format!(
+            "epoch {wanted} is {rows} changed rows behind this server's epoch {from}, more than the {} it takes back",
+            state.max_rewind_rows
+        );
+        return Err(epoch_unavailable(problem, oldest));
+    }
+    let _room = state.batcher.reserve(keys.len()).map_err(refused)?;
     state.metrics.asof_answers(keys.len());
     let layout = snapshot.layout.clone();
     let mut taken = std::mem::take(answers);
+    let gone = StopWhenDropped::default();
+    let stop = gone.0.clone();
     // Many point evaluations for a deep rewind: off the async workers.
     let rewound = tokio::task::spawn_blocking(move || {
         let per_query = usize::from(layout.choices()) * layout.page_size() as usize;
         for (answer, keys) in taken.chunks_exact_mut(per_query).zip(&keys) {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(None);
+            }
             rewind(&layout, keys, answer, &diffs)?;
         }
-        Ok::<_, morphogen_dpf::Error>(taken)
+        Ok::<_, morphogen_dpf::Error>(Some(taken))
     })
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    *answers = rewound;
+    *answers = rewound.ok_or_else(|| ApiError::internal("a rewind stopped while its request waited"))?;
     Ok(())
+}
+
+/// Set when dropped: the request whose future held it is gone (its client
+/// left, or its deadline passed), so its work outside the future can stop.
+#[derive(Default)]
+struct StopWhenDropped(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopWhenDropped {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Fault, FaultyEngine, post_admin, post_query, spawn};
+use common::{Fault, FaultyEngine, SlowEngine, post_admin, post_query, spawn};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use morphogen_dpf::generate;
 use morphogen_epochs::Epochs;
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
 use morphogen_scan::{CpuEngine, Engine};
-use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
+use morphogen_server::{Config, DEFAULT_TABLE, Limits, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::SeedableRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -264,4 +264,119 @@ async fn a_server_given_twice_is_refused_by_its_instance_id() {
     }
     // Two servers of the same table have different ids.
     morphogen_client::Client::new(&url, &other).await.unwrap();
+}
+
+/// A one-query body as of `epoch`.
+fn query_body_at(epoch: u64) -> Vec<u8> {
+    let pages = table().layout().pages_per_table();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let keys = (0..2).map(|_| generate(pages, 2, &mut rng).unwrap().0).collect();
+    Request { epoch: Epoch::Exact(epoch), queries: vec![keys] }.encode().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_as_of_older_epochs_stay_within_the_rewind_budget() {
+    let (url, _stop, _dir) = start(Config { max_rewind_rows: 100, ..Config::default() }).await;
+    let batch = |sequence: u64, changes: std::ops::Range<usize>| {
+        let changes: Vec<_> = changes
+            .map(|i| serde_json::json!({"key": hex::encode(format!("key-{i}")), "value": "07"}))
+            .collect();
+        serde_json::json!({"sequence": sequence, "changes": changes})
+    };
+    let meta =
+        || async { reqwest::get(format!("{url}/v1/meta")).await.unwrap().json::<serde_json::Value>().await };
+    // A small batch: epoch 0 is 20 rows back, within the budget.
+    assert_eq!(post_admin(&url, "/admin/v1/updates", Some(TOKEN), batch(1, 0..20)).await.0, 200);
+    assert_eq!(meta().await.unwrap()["oldest_epoch"], 0);
+    assert_eq!(post_query(&url, CONTENT_TYPE, query_body_at(0)).await.0, 200);
+    // A large one: 300 rows would have to be taken back to reach epoch 1.
+    assert_eq!(post_admin(&url, "/admin/v1/updates", Some(TOKEN), batch(2, 100..400)).await.0, 200);
+    assert_eq!(meta().await.unwrap()["oldest_epoch"], 2, "the window shrinks to the budget");
+    for epoch in [0, 1] {
+        let started = std::time::Instant::now();
+        let (status, body) = post_query(&url, CONTENT_TYPE, query_body_at(epoch)).await;
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!((status, error.code.as_str(), error.oldest_epoch), (410, "epoch_unavailable", Some(2)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // Small batches after it: the epochs after the large one are in reach again.
+    assert_eq!(post_admin(&url, "/admin/v1/updates", Some(TOKEN), batch(3, 0..10)).await.0, 200);
+    assert_eq!(meta().await.unwrap()["oldest_epoch"], 2);
+    assert_eq!(post_query(&url, CONTENT_TYPE, query_body_at(2)).await.0, 200);
+}
+
+/// A batch of changes `key-i` → `value` for `i` in `keys`, as JSON.
+fn batch(sequence: u64, keys: std::ops::Range<usize>, value: &str) -> serde_json::Value {
+    let changes: Vec<_> =
+        keys.map(|i| serde_json::json!({"key": hex::encode(format!("key-{i}")), "value": value})).collect();
+    serde_json::json!({"sequence": sequence, "changes": changes})
+}
+
+/// Posts an update; its status and the whole JSON answer.
+async fn update(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/admin/v1/updates"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_is_answered_already_applied_and_changes_nothing() {
+    let (url, _stop, _dir) = start(Config::default()).await;
+    let (status, first) = update(&url, batch(1, 0..30, "01")).await;
+    assert_eq!((status, &first["already_applied"]), (200, &serde_json::json!(false)), "{first}");
+    assert_eq!(update(&url, batch(2, 30..40, "02")).await.0, 200);
+    // The first batch again, as a feeder retrying after a lost answer would.
+    let (status, again) = update(&url, batch(1, 0..30, "01")).await;
+    assert_eq!((status, &again["already_applied"]), (200, &serde_json::json!(true)), "{again}");
+    for field in ["epoch", "digest", "records", "changed_rows"] {
+        assert_eq!(again[field], first[field], "{field}");
+    }
+    let (status, error) = update(&url, batch(1, 0..30, "ff")).await;
+    assert_eq!((status, &error["code"]), (409, &serde_json::json!("sequence")), "{error}");
+    let meta: serde_json::Value = reqwest::get(format!("{url}/v1/meta")).await.unwrap().json().await.unwrap();
+    assert_eq!(meta["epoch"], 2, "nothing was applied again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_at_its_deadline_is_applied_and_said_so_or_not_applied() {
+    let limits = Limits { request_timeout: Duration::from_millis(300), ..Limits::default() };
+    let config = Config { limits, ..Config::default() };
+    let (url, _stop, _dir) =
+        start_with(config, |table| Box::new(SlowEngine::with_writes(table, 900, 900))).await;
+    // Taken at once by an idle scan thread, applied past the deadline: the
+    // answer waits for it and says it was applied.
+    let started = std::time::Instant::now();
+    let (status, reply) = update(&url, batch(1, 0..5, "01")).await;
+    assert_eq!((status, &reply["epoch"]), (200, &serde_json::json!(1)), "{reply}");
+    assert!(started.elapsed() >= Duration::from_millis(800), "the write was slow");
+    // Queued behind a pass until past the deadline: withdrawn, not applied.
+    let url_copy = url.clone();
+    let pass = tokio::spawn(async move { post_query(&url_copy, CONTENT_TYPE, query_body()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, error) = update(&url, batch(2, 5..10, "02")).await;
+    assert_eq!((status, &error["code"]), (503, &serde_json::json!("deadline_exceeded")), "{error}");
+    pass.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let meta: serde_json::Value = reqwest::get(format!("{url}/v1/meta")).await.unwrap().json().await.unwrap();
+    assert_eq!(meta["epoch"], 1, "the withdrawn batch was not applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_epochs_is_a_409_that_says_to_build_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = table();
+    let epochs = Epochs::create(&table, &dir.path().join("table.log"), u64::MAX, 16).unwrap();
+    let info = TableInfo::of(&table);
+    let engine = Box::new(CpuEngine::new(Arc::new(table)));
+    let served = ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, engine) };
+    let config = Config { admin_token: Some(TOKEN.to_string()), ..Config::default() };
+    let (url, _stop) = spawn(Server::new(vec![served], config).unwrap()).await;
+    let (status, error) = update(&url, batch(0, 0..1, "01")).await;
+    assert_eq!((status, &error["code"]), (409, &serde_json::json!("epochs_exhausted")), "{error}");
+    assert!(error["error"].as_str().unwrap().contains("new snapshot"), "{error}");
 }

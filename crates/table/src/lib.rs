@@ -74,6 +74,14 @@ pub enum Error {
         /// Length given.
         actual: usize,
     },
+    /// A page write names a page past the table.
+    #[error("page {index} is past the table's {pages} pages")]
+    PageIndex {
+        /// The page named.
+        index: u64,
+        /// Pages in the table.
+        pages: u64,
+    },
     /// A line of the input is malformed.
     #[error("line {line}: {problem}")]
     Input {

@@ -166,12 +166,16 @@ impl Table {
     }
 
     /// Replaces whole pages, in order; every write is checked to be one page
-    /// long before any is applied. A mapped table copies the pages it
-    /// writes into memory; its file is not changed.
+    /// long and within the table before any is applied. A mapped table
+    /// copies the pages it writes into memory; its file is not changed.
     pub fn apply(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
         let size = self.layout.page_size() as usize;
         if let Some(bad) = writes.iter().find(|w| w.bytes.len() != size) {
             return Err(Error::PageLength { expected: self.layout.page_size(), actual: bad.bytes.len() });
+        }
+        let pages = self.layout.total_pages();
+        if let Some(bad) = writes.iter().find(|w| w.index >= pages) {
+            return Err(Error::PageIndex { index: bad.index, pages });
         }
         for write in writes {
             let span = self.page_span(write.index);

@@ -185,3 +185,17 @@ fn rejects_bad_parameters_before_reading_the_input() {
         Error::ValueSize { value_size: 0, page_size: 4096 }
     );
 }
+
+#[test]
+fn rejects_page_writes_past_the_table_or_of_the_wrong_length_before_writing_any() {
+    let mut table = build(&records(50, 8)[..], &options(512, 2), &NoProgress).unwrap();
+    let before = table.pages().to_vec();
+    let pages = table.layout().total_pages();
+    let good = morphogen_table::PageWrite { index: 0, bytes: vec![0xaa; 512] };
+    let past = morphogen_table::PageWrite { index: pages, bytes: vec![0xbb; 512] };
+    let short = morphogen_table::PageWrite { index: 1, bytes: vec![0xcc; 100] };
+    let error = table.apply(&[good.clone(), past]).unwrap_err();
+    assert!(matches!(error, Error::PageIndex { index, .. } if index == pages), "{error}");
+    assert!(matches!(table.apply(&[good, short]).unwrap_err(), Error::PageLength { actual: 100, .. }));
+    assert_eq!(table.pages(), &before[..], "nothing was written");
+}

@@ -28,11 +28,21 @@ pub async fn spawn(server: Server) -> (String, oneshot::Sender<()>) {
 pub struct SlowEngine {
     inner: CpuEngine,
     pass_time: Duration,
+    write_time: Duration,
 }
 
 impl SlowEngine {
     pub fn new(table: &Arc<Table>, pass_ms: u64) -> SlowEngine {
-        SlowEngine { inner: CpuEngine::new(table.clone()), pass_time: Duration::from_millis(pass_ms) }
+        SlowEngine::with_writes(table, pass_ms, 0)
+    }
+
+    /// Page writes (updates) take at least `write_ms` too.
+    pub fn with_writes(table: &Arc<Table>, pass_ms: u64, write_ms: u64) -> SlowEngine {
+        SlowEngine {
+            inner: CpuEngine::new(table.clone()),
+            pass_time: Duration::from_millis(pass_ms),
+            write_time: Duration::from_millis(write_ms),
+        }
     }
 }
 
@@ -54,6 +64,7 @@ impl Engine for SlowEngine {
         self.inner.table()
     }
     fn write_pages(&mut self, writes: &[morphogen_table::PageWrite]) -> Result<(), morphogen_scan::Error> {
+        std::thread::sleep(self.write_time);
         self.inner.write_pages(writes)
     }
     fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {

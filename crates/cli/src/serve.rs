@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
-use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir, log_path};
+use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir, Tail, log_path};
 use morphogen_scan::Engine;
 use morphogen_server::{
     Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_REWIND_ROWS,
@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// routes are enabled; without them an existing log is still replayed.
     #[arg(long, value_name = "FILE", requires = "db")]
     log: Option<PathBuf>,
+    /// Drop the last record of the update log if it is whole but fails its
+    /// checksum, instead of refusing to start. Such a record may hold a
+    /// batch that was acknowledged: send it again after the restart.
+    #[arg(long)]
+    truncate_damaged_log: bool,
     /// How many epochs back a query may ask to be answered as of.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -260,7 +265,7 @@ fn open_single(
     let epochs = match (&mut source, &start) {
         (TableSource::Host(table), Some(start)) => {
             let table = Arc::get_mut(table).expect("the table was just opened");
-            let epochs = open_epochs(table, &start.log, args.epoch_window, updates)?;
+            let epochs = open_epochs(table, &start.log, args, updates)?;
             if let (Some(pointer), Some(epochs)) = (&start.pointer, &epochs) {
                 snapshots::check_pointer(pointer, table, epochs)?;
             }
@@ -318,7 +323,7 @@ fn open_manifest(
         let epochs = match &mut source {
             TableSource::Host(table) => {
                 let table = Arc::get_mut(table).expect("the table was just opened");
-                open_epochs(table, &log_path(&file), args.epoch_window, updates)?
+                open_epochs(table, &log_path(&file), args, updates)?
             }
             TableSource::Synthetic { .. } => None,
         };
@@ -380,11 +385,17 @@ pub fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
 }
 
 /// Replays the table's update log, if there is one or updates are enabled.
-fn open_epochs(table: &mut Table, log: &Path, window: u64, updates: bool) -> anyhow::Result<Option<Epochs>> {
+fn open_epochs(
+    table: &mut Table,
+    log: &Path,
+    args: &ServeArgs,
+    updates: bool,
+) -> anyhow::Result<Option<Epochs>> {
     if !updates && !log.exists() {
         return Ok(None);
     }
-    let (epochs, replayed) = Epochs::open(table, log, window)
+    let tail = if args.truncate_damaged_log { Tail::Truncate } else { Tail::Refuse };
+    let (epochs, replayed) = Epochs::open_with(table, log, args.epoch_window, tail)
         .with_context(|| format!("opening the update log {}", log.display()))?;
     tracing::info!(
         log = %log.display(),

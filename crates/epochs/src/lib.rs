@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use morphogen_table::{Layout, PageWrite, Table};
 
 pub use history::{EpochDiff, History, RowDiff, Unavailable, rewind};
-pub use log::{LOG_HEADER_LEN, TornTail};
+pub use log::{LOG_HEADER_LEN, Tail, TornTail};
 pub use plan::Change;
 pub use snapshots::{POINTER_FILE, Pointer, SnapshotDir, log_path};
 
@@ -177,6 +177,19 @@ impl Epochs {
     /// is none) and replays it into `table`, keeping the diffs of the last
     /// `window` epochs.
     pub fn open(table: &mut Table, log_path: &Path, window: u64) -> Result<(Epochs, Replayed), Error> {
+        Epochs::open_with(table, log_path, window, Tail::Refuse)
+    }
+
+    /// Like [`Epochs::open`], doing with a damaged last record what `tail` says.
+    pub fn open_with(
+        table: &mut Table,
+        log_path: &Path,
+        window: u64,
+        tail: Tail,
+    ) -> Result<(Epochs, Replayed), Error> {
+        if window == 0 {
+            return Err(Error::Window);
+        }
         let snapshot = table.digest();
         let mut chain: Option<Chain> = None;
         let mut batches = 0;
@@ -193,7 +206,7 @@ impl Epochs {
             batches += 1;
             Ok(())
         };
-        let (log, base, torn) = UpdateLog::open(log_path, &snapshot, 0, &mut replay)?;
+        let (log, base, torn) = UpdateLog::open(log_path, &snapshot, 0, tail, &mut replay)?;
         let chain = chain.unwrap_or_else(|| Chain::at_snapshot(table, base, window));
         Ok((Epochs { chain, log, base }, Replayed { batches, torn }))
     }
@@ -202,6 +215,9 @@ impl Epochs {
     /// log at `log_path` (replacing any log there): a snapshot swapped in
     /// at sequence number `base`, whose digest is that epoch's.
     pub fn create(table: &Table, log_path: &Path, base: u64, window: u64) -> Result<Epochs, Error> {
+        if window == 0 {
+            return Err(Error::Window);
+        }
         let log = UpdateLog::create(log_path, &table.digest(), base)?;
         Ok(Epochs { chain: Chain::at_snapshot(table, base, window), log, base })
     }
@@ -362,6 +378,10 @@ pub enum Error {
         /// The log.
         path: PathBuf,
     },
+    /// An epoch window of zero epochs: every update would strand the
+    /// queries in flight.
+    #[error("the epoch window must be at least one epoch")]
+    Window,
     /// A snapshot file or pointer is unusable.
     #[error("{0}")]
     Snapshot(String),

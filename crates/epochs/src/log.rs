@@ -18,10 +18,12 @@
 //!
 //! A crash while appending leaves at most one unfinished record at the end:
 //! fewer bytes than a record header, a record running past the end of the
-//! file, a last record whose checksum fails, or a zero-filled tail. That
-//! record was never acknowledged; it is dropped with a warning and the file
-//! cut back. A defect anywhere else is corruption, and opening fails with
-//! its offset.
+//! file, or a zero-filled tail. That record was never acknowledged; it is
+//! dropped with a warning and the file cut back. A defect anywhere else is
+//! corruption, and opening fails with its offset: a record damaged in the
+//! middle of the log, and also a last record that is whole but whose
+//! checksum fails (it may have been acknowledged). The operator may then
+//! have the damaged last record dropped ([`Tail::Truncate`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -75,6 +77,7 @@ impl UpdateLog {
         path: &Path,
         snapshot: &[u8; 32],
         base_epoch: u64,
+        tail: Tail,
         replay: &mut Replay<'_>,
     ) -> Result<(UpdateLog, u64, Option<TornTail>), Error> {
         let io = |action, e: &std::io::Error| Error::io(action, path, e);
@@ -109,6 +112,25 @@ impl UpdateLog {
                 Record::Torn => {
                     torn = Some(TornTail { offset, bytes: existing - offset });
                     break;
+                }
+                Record::DamagedLast if tail == Tail::Truncate => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset,
+                        "dropping the damaged last record of the update log, as told; if it was acknowledged, \
+                         its batch is lost here and must be sent again"
+                    );
+                    torn = Some(TornTail { offset, bytes: existing - offset });
+                    break;
+                }
+                Record::DamagedLast => {
+                    return Err(Error::LogCorrupt {
+                        path: path.into(),
+                        offset,
+                        problem: "the last record is whole but its checksum does not match; start with the \
+                                  damaged last record dropped (serve --truncate-damaged-log) to go on without it"
+                            .to_string(),
+                    });
                 }
                 Record::Corrupt(problem) => {
                     return Err(Error::LogCorrupt {
@@ -233,7 +255,19 @@ enum Record {
     Whole(Vec<u8>),
     /// The unfinished last record of a crashed append.
     Torn,
+    /// A whole last record whose checksum fails.
+    DamagedLast,
     Corrupt(&'static str),
+}
+
+/// What opening a log does with a whole last record whose checksum fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tail {
+    /// Refuse to open the log, naming the record's offset.
+    #[default]
+    Refuse,
+    /// Drop the record and cut the file back, as for a torn write.
+    Truncate,
 }
 
 /// Reads the record at `offset` of a log `end` bytes long.
@@ -259,7 +293,7 @@ fn next_record(reader: &mut impl Read, offset: u64, end: u64) -> std::io::Result
     reader.read_exact(&mut payload)?;
     if blake3::hash(&payload).as_bytes()[..16] != head[8..24] {
         return Ok(if record_end == end {
-            Record::Torn
+            Record::DamagedLast
         } else {
             Record::Corrupt("a record's checksum does not match")
         });

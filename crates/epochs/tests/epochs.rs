@@ -178,15 +178,9 @@ fn log_with_tail(dir: &Path, garbage: &[u8]) -> (Table, Epochs) {
 fn a_torn_last_record_is_dropped_and_the_log_goes_on() {
     // Shapes a crash can leave: a partial record header; a zero-filled
     // tail (the length grew, the data never landed); the first part of a
-    // record; a whole last record whose bytes are not the ones checksummed.
-    let payload = [9u8; 50];
-    let mut record =
-        [&50u32.to_le_bytes()[..], &(!50u32).to_le_bytes(), &blake3::hash(&payload).as_bytes()[..16]]
-            .concat();
-    record.extend_from_slice(&payload);
-    let mut unchecked = record.clone();
-    unchecked[60] ^= 1;
-    for garbage in [vec![7u8; 10], vec![0u8; 300], record[..40].to_vec(), unchecked] {
+    // record.
+    let record = whole_record();
+    for garbage in [vec![7u8; 10], vec![0u8; 300], record[..40].to_vec()] {
         let dir = tempfile::tempdir().unwrap();
         let (live, epochs) = log_with_tail(dir.path(), &garbage);
         let mut restarted = table(200);
@@ -203,6 +197,46 @@ fn a_torn_last_record_is_dropped_and_the_log_goes_on() {
         assert_eq!((replayed.batches, replayed.torn), (6, None));
         assert_eq!(&again.get(b"after").unwrap()[..5], b"crash");
     }
+}
+
+/// A record of a 50-byte payload, whole and checksummed.
+fn whole_record() -> Vec<u8> {
+    let payload = [9u8; 50];
+    let mut record =
+        [&50u32.to_le_bytes()[..], &(!50u32).to_le_bytes(), &blake3::hash(&payload).as_bytes()[..16]]
+            .concat();
+    record.extend_from_slice(&payload);
+    record
+}
+
+#[test]
+fn a_whole_last_record_that_fails_its_checksum_is_corruption_unless_told_to_truncate() {
+    let mut damaged = whole_record();
+    damaged[60] ^= 1;
+    let dir = tempfile::tempdir().unwrap();
+    let (live, epochs) = log_with_tail(dir.path(), &damaged);
+    let path = dir.path().join("table.log");
+    let error = Epochs::open(&mut table(200), &path, DEFAULT_WINDOW).err().unwrap();
+    assert!(matches!(error, Error::LogCorrupt { offset, .. } if offset == epochs.log_len()), "{error}");
+    assert!(error.to_string().contains("--truncate-damaged-log"), "{error}");
+    let length = epochs.log_len() + damaged.len() as u64;
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), length, "the refused log is left as it was");
+
+    let mut restarted = table(200);
+    let (reopened, replayed) =
+        Epochs::open_with(&mut restarted, &path, DEFAULT_WINDOW, morphogen_epochs::Tail::Truncate).unwrap();
+    let dropped = replayed.torn.expect("the dropped record is reported");
+    assert_eq!((dropped.offset, dropped.bytes), (epochs.log_len(), damaged.len() as u64));
+    assert_eq!((reopened.epoch(), restarted.pages()), (5, live.pages()));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), epochs.log_len());
+}
+
+#[test]
+fn rejects_an_epoch_window_of_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table.log");
+    assert!(matches!(Epochs::open(&mut table(200), &path, 0).err().unwrap(), Error::Window));
+    assert!(matches!(Epochs::create(&table(200), &path, 0, 0).err().unwrap(), Error::Window));
 }
 
 #[test]

@@ -372,15 +372,37 @@ const TOKEN_VARIABLE: &str = "MORPHOGEN_ADMIN_TOKEN";
 /// --token-file`) or else the environment, if any; an empty one is refused.
 pub fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     let token = match file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the admin token from {}", path.display()))?,
-        ),
+        Some(path) => {
+            if readable_by_others(path) {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the admin token file can be read by other users of this machine; chmod 600 it"
+                );
+            }
+            Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the admin token from {}", path.display()))?,
+            )
+        }
         None => std::env::var(TOKEN_VARIABLE).ok(),
     };
     match token.map(|t| t.trim().to_string()) {
         Some(token) if token.is_empty() => anyhow::bail!("the admin token is empty"),
         token => Ok(token),
+    }
+}
+
+/// Whether users other than the file's owner may read it (Unix permissions).
+fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o044 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
     }
 }
 
@@ -428,4 +450,22 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_told_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, "a token of enough length").unwrap();
+        for (mode, exposed) in [(0o600, false), (0o400, false), (0o640, true), (0o644, true), (0o604, true)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(readable_by_others(&path), exposed, "{mode:o}");
+        }
+    }
 }

@@ -361,13 +361,13 @@ fn a_server_killed_mid_stream_of_updates_keeps_every_acknowledged_one() {
     let twin_table = dir.path().join("twin.mgdb");
     fs::copy(&table, &twin_table).unwrap();
     let token = dir.path().join("token");
-    fs::write(&token, "kill test token\n").unwrap();
+    fs::write(&token, "kill test admin token\n").unwrap();
     let options = |db: &Path| {
         let (db, token) = (db.to_str().unwrap().to_string(), token.to_str().unwrap().to_string());
         vec!["--db".to_string(), db, "--engine".into(), "cpu".into(), "--admin-token-file".into(), token]
     };
     let start = |db: &Path| serve_with(&options(db).iter().map(String::as_str).collect::<Vec<_>>());
-    let admin = |server: &Serving| Arc::new(common::admin(&server.url, "kill test token"));
+    let admin = |server: &Serving| Arc::new(common::admin(&server.url, "kill test admin token"));
     let batches = update_batches(40);
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
@@ -433,7 +433,7 @@ fn morphogen_snapshot_swaps_both_servers_and_a_restart_serves_the_new_snapshot()
     let new_rows: String =
         (0..900u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i) + 7)).collect();
     let token = dir.path().join("token");
-    fs::write(&token, "swap test token\n").unwrap();
+    fs::write(&token, "swap test admin token\n").unwrap();
     let token = token.to_str().unwrap().to_string();
     // Two servers, each with its own snapshot directory holding both files.
     let dirs: Vec<PathBuf> = ["a", "b"].iter().map(|name| dir.path().join(name)).collect();
@@ -509,7 +509,7 @@ fn morphogen_snapshot_swaps_both_servers_and_a_restart_serves_the_new_snapshot()
     assert!(!status.status.success(), "batch 3 was replayed: the restarted server expects 4");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let restarted = runtime.block_on(async {
-        let admin = common::admin(&a.url, "swap test token");
+        let admin = common::admin(&a.url, "swap test admin token");
         admin.status().await.unwrap().meta
     });
     assert_eq!((restarted.epoch, restarted.digest), (3, digest));

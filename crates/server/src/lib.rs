@@ -115,6 +115,10 @@ pub const DEFAULT_MAX_BATCH_CHANGES: usize = 100_000;
 /// small batches. Each costs a DPF point evaluation at most.
 pub const DEFAULT_MAX_REWIND_ROWS: usize = 16_384;
 
+/// The shortest admin token accepted, in bytes (leading and trailing
+/// whitespace aside): short enough to type, long enough not to be guessed.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// Why a server could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -222,8 +226,14 @@ impl Server {
                 config.max_queue, config.max_batch
             )));
         }
-        if config.admin_token.as_ref().is_some_and(|token| token.trim().is_empty()) {
-            return Err(Error::Config("the admin token is empty".to_string()));
+        if let Some(token) = &config.admin_token
+            && token.trim().len() < MIN_ADMIN_TOKEN_LEN
+        {
+            return Err(Error::Config(format!(
+                "the admin token is {} bytes; use at least {MIN_ADMIN_TOKEN_LEN} random ones \
+                 (for example: openssl rand -hex 32 > admin.token)",
+                token.trim().len()
+            )));
         }
         if config.max_rewind_rows == 0 {
             return Err(Error::Config("the rewind budget must be at least 1 row".to_string()));

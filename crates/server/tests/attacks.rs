@@ -380,3 +380,21 @@ async fn running_out_of_epochs_is_a_409_that_says_to_build_a_snapshot() {
     assert_eq!((status, &error["code"]), (409, &serde_json::json!("epochs_exhausted")), "{error}");
     assert!(error["error"].as_str().unwrap().contains("new snapshot"), "{error}");
 }
+
+#[test]
+fn rejects_an_admin_token_shorter_than_16_bytes() {
+    for (token, accepted) in [("fifteen bytes..", false), ("   padded   ", false), ("sixteen bytes...", true)]
+    {
+        let table = Arc::new(table());
+        let engine = Box::new(CpuEngine::new(table.clone()));
+        let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), engine);
+        let config = Config { admin_token: Some(token.to_string()), ..Config::default() };
+        match Server::new(vec![served], config) {
+            Ok(_) => assert!(accepted, "{token:?} was accepted"),
+            Err(error) => {
+                assert!(!accepted, "{token:?}: {error}");
+                assert!(error.to_string().contains("at least 16"), "{error}");
+            }
+        }
+    }
+}

@@ -31,7 +31,7 @@ fn served(name: &str, table: &Arc<Table>) -> ServedTable {
 async fn start(fruit: &Arc<Table>, veg: &Arc<Table>) -> (String, oneshot::Sender<()>) {
     let mut about = serde_json::Map::new();
     about.insert("chain_id".to_string(), serde_json::json!(7));
-    let config = Config { about, admin_token: Some("secret".to_string()), ..Config::default() };
+    let config = Config { about, admin_token: Some("a secret admin token".to_string()), ..Config::default() };
     spawn(Server::new(vec![served("veg", veg), served("fruit", fruit)], config).unwrap()).await
 }
 
@@ -65,15 +65,20 @@ async fn each_table_is_read_through_its_own_routes() {
     assert!(error.to_string().contains("table_not_named"), "{error}");
     let http = reqwest::Client::new();
     for (method, path) in [("GET", "/v1/meta"), ("POST", "/v1/query"), ("GET", "/admin/v1/status")] {
-        let request = http.request(method.parse().unwrap(), format!("{a}{path}")).bearer_auth("secret");
+        let request =
+            http.request(method.parse().unwrap(), format!("{a}{path}")).bearer_auth("a secret admin token");
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), 404, "{path}");
         let body: ErrorBody = response.json().await.unwrap();
         assert_eq!(body.code, "table_not_named", "{path}");
     }
     // Each table has its own admin routes.
-    let status =
-        http.get(format!("{a}/admin/v1/tables/veg/status")).bearer_auth("secret").send().await.unwrap();
+    let status = http
+        .get(format!("{a}/admin/v1/tables/veg/status"))
+        .bearer_auth("a secret admin token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(status.status().as_u16(), 200);
     let status: morphogen_protocol::AdminStatus = status.json().await.unwrap();
     assert_eq!(status.meta.records, 1_000);

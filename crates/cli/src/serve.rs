@@ -14,7 +14,7 @@ use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir, Tail, log_path};
 use morphogen_scan::Engine;
 use morphogen_server::{
     Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_REWIND_ROWS,
-    DEFAULT_TABLE, Limits, ServedTable, Server, SnapshotLoader,
+    DEFAULT_TABLE, Limits, Listeners, MetricsAt, ServedTable, Server, SnapshotLoader,
 };
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// public ones: keep it on a private network.
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus) on this address only, or with `admin` on
+    /// the --admin-listen address only, instead of beside the public
+    /// routes: keep what the server counts off the internet.
+    #[arg(long, value_name = "ADDR|admin", value_parser = parse_metrics_listen)]
+    metrics_listen: Option<MetricsListen>,
     /// Threads of the CPU engine; all cores when not given. Give each of two
     /// servers sharing one machine half of its cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
@@ -179,6 +184,22 @@ impl LimitArgs {
     }
 }
 
+/// Where `--metrics-listen` puts `/metrics`.
+#[derive(Clone, Copy)]
+enum MetricsListen {
+    Admin,
+    Address(SocketAddr),
+}
+
+fn parse_metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if text == "admin" {
+        return Ok(MetricsListen::Admin);
+    }
+    text.parse()
+        .map(MetricsListen::Address)
+        .map_err(|_| format!("{text:?} is neither an address (IP:PORT) nor `admin`"))
+}
+
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     // Server::new checks this too; here it fails before a large table is loaded.
     if args.max_queue < args.max_batch {
@@ -198,6 +219,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     };
     if args.admin_listen.is_some() && admin_token.is_none() {
         anyhow::bail!("--admin-listen needs an admin token (--admin-token-file or {TOKEN_VARIABLE})");
+    }
+    if matches!(args.metrics_listen, Some(MetricsListen::Admin)) && args.admin_listen.is_none() {
+        anyhow::bail!("--metrics-listen admin needs --admin-listen");
     }
     let snapshot_dir = match &args.snapshot_dir {
         Some(dir) => {
@@ -238,12 +262,23 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         if let Some(admin) = &admin_listener {
             tracing::info!(address = %admin.local_addr()?, "admin routes");
         }
+        let metrics = match args.metrics_listen {
+            None => MetricsAt::Public,
+            Some(MetricsListen::Admin) => MetricsAt::Admin,
+            Some(MetricsListen::Address(address)) => {
+                let listener =
+                    TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))?;
+                tracing::info!(address = %listener.local_addr()?, "metrics");
+                MetricsAt::Own(listener)
+            }
+        };
         for (table, meta) in server.meta() {
             tracing::info!(table, epoch = meta.epoch, "serving from epoch");
         }
         // Scripts and tests read the address from the end of this line.
         tracing::info!(address = %listener.local_addr()?, "serving");
-        server.serve(listener, admin_listener, shutdown_signal()).await?;
+        let listeners = Listeners { public: listener, admin: admin_listener, metrics };
+        server.serve_on(listeners, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -291,21 +291,44 @@ impl Server {
     /// Serves requests from `listener` until `shutdown` completes, then
     /// finishes the requests in flight. The admin routes (if an admin token
     /// is configured) are served from `admin_listener` when one is given,
-    /// and otherwise from `listener` too. Both speak TLS if configured.
+    /// and otherwise from `listener` too; `/metrics` from `listener`. All
+    /// speak TLS if configured.
     pub async fn serve(
         self,
         listener: TcpListener,
         admin_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let listeners = Listeners { public: listener, admin: admin_listener, metrics: MetricsAt::Public };
+        self.serve_on(listeners, shutdown).await
+    }
+
+    /// [`Server::serve`] with `/metrics` where `listeners` say.
+    pub async fn serve_on(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Listeners { public: public_listener, admin: admin_listener, metrics: metrics_at } = listeners;
+        if matches!(metrics_at, MetricsAt::Admin) && admin_listener.is_none() {
+            return Err(std::io::Error::other("metrics on the admin listener need an admin listener"));
+        }
         let upkeep = tokio::spawn(self.metrics.clone().upkeep());
         let with_limits = |router| limits::apply(router, &self.limits);
         let deadline = limits::Deadline::new(self.limits.request_timeout, self.metrics.clone());
         let only = (self.tables.len() == 1).then(|| self.tables.values().next().cloned()).flatten();
         let tables: Vec<Arc<State>> = self.tables.values().cloned().collect();
-        let admin = self.admin.then(|| with_limits(admin::router(&tables, only.clone(), &deadline)));
-        let public = routes::router(&tables, only, self.catalog.clone(), self.metrics.clone());
+        let metrics_routes = routes::metrics_router(self.metrics.clone());
+        let mut public = routes::router(&tables, only.clone(), self.catalog.clone());
+        let mut admin = self.admin.then(|| admin::router(&tables, only, &deadline));
+        let mut own_metrics = None;
+        match metrics_at {
+            MetricsAt::Public => public = public.merge(metrics_routes),
+            MetricsAt::Admin => admin = Some(admin.unwrap_or_default().merge(metrics_routes)),
+            MetricsAt::Own(listener) => own_metrics = Some((listener, with_limits(metrics_routes))),
+        }
         let public = with_limits(limits::with_deadline(public, &deadline));
+        let admin = admin.map(with_limits);
         let (stop, stopped) = tokio::sync::watch::channel(());
         tokio::spawn(async move {
             shutdown.await;
@@ -315,18 +338,49 @@ impl Server {
         let serve = |listener, router, stopped| {
             listen::serve(listener, router, tls.clone(), &self.limits, self.metrics.clone(), stopped)
         };
-        let result = match (admin, admin_listener) {
-            (Some(admin), Some(admin_listener)) => {
-                let public = serve(listener, public, stopped.clone());
-                let admin = serve(admin_listener, admin, stopped);
-                tokio::try_join!(public, admin).map(|_| ())
+        let metrics_serving = async {
+            match own_metrics {
+                Some((listener, router)) => serve(listener, router, stopped.clone()).await,
+                None => Ok(()),
             }
-            (Some(admin), None) => serve(listener, public.merge(admin), stopped).await,
-            (None, _) => serve(listener, public, stopped).await,
         };
+        let main_serving = async {
+            match (admin, admin_listener) {
+                (Some(admin), Some(admin_listener)) => {
+                    let public = serve(public_listener, public, stopped.clone());
+                    let admin = serve(admin_listener, admin, stopped.clone());
+                    tokio::try_join!(public, admin).map(|_| ())
+                }
+                (Some(admin), None) => serve(public_listener, public.merge(admin), stopped.clone()).await,
+                (None, _) => serve(public_listener, public, stopped.clone()).await,
+            }
+        };
+        let result = tokio::try_join!(main_serving, metrics_serving).map(|_| ());
         upkeep.abort();
         result
     }
+}
+
+/// The listeners of a server.
+pub struct Listeners {
+    /// Lookups, metadata and health.
+    pub public: TcpListener,
+    /// The admin routes, if an admin token is configured; beside the
+    /// public routes when `None`.
+    pub admin: Option<TcpListener>,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsAt,
+}
+
+/// Where a server serves its Prometheus metrics (`GET /metrics`).
+pub enum MetricsAt {
+    /// Beside the public routes.
+    Public,
+    /// On the admin listener only (it needs one), without the token:
+    /// reachable where the admin routes are.
+    Admin,
+    /// On a listener of its own only.
+    Own(TcpListener),
 }
 
 impl State {

@@ -26,17 +26,11 @@ const ACCEPTED_TYPES: [&str; 2] = [CONTENT_TYPE, "application/octet-stream"];
 /// The public routes: health, the catalog and metrics of the server, and
 /// each table's meta and query routes; `only`, the table of a server of
 /// one, also at `/v1/meta` and `/v1/query`.
-pub(crate) fn router(
-    tables: &[Arc<State>],
-    only: Option<Arc<State>>,
-    catalog: Arc<Catalog>,
-    metrics: Metrics,
-) -> Router {
+pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>, catalog: Arc<Catalog>) -> Router {
     let watched: Vec<Arc<State>> = tables.to_vec();
     let mut router = Router::new()
         .route("/v1/health", get(move || async move { health(&watched) }))
-        .route("/v1/tables", get(move || async move { Json(catalog.as_ref().clone()) }))
-        .route("/metrics", get(move || async move { render_metrics(&metrics) }));
+        .route("/v1/tables", get(move || async move { Json(catalog.as_ref().clone()) }));
     for table in tables {
         router = router.merge(table_routes(&format!("/v1/tables/{}", table.name), table.clone()));
     }
@@ -76,6 +70,11 @@ fn health(tables: &[Arc<State>]) -> HttpResponse {
 
 async fn meta(Shared(state): Shared<Arc<State>>) -> Json<morphogen_protocol::Meta> {
     Json(state.meta())
+}
+
+/// `GET /metrics`, on whichever listener the server puts it.
+pub(crate) fn metrics_router(metrics: Metrics) -> Router {
+    Router::new().route("/metrics", get(move || async move { render_metrics(&metrics) }))
 }
 
 fn render_metrics(metrics: &Metrics) -> impl IntoResponse + use<> {

@@ -398,3 +398,33 @@ fn rejects_an_admin_token_shorter_than_16_bytes() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_kept_off_the_public_listener() {
+    use morphogen_server::{Listeners, MetricsAt};
+    use tokio::net::TcpListener;
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let url_of = |listener: &TcpListener| format!("http://{}", listener.local_addr().unwrap());
+    let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    for on_admin in [true, false] {
+        let table = Arc::new(table());
+        let engine = Box::new(CpuEngine::new(table.clone()));
+        let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), engine);
+        let config = Config { admin_token: Some(TOKEN.to_string()), ..Config::default() };
+        let server = Server::new(vec![served], config).unwrap();
+        let (public, admin, own) = (bind().await, bind().await, bind().await);
+        let (public_url, admin_url, own_url) = (url_of(&public), url_of(&admin), url_of(&own));
+        let metrics = if on_admin { MetricsAt::Admin } else { MetricsAt::Own(own) };
+        let listeners = Listeners { public, admin: Some(admin), metrics };
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.serve_on(listeners, async move {
+            let _ = stopped.await;
+        }));
+        let metrics_url = if on_admin { &admin_url } else { &own_url };
+        assert_eq!(status(format!("{public_url}/metrics")).await, 404, "not on the public listener");
+        assert_eq!(status(format!("{metrics_url}/metrics")).await, 200, "on_admin: {on_admin}");
+        assert_eq!(status(format!("{public_url}/v1/health")).await, 200);
+        assert_eq!(status(format!("{admin_url}/admin/v1/status")).await, 401, "the admin routes are there");
+        drop(stop);
+    }
+}

@@ -123,16 +123,26 @@ pub fn open(choice: EngineChoice, source: &TableSource, max_batch: usize) -> any
         EngineChoice::Auto => match open_cuda(source, max_batch) {
             Ok(engine) => engine,
             Err(reason) => {
-                let engine = CpuEngine::new(source.host_table()?);
+                let engine = open_cpu(source, max_batch)?;
                 tracing::info!(engine = "cpu", device = %engine.device(), reason = %reason, "scan engine: no GPU engine, using the CPU");
-                return Ok(Box::new(engine));
+                return Ok(engine);
             }
         },
-        EngineChoice::Cpu => Box::new(CpuEngine::new(source.host_table()?)),
+        EngineChoice::Cpu => open_cpu(source, max_batch)?,
         EngineChoice::Reference => Box::new(ReferenceEngine::new(source.host_table()?)),
     };
     tracing::info!(engine = engine.name(), device = %engine.device(), "scan engine");
     Ok(engine)
+}
+
+/// The CPU engine over the source's table, if passes of `max_batch`
+/// queries fit in the memory the system has available.
+fn open_cpu(source: &TableSource, max_batch: usize) -> anyhow::Result<Box<dyn Engine>> {
+    let engine = CpuEngine::new(source.host_table()?);
+    if let Some(available) = morphogen_scan::available_memory() {
+        engine.check_max_batch(max_batch, available).context("--max-batch")?;
+    }
+    Ok(Box::new(engine))
 }
 
 #[cfg(feature = "cuda")]

@@ -103,6 +103,53 @@ impl CpuEngine {
         let parities = BlockParities::of(&table);
         CpuEngine { table, parities }
     }
+
+    /// Bytes a pass of `queries` queries holds at most: each thread's
+    /// buffers and answers, and the answers they are summed into.
+    pub fn pass_bytes(&self, queries: usize) -> u64 {
+        pass_bytes(self.table.layout(), rayon::current_num_threads(), queries)
+    }
+
+    /// Refuses a batch limit whose passes would need more memory than
+    /// `available` bytes (see [`available_memory`]), with a message that
+    /// says how much and which batch limit fits.
+    pub fn check_max_batch(&self, max_batch: usize, available: u64) -> Result<(), Error> {
+        let needed = self.pass_bytes(max_batch);
+        if needed <= available {
+            return Ok(());
+        }
+        let fitting = (1..max_batch).rev().find(|&q| self.pass_bytes(q) <= available).unwrap_or(0);
+        Err(Error::Config(format!(
+            "a pass of {max_batch} queries needs {} MiB on {} threads, more than the {} MiB available; \
+             the most queries a pass can hold here is {fitting}",
+            needed >> 20,
+            rayon::current_num_threads(),
+            available >> 20
+        )))
+    }
+}
+
+/// [`CpuEngine::pass_bytes`] for a table of `layout` on `threads` threads.
+fn pass_bytes(layout: &Layout, threads: usize, queries: usize) -> u64 {
+    let page_size = layout.page_size() as usize;
+    let group = group_size(page_size).min(queries.max(1));
+    let groups = queries.div_ceil(group);
+    let answers = queries * usize::from(layout.choices()) * page_size;
+    let per_task = groups * (bucket_stride(page_size) << group)
+        + queries * (CHUNK_LEAVES as usize * 16 + 16 + 2)
+        + groups * POINTS_PER_LEAF as usize
+        + answers;
+    // Each thread's task, and the running totals of the reduction.
+    (threads as u64 + 1).saturating_mul(per_task as u64).saturating_add(answers as u64)
+}
+
+/// Memory the operating system says it can give without swapping
+/// (`MemAvailable` of `/proc/meminfo`), where it says.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Per-task buffers, made once per rayon task and reused for its chunks.
@@ -586,6 +633,29 @@ fn xor_each_page_into(acc: &mut [u8], pages: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rejects_a_batch_limit_whose_passes_do_not_fit_in_memory() {
+        let records: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..100u32).map(|i| (i.to_le_bytes().to_vec(), vec![1; 8])).collect();
+        let options =
+            morphogen_table::BuildOptions { page_size: 4096, value_size: Some(8), choices: 2, seed: None };
+        let table =
+            Arc::new(morphogen_table::build(&records[..], &options, &morphogen_table::NoProgress).unwrap());
+        let engine = CpuEngine::new(table);
+        // A 4-KiB page's group of 8 queries has 256 buckets of a page each.
+        let one = engine.pass_bytes(1);
+        let big = engine.pass_bytes(65_535);
+        assert!(big > 65_535 / 8 * 256 * 4096, "{big}");
+        assert!(engine.pass_bytes(64) > engine.pass_bytes(32), "more queries need more memory");
+        engine.check_max_batch(1, one).unwrap();
+        let error = engine.check_max_batch(65_535, 1 << 30).unwrap_err().to_string();
+        assert!(error.contains("65535 queries") && error.contains("can hold here is"), "{error}");
+        let fitting: usize = error.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            fitting >= 1 && engine.pass_bytes(fitting) <= 1 << 30 && engine.pass_bytes(fitting + 1) > 1 << 30
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -14,7 +14,7 @@ mod reference;
 use morphogen_dpf::Key;
 use morphogen_table::{Layout, PageWrite, Table};
 
-pub use cpu::{CpuEngine, read_every_page};
+pub use cpu::{CpuEngine, available_memory, read_every_page};
 pub use reference::ReferenceEngine;
 
 /// One private lookup as a server sees it: one DPF key per sub-table, in
@@ -194,6 +194,9 @@ pub(crate) fn xor_into(dst: &mut [u8], src: &[u8]) {
 /// Errors of the scan engines. They describe the batch, never key material.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    /// The engine cannot be set up as asked (too little memory, say).
+    #[error("{0}")]
+    Config(String),
     /// A batch must hold at least one query.
     #[error("the batch holds no queries")]
     EmptyBatch,

@@ -155,7 +155,7 @@ impl From<morphogen_scan::Error> for ApiError {
             E::EmptyBatch => "empty_batch",
             E::KeyCount { .. } => "wrong_key_count",
             E::Domain { .. } => "wrong_domain",
-            E::Fault(_) => return ApiError::internal(error),
+            E::Fault(_) | E::Config(_) => return ApiError::internal(error),
         };
         ApiError::client(StatusCode::BAD_REQUEST, code, error.to_string())
     }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
-use morphogen_epochs::{DEFAULT_WINDOW, Epochs, SnapshotDir, Tail, log_path};
+use morphogen_epochs::{
+    Bounds, DEFAULT_BATCH_BYTES, DEFAULT_HISTORY_BYTES, DEFAULT_WINDOW, Epochs, SnapshotDir, Tail, log_path,
+};
 use morphogen_scan::Engine;
 use morphogen_server::{
     Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_REWIND_ROWS,
@@ -82,6 +84,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ROWS", default_value_t = DEFAULT_MAX_REWIND_ROWS,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_rewind_rows: usize,
+    /// Most MiB the diffs of the epoch window may take; past it the oldest
+    /// epochs are forgotten early (the window shrinks, with a warning and
+    /// the metric morphogen_history_forgotten_for_bytes_total).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_HISTORY_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_history_mib: u64,
+    /// Most MiB of pages one update batch may rewrite (pages touched × page
+    /// size); a larger batch is refused (413 batch_too_large).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_BATCH_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_batch_mib: u64,
     /// A file holding the bearer token of the admin routes (updates).
     /// Without it (or MORPHOGEN_ADMIN_TOKEN in the environment) the admin
     /// routes are disabled.
@@ -180,6 +193,17 @@ impl LimitArgs {
             body_timeout: Duration::from_secs_f64(self.body_timeout),
             request_timeout: Duration::from_secs_f64(self.request_timeout),
             max_header_bytes: self.max_header_bytes,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// What each table's epochs may hold.
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            window: self.epoch_window,
+            history_bytes: self.max_history_mib << 20,
+            batch_bytes: self.max_batch_mib << 20,
         }
     }
 }
@@ -312,7 +336,7 @@ fn open_single(
     let loader = snapshot_dir.map(|dir| {
         let kind = EngineChoice::of(engine.as_ref());
         let served = start.as_ref().map(|start| start.table.as_path());
-        Arc::new(FileSnapshots::new(dir, kind, args.max_batch, args.epoch_window, served))
+        Arc::new(FileSnapshots::new(dir, kind, args.max_batch, args.bounds(), served))
             as Arc<dyn SnapshotLoader>
     });
     Ok(ServedTable { epochs, snapshots: loader, ..served_table(DEFAULT_TABLE, source, engine) })
@@ -452,7 +476,7 @@ fn open_epochs(
         return Ok(None);
     }
     let tail = if args.truncate_damaged_log { Tail::Truncate } else { Tail::Refuse };
-    let (epochs, replayed) = Epochs::open_with(table, log, args.epoch_window, tail)
+    let (epochs, replayed) = Epochs::open_with(table, log, args.bounds(), tail)
         .with_context(|| format!("opening the update log {}", log.display()))?;
     tracing::info!(
         log = %log.display(),

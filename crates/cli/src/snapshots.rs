@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use morphogen_epochs::{Epochs, Pointer, SnapshotDir, log_path};
+use morphogen_epochs::{Bounds, Epochs, Pointer, SnapshotDir, log_path};
 use morphogen_server::{LoadedSnapshot, SnapshotLoader, TableInfo};
 use morphogen_table::{NoProgress, Table, Verify};
 
@@ -89,7 +89,8 @@ pub struct FileSnapshots {
     dir: SnapshotDir,
     engine: EngineChoice,
     max_batch: usize,
-    window: u64,
+    /// What each new snapshot's epochs may hold.
+    bounds: Bounds,
     /// The file served now, which a swap may not name: its log would be
     /// replaced while it answers.
     served: Mutex<Option<PathBuf>>,
@@ -102,12 +103,12 @@ impl FileSnapshots {
         dir: SnapshotDir,
         engine: EngineChoice,
         max_batch: usize,
-        window: u64,
+        bounds: Bounds,
         served: Option<&Path>,
     ) -> FileSnapshots {
         debug_assert!(engine != EngineChoice::Auto);
         let served = served.and_then(|path| path.canonicalize().ok());
-        FileSnapshots { dir, engine, max_batch, window, served: Mutex::new(served) }
+        FileSnapshots { dir, engine, max_batch, bounds, served: Mutex::new(served) }
     }
 
     fn load_file(&self, file: &str, epoch: u64) -> anyhow::Result<LoadedSnapshot> {
@@ -119,7 +120,7 @@ impl FileSnapshots {
         let table = Table::open(&path, Verify::Digest, &NoProgress)
             .with_context(|| format!("opening {}", path.display()))?;
         let log = log_path(&path);
-        let epochs = Epochs::create(&table, &log, epoch, self.window)
+        let epochs = Epochs::create_with(&table, &log, epoch, self.bounds)
             .with_context(|| format!("creating the update log {}", log.display()))?;
         let info = TableInfo::of(&table);
         let source = TableSource::Host(Arc::new(table));

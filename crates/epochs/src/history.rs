@@ -57,9 +57,22 @@ pub struct History {
 #[derive(Debug)]
 struct Inner {
     window: u64,
+    /// Most bytes the kept diffs may take.
+    max_bytes: u64,
+    /// Bytes the kept diffs take ([`EpochDiff::bytes`]).
+    bytes: u64,
     current: u64,
     /// Diffs of epochs `current - diffs.len() + 1 ..= current`.
     diffs: VecDeque<Arc<EpochDiff>>,
+}
+
+impl EpochDiff {
+    /// The memory it takes, about.
+    pub fn bytes(&self) -> u64 {
+        let row = std::mem::size_of::<RowDiff>() as u64;
+        std::mem::size_of::<EpochDiff>() as u64
+            + self.rows.iter().map(|r| row + r.xor.len() as u64).sum::<u64>()
+    }
 }
 
 /// An epoch this history cannot answer as of.
@@ -87,7 +100,13 @@ impl History {
     /// An empty history at epoch `base` (a snapshot's first epoch), keeping
     /// the diffs of up to `window` epochs.
     pub fn new(base: u64, window: u64) -> History {
-        let inner = Inner { window, current: base, diffs: VecDeque::new() };
+        History::bounded(base, window, u64::MAX)
+    }
+
+    /// Like [`History::new`], keeping diffs of at most `max_bytes` bytes
+    /// together: past it the oldest are forgotten, and the window is shorter.
+    pub fn bounded(base: u64, window: u64, max_bytes: u64) -> History {
+        let inner = Inner { window, max_bytes, bytes: 0, current: base, diffs: VecDeque::new() };
         History { inner: Arc::new(RwLock::new(inner)) }
     }
 
@@ -105,6 +124,17 @@ impl History {
     /// Epochs of diffs kept.
     pub fn window(&self) -> u64 {
         self.read().window
+    }
+
+    /// Bytes the kept diffs take, about.
+    pub fn bytes(&self) -> u64 {
+        self.read().bytes
+    }
+
+    /// Epochs of diffs kept now: the window, or fewer at the start of a
+    /// snapshot or where the byte bound forgot some.
+    pub fn kept(&self) -> u64 {
+        self.read().diffs.len() as u64
     }
 
     /// The oldest epoch an answer can be taken back to now.
@@ -141,15 +171,26 @@ impl History {
     }
 
     /// Adds the newest epoch's diff, which must be `current + 1`, and
-    /// forgets those past the window.
-    pub(crate) fn push(&self, diff: EpochDiff) {
+    /// forgets those past the window or past the byte bound (the newest is
+    /// always kept). Returns how many the byte bound forgot.
+    pub(crate) fn push(&self, diff: EpochDiff) -> u64 {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        assert_eq!(diff.epoch, inner.current + 1, "epochs are pushed in order");
+        debug_assert_eq!(diff.epoch, inner.current + 1, "epochs are pushed in order");
         inner.current = diff.epoch;
+        inner.bytes += diff.bytes();
         inner.diffs.push_back(Arc::new(diff));
-        while inner.diffs.len() as u64 > inner.window {
-            inner.diffs.pop_front();
+        let mut forgotten_for_bytes = 0;
+        loop {
+            let over_window = inner.diffs.len() as u64 > inner.window;
+            let over_bytes = inner.bytes > inner.max_bytes && inner.diffs.len() > 1;
+            if !(over_window || over_bytes) {
+                break;
+            }
+            forgotten_for_bytes += u64::from(!over_window);
+            let oldest = inner.diffs.pop_front().expect("more than one diff");
+            inner.bytes -= oldest.bytes();
         }
+        forgotten_for_bytes
     }
 
     /// The diffs that take an answer from epoch `to` back to epoch `wanted`:

@@ -44,6 +44,40 @@ use crate::plan::{Placement, place};
 /// Epochs of diffs kept unless configured otherwise.
 pub const DEFAULT_WINDOW: u64 = 1024;
 
+/// Bytes of diffs kept unless configured otherwise.
+pub const DEFAULT_HISTORY_BYTES: u64 = 1 << 30;
+
+/// Bytes of page images one batch may rewrite unless configured otherwise:
+/// 131,072 pages of 4 KiB, more than the server's default change limit
+/// can touch.
+pub const DEFAULT_BATCH_BYTES: u64 = 512 << 20;
+
+/// What the epochs of a table may hold in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Epochs of diffs kept (at least one): how far back answers reach.
+    pub window: u64,
+    /// Most bytes the kept diffs may take; past it the oldest epochs are
+    /// forgotten before the window says (the window shrinks).
+    pub history_bytes: u64,
+    /// Most bytes of page images one batch may rewrite (pages it touches ×
+    /// page size); a larger batch is refused with [`Error::BatchPages`].
+    pub batch_bytes: u64,
+}
+
+impl Bounds {
+    /// A window of `window` epochs and the default byte bounds.
+    pub fn window(window: u64) -> Bounds {
+        Bounds { window, history_bytes: DEFAULT_HISTORY_BYTES, batch_bytes: DEFAULT_BATCH_BYTES }
+    }
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds::window(DEFAULT_WINDOW)
+    }
+}
+
 /// Key derivation context of the epoch digest chain; changing it changes
 /// every digest after epoch 0.
 pub const EPOCH_DIGEST_CONTEXT: &str = "morphogen 2026-11 epoch digest v1";
@@ -107,10 +141,16 @@ struct Chain {
     digest: [u8; 32],
     records: u64,
     history: History,
+    /// Most pages one new batch may rewrite.
+    batch_pages: usize,
+    /// Epochs the history's byte bound forgot before the window did.
+    forgotten_for_bytes: u64,
 }
 
 impl Chain {
-    fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
+    /// Plans `batch`; `bounded` applies the page bound (a batch replayed
+    /// from the log was acknowledged under whatever bound there was then).
+    fn plan(&self, table: &Table, batch: Batch, bounded: bool) -> Result<Plan, Error> {
         let encoded = encode_batch(&batch);
         if batch.sequence <= self.epoch
             && let Some(applied) = self.history.epoch(batch.sequence)
@@ -132,7 +172,8 @@ impl Chain {
         if batch.sequence != expected {
             return Err(Error::Sequence { expected, actual: batch.sequence });
         }
-        let placement = place(table, self.records, &batch.changes)?;
+        let max_pages = if bounded { self.batch_pages } else { usize::MAX };
+        let placement = place(table, self.records, &batch.changes, max_pages)?;
         let digest = self.next_digest(batch.sequence, &placement);
         Ok(Plan { batch, encoded, placement, digest })
     }
@@ -161,7 +202,7 @@ impl Chain {
         self.epoch = batch.sequence;
         self.digest = digest;
         self.records = placement.records;
-        self.history.push(EpochDiff {
+        self.forgotten_for_bytes += self.history.push(EpochDiff {
             epoch: batch.sequence,
             rows: placement.rows,
             batch: *blake3::hash(&encoded).as_bytes(),
@@ -177,28 +218,27 @@ impl Epochs {
     /// is none) and replays it into `table`, keeping the diffs of the last
     /// `window` epochs.
     pub fn open(table: &mut Table, log_path: &Path, window: u64) -> Result<(Epochs, Replayed), Error> {
-        Epochs::open_with(table, log_path, window, Tail::Refuse)
+        Epochs::open_with(table, log_path, Bounds::window(window), Tail::Refuse)
     }
 
-    /// Like [`Epochs::open`], doing with a damaged last record what `tail` says.
+    /// Like [`Epochs::open`], within `bounds`, doing with a damaged last
+    /// record what `tail` says.
     pub fn open_with(
         table: &mut Table,
         log_path: &Path,
-        window: u64,
+        bounds: Bounds,
         tail: Tail,
     ) -> Result<(Epochs, Replayed), Error> {
-        if window == 0 {
-            return Err(Error::Window);
-        }
+        check(&bounds)?;
         let snapshot = table.digest();
         let mut chain: Option<Chain> = None;
         let mut batches = 0;
         let mut replay = |base: u64, offset: u64, payload: &[u8]| -> Result<(), Error> {
-            let chain = chain.get_or_insert_with(|| Chain::at_snapshot(table, base, window));
+            let chain = chain.get_or_insert_with(|| Chain::at_snapshot(table, base, &bounds));
             let corrupt = |problem: String| Error::LogCorrupt { path: log_path.into(), offset, problem };
             let batch = decode_batch(payload).map_err(|problem| corrupt(problem.to_string()))?;
             let plan = chain
-                .plan(table, batch)
+                .plan(table, batch, false)
                 .map_err(|error| corrupt(format!("its batch cannot be applied to the table: {error}")))?;
             let writes = chain.advance(plan);
             table.apply(&writes)?;
@@ -207,7 +247,7 @@ impl Epochs {
             Ok(())
         };
         let (log, base, torn) = UpdateLog::open(log_path, &snapshot, 0, tail, &mut replay)?;
-        let chain = chain.unwrap_or_else(|| Chain::at_snapshot(table, base, window));
+        let chain = chain.unwrap_or_else(|| Chain::at_snapshot(table, base, &bounds));
         Ok((Epochs { chain, log, base }, Replayed { batches, torn }))
     }
 
@@ -215,11 +255,14 @@ impl Epochs {
     /// log at `log_path` (replacing any log there): a snapshot swapped in
     /// at sequence number `base`, whose digest is that epoch's.
     pub fn create(table: &Table, log_path: &Path, base: u64, window: u64) -> Result<Epochs, Error> {
-        if window == 0 {
-            return Err(Error::Window);
-        }
+        Epochs::create_with(table, log_path, base, Bounds::window(window))
+    }
+
+    /// Like [`Epochs::create`], within `bounds`.
+    pub fn create_with(table: &Table, log_path: &Path, base: u64, bounds: Bounds) -> Result<Epochs, Error> {
+        check(&bounds)?;
         let log = UpdateLog::create(log_path, &table.digest(), base)?;
-        Ok(Epochs { chain: Chain::at_snapshot(table, base, window), log, base })
+        Ok(Epochs { chain: Chain::at_snapshot(table, base, &bounds), log, base })
     }
 
     /// Places `batch` into `table`, which must be the table as of the
@@ -227,7 +270,7 @@ impl Epochs {
     /// one, every value fits, and every new key has a free row. Changes
     /// nothing.
     pub fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
-        self.chain.plan(table, batch)
+        self.chain.plan(table, batch, true)
     }
 
     /// Appends the plan's batch to the log and syncs it, then moves to its
@@ -270,6 +313,13 @@ impl Epochs {
         self.log.len()
     }
 
+    /// Epochs of diffs the history's byte bound has forgotten, since the
+    /// epochs were opened, before the window would have: each one makes
+    /// the reach of answers as of older epochs shorter than the window.
+    pub fn forgotten_for_bytes(&self) -> u64 {
+        self.chain.forgotten_for_bytes
+    }
+
     /// Whether the update log takes no more batches: an append failed and
     /// could not be undone, so the file's end is unknown until a restart.
     pub fn log_broken(&self) -> bool {
@@ -278,15 +328,29 @@ impl Epochs {
 }
 
 impl Chain {
-    fn at_snapshot(table: &Table, base: u64, window: u64) -> Chain {
+    fn at_snapshot(table: &Table, base: u64, bounds: &Bounds) -> Chain {
+        let page_size = u64::from(table.layout().page_size());
         Chain {
             layout: table.layout().clone(),
             epoch: base,
             digest: table.digest(),
             records: table.records(),
-            history: History::new(base, window),
+            history: History::bounded(base, bounds.window, bounds.history_bytes),
+            batch_pages: usize::try_from(bounds.batch_bytes / page_size).unwrap_or(usize::MAX),
+            forgotten_for_bytes: 0,
         }
     }
+}
+
+/// Refuses bounds that would keep no epoch or take no batch.
+fn check(bounds: &Bounds) -> Result<(), Error> {
+    if bounds.window == 0 {
+        return Err(Error::Window);
+    }
+    if bounds.batch_bytes == 0 {
+        return Err(Error::BatchBound);
+    }
+    Ok(())
 }
 
 /// Errors of live updates. Messages name sequence numbers, positions in a
@@ -378,6 +442,20 @@ pub enum Error {
         /// The log.
         path: PathBuf,
     },
+    /// A batch rewrites more pages than the bound allows; nothing changed.
+    #[error(
+        "the batch rewrites more than {max_pages} pages ({max_bytes} bytes of page images, this server's limit); \
+         send its changes in smaller batches"
+    )]
+    BatchPages {
+        /// The most pages a batch may rewrite.
+        max_pages: usize,
+        /// The bound in bytes.
+        max_bytes: u64,
+    },
+    /// A page bound of zero bytes.
+    #[error("the bound on the bytes a batch rewrites must be more than zero")]
+    BatchBound,
     /// An epoch window of zero epochs: every update would strand the
     /// queries in flight.
     #[error("the epoch window must be at least one epoch")]

@@ -57,8 +57,14 @@ pub(crate) struct Placement {
 /// An existing key's row is rewritten in place (a deletion zeroes it); a new
 /// key goes into the first free row of its candidate pages, in sub-table
 /// order; a deleted key that is absent changes nothing. If any new key finds
-/// no free row, the whole batch is refused with [`Error::TableFull`].
-pub(crate) fn place(table: &Table, records: u64, changes: &[Change]) -> Result<Placement, Error> {
+/// no free row, the whole batch is refused with [`Error::TableFull`]; if it
+/// would rewrite more than `max_pages` pages, with [`Error::BatchPages`].
+pub(crate) fn place(
+    table: &Table,
+    records: u64,
+    changes: &[Change],
+    max_pages: usize,
+) -> Result<Placement, Error> {
     let layout = table.layout();
     let value_size = layout.value_size() as usize;
     // Pages touched so far, as they will be after the batch.
@@ -91,6 +97,10 @@ pub(crate) fn place(table: &Table, records: u64, changes: &[Change]) -> Result<P
             // Tag 0 marks a free row.
             (None, Some(_)) => first_row(0).ok_or(Error::TableFull { change: position })?,
         };
+        if images.len() >= max_pages && !images.contains_key(&index) {
+            let page_size = u64::from(layout.page_size());
+            return Err(Error::BatchPages { max_pages, max_bytes: max_pages as u64 * page_size });
+        }
         let page = images.entry(index).or_insert_with(|| table.page_at(index).to_vec());
         let bytes = &mut page[layout.row_range(row)];
         match &change.value {

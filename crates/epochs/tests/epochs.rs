@@ -224,7 +224,8 @@ fn a_whole_last_record_that_fails_its_checksum_is_corruption_unless_told_to_trun
 
     let mut restarted = table(200);
     let (reopened, replayed) =
-        Epochs::open_with(&mut restarted, &path, DEFAULT_WINDOW, morphogen_epochs::Tail::Truncate).unwrap();
+        Epochs::open_with(&mut restarted, &path, Default::default(), morphogen_epochs::Tail::Truncate)
+            .unwrap();
     let dropped = replayed.torn.expect("the dropped record is reported");
     assert_eq!((dropped.offset, dropped.bytes), (epochs.log_len(), damaged.len() as u64));
     assert_eq!((reopened.epoch(), restarted.pages()), (5, live.pages()));
@@ -382,4 +383,72 @@ fn a_snapshot_at_the_last_epoch_there_is_takes_no_batch() {
     let epochs = Epochs::create(&table, &dir.path().join("table.log"), u64::MAX, DEFAULT_WINDOW).unwrap();
     let batch = Batch { sequence: 0, changes: vec![Change::set(b"key1", b"x")] };
     assert!(matches!(epochs.plan(&table, batch), Err(Error::EpochsExhausted)));
+}
+
+#[test]
+fn a_batch_rewriting_more_pages_than_the_bound_is_refused_but_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table.log");
+    let mut live = table(200);
+    let mut epochs = open(&mut live, dir.path());
+    let many: Vec<Change> = (0..40).map(|i| Change::set(format!("key{i}").as_bytes(), b"new")).collect();
+    update(&mut epochs, &mut live, many.clone()).unwrap();
+    let pages = epochs
+        .history()
+        .epoch(1)
+        .unwrap()
+        .rows
+        .iter()
+        .map(|r| r.page)
+        .collect::<std::collections::BTreeSet<_>>();
+    assert!(pages.len() > 4, "the batch touches {} pages", pages.len());
+    drop(epochs);
+
+    // Reopened with room for 4 pages a batch: the logged batch replays...
+    let bounds = morphogen_epochs::Bounds { batch_bytes: 4 * 512, ..morphogen_epochs::Bounds::default() };
+    let mut restarted = table(200);
+    let (mut reopened, replayed) =
+        Epochs::open_with(&mut restarted, &path, bounds, morphogen_epochs::Tail::Refuse).unwrap();
+    assert_eq!((replayed.batches, restarted.pages()), (1, live.pages()));
+    // ...but a new batch as large is refused, and changes nothing.
+    let error = update(&mut reopened, &mut restarted, many).unwrap_err();
+    assert!(matches!(error, Error::BatchPages { max_pages: 4, max_bytes: 2048 }), "{error}");
+    assert_eq!((reopened.epoch(), restarted.pages()), (1, live.pages()));
+    update(&mut reopened, &mut restarted, vec![Change::set(b"key1", b"small")]).unwrap();
+}
+
+#[test]
+fn the_history_forgets_its_oldest_epochs_at_its_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = table(200);
+    let one_batch = {
+        let mut probe = table(200);
+        let probe_dir = tempfile::tempdir().unwrap();
+        let mut epochs = open(&mut probe, probe_dir.path());
+        update(
+            &mut epochs,
+            &mut probe,
+            (0..10).map(|i| Change::set(format!("key{i}").as_bytes(), b"x")).collect(),
+        )
+        .unwrap();
+        epochs.history().bytes()
+    };
+    // Room for about three such epochs in a window of 100.
+    let bounds = morphogen_epochs::Bounds {
+        window: 100,
+        history_bytes: 3 * one_batch + one_batch / 2,
+        ..Default::default()
+    };
+    let (mut epochs, _) =
+        Epochs::open_with(&mut live, &dir.path().join("table.log"), bounds, morphogen_epochs::Tail::Refuse)
+            .unwrap();
+    for round in 0..8u8 {
+        let changes = (0..10).map(|i| Change::set(format!("key{i}").as_bytes(), &[round; 3])).collect();
+        update(&mut epochs, &mut live, changes).unwrap();
+        assert!(epochs.history().bytes() <= bounds.history_bytes, "round {round}");
+    }
+    assert_eq!(epochs.history().kept(), 3);
+    assert_eq!(epochs.history().oldest(), 5);
+    assert_eq!(epochs.forgotten_for_bytes(), 5);
+    assert!(matches!(epochs.history().between(4, 8), Err(Unavailable::TooOld { oldest: 5, .. })));
 }

@@ -337,6 +337,9 @@ fn update_error(error: UpdateError) -> ApiError {
         UpdateError::Refused(error @ E::ValueTooLong { .. }) => {
             ApiError::client(StatusCode::BAD_REQUEST, "value_too_long", error.to_string())
         }
+        UpdateError::Refused(error @ E::BatchPages { .. }) => {
+            ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", error.to_string())
+        }
         UpdateError::Refused(error @ E::BatchTooLarge) => {
             ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.to_string())
         }

@@ -525,7 +525,8 @@ impl Shared {
 /// and applies update batches and swaps when no query is in the round;
 /// until the batcher is dropped and nothing is left to answer.
 fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
-    let mut scanner = Scanner { engine, epochs, broken: None };
+    let forgotten_for_bytes = epochs.as_ref().map_or(0, Epochs::forgotten_for_bytes);
+    let mut scanner = Scanner { engine, epochs, broken: None, forgotten_for_bytes };
     // Requests the scan thread has taken in from `arrived`, oldest first.
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut round = Round::default();
@@ -608,6 +609,8 @@ struct Scanner {
     /// no longer answers from any epoch, so nothing more is answered until
     /// a restart or a swap to another snapshot.
     broken: Option<String>,
+    /// The epochs' [`Epochs::forgotten_for_bytes`] when last looked at.
+    forgotten_for_bytes: u64,
 }
 
 impl Scanner {
@@ -682,6 +685,20 @@ impl Scanner {
         let current = Current::of(epochs);
         shared.live.write().unwrap_or_else(std::sync::PoisonError::into_inner).current = current;
         shared.metrics.epoch(current.epoch);
+        let history = epochs.history();
+        shared.metrics.history(history.kept(), history.bytes());
+        let forgotten = epochs.forgotten_for_bytes();
+        if forgotten > self.forgotten_for_bytes {
+            shared.metrics.epochs_forgotten_for_bytes(forgotten - self.forgotten_for_bytes);
+            self.forgotten_for_bytes = forgotten;
+            tracing::warn!(
+                kept = history.kept(),
+                window = history.window(),
+                bytes = history.bytes(),
+                "the epoch history reached its byte bound: answers as of older epochs reach back fewer epochs \
+                 than the window (see --max-history-mib)"
+            );
+        }
         shared.metrics.update_applied(started.elapsed(), changed_rows);
         Ok(Applied { current, changed_rows })
     }
@@ -709,7 +726,8 @@ impl Scanner {
         let live = Live { snapshot: Arc::new(snapshot), current: Current::of(&epochs) };
         // The old engine and its table are dropped here; a new engine and a
         // new log are sound again.
-        *self = Scanner { engine, epochs: Some(epochs), broken: None };
+        let forgotten_for_bytes = epochs.forgotten_for_bytes();
+        *self = Scanner { engine, epochs: Some(epochs), broken: None, forgotten_for_bytes };
         *shared.faults() = Faults::default();
 
         let mut intake = shared.lock();

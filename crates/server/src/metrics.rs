@@ -119,6 +119,15 @@ impl Metrics {
                 "Requests answered 503 deadline_exceeded: not answered within the request timeout."
             );
             metrics::describe_gauge!(
+                "morphogen_history_epochs",
+                "Epochs of diffs kept for answers as of older epochs (the window, or fewer where the byte bound forgot some)."
+            );
+            metrics::describe_gauge!("morphogen_history_bytes", "Bytes the kept epoch diffs take, about.");
+            metrics::describe_counter!(
+                "morphogen_history_forgotten_for_bytes_total",
+                "Epochs of diffs forgotten because the history reached its byte bound before the window: the reach of answers as of older epochs shrank."
+            );
+            metrics::describe_gauge!(
                 "morphogen_engine_down",
                 "1 when the table's scan engine is down (it panicked, or an update reached the log but not its pages) until a restart; /v1/health answers 503 then."
             );
@@ -143,6 +152,22 @@ impl Metrics {
     pub(crate) fn connection_opened(&self) -> OpenConnection {
         self.with(|| gauge!("morphogen_open_connections").increment(1.0));
         OpenConnection(self.clone())
+    }
+
+    /// What the table's epoch history holds after an update.
+    pub(crate) fn history(&self, epochs: u64, bytes: u64) {
+        self.with(|| {
+            gauge!("morphogen_history_epochs", "table" => self.table.clone()).set(epochs as f64);
+            gauge!("morphogen_history_bytes", "table" => self.table.clone()).set(bytes as f64);
+        });
+    }
+
+    /// Counts epochs the history's byte bound forgot before the window did.
+    pub(crate) fn epochs_forgotten_for_bytes(&self, epochs: u64) {
+        self.with(|| {
+            counter!("morphogen_history_forgotten_for_bytes_total", "table" => self.table.clone())
+                .increment(epochs)
+        });
     }
 
     /// Marks the table's engine down.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use morphogen_dpf::generate;
-use morphogen_epochs::Epochs;
+use morphogen_epochs::{Bounds, Epochs, Tail};
 use morphogen_protocol::{CONTENT_TYPE, Epoch, ErrorBody, Request};
 use morphogen_scan::{CpuEngine, Engine};
 use morphogen_server::{Config, DEFAULT_TABLE, Limits, ServedTable, Server, TableInfo};
@@ -41,9 +41,19 @@ async fn start_with(
     config: Config,
     engine: impl FnOnce(&Arc<Table>) -> Box<dyn Engine>,
 ) -> (String, oneshot::Sender<()>, tempfile::TempDir) {
+    start_bounded(config, Bounds::window(16), engine).await
+}
+
+/// [`start_with`], the epochs within `bounds`.
+async fn start_bounded(
+    config: Config,
+    bounds: Bounds,
+    engine: impl FnOnce(&Arc<Table>) -> Box<dyn Engine>,
+) -> (String, oneshot::Sender<()>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut table = table();
-    let (epochs, _) = Epochs::open(&mut table, &dir.path().join("table.log"), 16).unwrap();
+    let (epochs, _) =
+        Epochs::open_with(&mut table, &dir.path().join("table.log"), bounds, Tail::Refuse).unwrap();
     let info = TableInfo::of(&table);
     let engine = engine(&Arc::new(table));
     let served = ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, engine) };
@@ -427,4 +437,26 @@ async fn metrics_can_be_kept_off_the_public_listener() {
         assert_eq!(status(format!("{admin_url}/admin/v1/status")).await, 401, "the admin routes are there");
         drop(stop);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_memory_is_bounded_by_the_batch_and_history_bounds() {
+    // Room for 4 pages a batch, and for a few small epochs of history.
+    let bounds = Bounds { window: 16, history_bytes: 2_000, batch_bytes: 4 * 512 };
+    let cpu = |table: &Arc<Table>| Box::new(CpuEngine::new(table.clone())) as Box<dyn Engine>;
+    let (url, _stop, _dir) = start_bounded(Config::default(), bounds, cpu).await;
+    let (status, error) = update(&url, batch(1, 0..200, "01")).await;
+    assert_eq!((status, &error["code"]), (413, &serde_json::json!("batch_too_large")), "{error}");
+    assert!(error["error"].as_str().unwrap().contains("more than 4 pages"), "{error}");
+    for sequence in 1..=10 {
+        assert_eq!(update(&url, batch(sequence, 0..2, &format!("{sequence:02x}"))).await.0, 200);
+    }
+    let meta: serde_json::Value = reqwest::get(format!("{url}/v1/meta")).await.unwrap().json().await.unwrap();
+    let oldest = meta["oldest_epoch"].as_u64().unwrap();
+    assert!(oldest > 0 && oldest < 10, "the window shrank to what 2,000 bytes hold: oldest {oldest}");
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("morphogen_history_forgotten_for_bytes_total{table=\"default\"}"), "{metrics}");
+    let bytes_line = metrics.lines().find(|l| l.starts_with("morphogen_history_bytes{")).unwrap();
+    let bytes: f64 = bytes_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes <= 2_000.0, "{bytes_line}");
 }

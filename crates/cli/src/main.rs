@@ -1,6 +1,7 @@
 //! The `morphogen` command line: a thin layer over the library crates.
 
 mod bench;
+mod cert;
 mod demo;
 mod engine;
 mod eth;
@@ -53,6 +54,9 @@ enum Command {
     /// Check an engine against the reference engine on random tables of
     /// awkward shapes; exits non-zero on any difference.
     Selftest(selftest::SelftestArgs),
+    /// Make a private certificate authority and TLS certificates for the
+    /// servers it signs (for servers without a public authority's).
+    Cert(cert::CertArgs),
     /// Ethereum: build account, storage and code tables from a chain's
     /// state, and answer wallets' JSON-RPC reads of them privately.
     Eth(eth::EthArgs),
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Command::Update(args) => update::run(&args),
         Command::Snapshot(args) => swap::run(&args),
         Command::Selftest(args) => selftest::run(&args),
+        Command::Cert(args) => cert::run(&args),
         Command::Eth(args) => eth::run(&args),
         Command::Load(args) => load::run(&args),
     }

@@ -97,6 +97,82 @@ fn serve_with_tls_and_get_with_ca_look_keys_up_over_https() {
 }
 
 #[test]
+fn cert_makes_an_authority_and_certificates_that_tls_lookups_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: String = (0..300u32).map(|i| format!("{:08x},{:016x}\n", i * 2, u64::from(i) + 5)).collect();
+    let table = build_from_csv(dir.path(), &records);
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let made = morphogen(&["cert", "--dir", certs_arg, "--server", "127.0.0.1", "--server", "localhost,::1"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    assert!(text(&made.stdout).contains("--tls-cert"), "{}", text(&made.stdout));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(certs.join("localhost.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "a key only its owner reads: {mode:o}");
+    }
+    let again = morphogen(&["cert", "--dir", certs_arg, "--server", "127.0.0.1"]);
+    assert!(
+        !again.status.success() && text(&again.stderr).contains("exists already"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let tls = |name: &str| {
+        let (cert, key) = (certs.join(format!("{name}.pem")), certs.join(format!("{name}.key")));
+        let options = [
+            "--db",
+            table.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        serve_with(&options)
+    };
+    let (server_a, server_b) = (tls("127.0.0.1"), tls("localhost"));
+    let a = server_a.url.replace("http://", "https://");
+    let b = server_b.url.replace("http://127.0.0.1", "https://localhost");
+    let ca = certs.join("ca.pem");
+    let output =
+        morphogen(&["get", "--ca", ca.to_str().unwrap(), "--server", &a, "--server", &b, "00000004"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), format!("00000004 {:016x}\n", 7));
+
+    // A self-signed certificate marked as an authority, as `openssl req
+    // -x509` makes: refused, with what to do about it.
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let authority = params.self_signed(&key).unwrap();
+    let (cert, key_file) = (dir.path().join("ca-as-server.pem"), dir.path().join("ca-as-server.key"));
+    fs::write(&cert, authority.pem()).unwrap();
+    fs::write(&key_file, key.serialize_pem()).unwrap();
+    let options = [
+        "--db",
+        table.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key_file.to_str().unwrap(),
+    ];
+    let server_c = serve_with(&options);
+    let c = server_c.url.replace("http://", "https://");
+    // Trusting both the authority of `a` and the certificate of `c`.
+    let bundle = dir.path().join("bundle.pem");
+    fs::write(&bundle, fs::read_to_string(&ca).unwrap() + &authority.pem()).unwrap();
+    let output =
+        morphogen(&["get", "--ca", bundle.to_str().unwrap(), "--server", &a, "--server", &c, "00000004"]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("marked as a certificate authority") && stderr.contains("morphogen cert"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn get_needs_two_reachable_servers_and_hex_keys() {
     let output = morphogen(&["get", "--server", "http://127.0.0.1:9", "01"]);
     assert!(!output.status.success());

@@ -567,7 +567,12 @@ fn transport_error(server: &Url, error: reqwest::Error) -> Error {
             cause = error.source();
         }
         let what = if error.is_connect() { "could not connect" } else { "the request failed" };
-        if causes.is_empty() { what.to_string() } else { format!("{what}: {}", causes.join(": ")) }
+        let message =
+            if causes.is_empty() { what.to_string() } else { format!("{what}: {}", causes.join(": ")) };
+        match tls_hint(&message) {
+            Some(hint) => format!("{message}. {hint}"),
+            None => message,
+        }
     };
     Error::Unreachable { server: server.to_string(), message }
 }
@@ -599,6 +604,30 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv4(address)) => address.is_loopback(),
         Some(url::Host::Ipv6(address)) => address.is_loopback(),
         None => false,
+    }
+}
+
+/// What to do about a certificate the client refused, where rustls's
+/// reason alone does not say.
+fn tls_hint(message: &str) -> Option<&'static str> {
+    if message.contains("CaUsedAsEndEntity") {
+        Some(
+            "The server's certificate is marked as a certificate authority (as `openssl req -x509` makes \
+             them), and an authority cannot be a server's own certificate: make a private authority and \
+             certificates for the servers with `morphogen cert`, or add `-addext basicConstraints=CA:FALSE` \
+             to openssl",
+        )
+    } else if message.contains("UnknownIssuer") {
+        Some(
+            "No authority the client trusts signed the server's certificate: give the authority's \
+             certificate with --ca (`morphogen cert` makes one)",
+        )
+    } else if message.contains("NotValidForName") {
+        Some(
+            "The server's certificate does not name the host in its URL: reach it by a name the certificate has",
+        )
+    } else {
+        None
     }
 }
 

@@ -17,7 +17,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
-const TOKEN: &str = "tls test token";
+const TOKEN: &str = "tls test admin token";
 
 /// A certificate authority and a server certificate it signed for
 /// 127.0.0.1, as PEM files in a temporary directory.

@@ -186,6 +186,32 @@ fn get_needs_two_reachable_servers_and_hex_keys() {
     let output = morphogen(&["get", "--server", "a", "--server", "b", "xyz"]);
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("hex"), "{}", text(&output.stderr));
+
+    // Key shares to hosts other than this machine over plain HTTP: a warning
+    // before anything is sent (`.invalid` names resolve nowhere).
+    let output = morphogen(&[
+        "get",
+        "--timeout",
+        "5",
+        "--server",
+        "http://a.invalid:9",
+        "--server",
+        "http://b.invalid:9",
+        "01",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("over plain HTTP to a host that is not this machine"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output =
+        morphogen(&["get", "--server", "http://127.0.0.1:9", "--server", "http://localhost:9", "01"]);
+    assert!(
+        !text(&output.stderr).contains("plain HTTP"),
+        "loopback is not warned about: {}",
+        text(&output.stderr)
+    );
 }
 
 #[test]
@@ -581,8 +607,15 @@ fn morphogen_snapshot_swaps_both_servers_and_a_restart_serves_the_new_snapshot()
     // key 2 is the new file's (the update to the old snapshot is gone with it); key 0x640 = 800 * 2 is new.
     assert_eq!(found[0]["value"].as_str(), Some("0000000000000008"), "{found}");
     assert_eq!(found[1]["value"].as_str(), Some("0000000000000327"), "{found}");
-    let status = run("update", &admins(&a, &b), &["--input", changes.to_str().unwrap(), "--sequence", "3"]);
-    assert!(!status.status.success(), "batch 3 was replayed: the restarted server expects 4");
+    // Batch 3 was replayed: sent again it is known as applied, and another
+    // batch 3 is refused.
+    let again = run("update", &admins(&a, &b), &["--input", changes.to_str().unwrap(), "--sequence", "3"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout).matches("applied before").count(), 2, "{}", text(&again.stdout));
+    let other = dir.path().join("other.csv");
+    fs::write(&other, "key,value\n00000004,00000000000000cc\n").unwrap();
+    let status = run("update", &admins(&a, &b), &["--input", other.to_str().unwrap(), "--sequence", "3"]);
+    assert!(!status.status.success(), "another batch 3 was taken: the restarted server expects 4");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let restarted = runtime.block_on(async {
         let admin = common::admin(&a.url, "swap test admin token");

@@ -368,3 +368,47 @@ fn update_error(error: UpdateError) -> ApiError {
         UpdateError::Failed(details) => ApiError::internal(details),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_faults_map_to_what_the_feeder_should_do() {
+        let cases = [
+            (UpdateError::LogBroken, StatusCode::SERVICE_UNAVAILABLE, "log_broken", "restart needed"),
+            (UpdateError::EngineDown, StatusCode::SERVICE_UNAVAILABLE, "engine_down", "restarts"),
+            (
+                UpdateError::Refused(morphogen_epochs::Error::EpochsExhausted),
+                StatusCode::CONFLICT,
+                "epochs_exhausted",
+                "new snapshot",
+            ),
+            (
+                UpdateError::Refused(morphogen_epochs::Error::BatchPages { max_pages: 4, max_bytes: 16384 }),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                "more than 4 pages",
+            ),
+            (
+                UpdateError::Refused(morphogen_epochs::Error::OtherBatchApplied { epoch: 7 }),
+                StatusCode::CONFLICT,
+                "sequence",
+                "batch 7 was applied already",
+            ),
+        ];
+        for (error, status, code, words) in cases {
+            let answer = update_error(error);
+            assert_eq!((answer.status, answer.code), (status, code));
+            assert!(answer.message.contains(words), "{}", answer.message);
+        }
+    }
+
+    #[test]
+    fn the_update_body_limit_covers_the_longest_changes() {
+        let change = serde_json::json!({"key": "ab".repeat(64), "value": "cd".repeat(32)}).to_string();
+        let body = format!("{{\"sequence\": 1, \"changes\": [{}]}}", vec![change; 10].join(", "));
+        assert!(body.len() <= max_update_body(10, 32), "{} > {}", body.len(), max_update_body(10, 32));
+        assert!(max_update_body(10, 32) < 4 * body.len(), "the limit is not far beyond what is needed");
+    }
+}

@@ -1056,6 +1056,22 @@ mod tests {
     }
 
     #[test]
+    fn health_names_the_worst_fault() {
+        let mut faults = Faults::default();
+        assert!(faults.problem().is_none());
+        faults.failed_passes = FAILING_PASSES - 1;
+        assert!(faults.problem().is_none(), "fewer failed passes than the threshold are not a fault");
+        faults.failed_passes = FAILING_PASSES;
+        assert_eq!(faults.problem().unwrap().0, "engine_failing");
+        faults.log_broken = Some("an append could not be undone".to_string());
+        let (code, message) = faults.problem().unwrap();
+        assert_eq!(code, "log_broken");
+        assert!(message.contains("restart needed"), "{message}");
+        faults.engine_down = Some("a panic".to_string());
+        assert_eq!(faults.problem().unwrap().0, "engine_down");
+    }
+
+    #[test]
     fn reserved_room_counts_against_the_queue_until_given_back() {
         let mut h = Harness::new(2, 4);
         let room = h.batcher.reserve(3).expect("an empty queue has room");

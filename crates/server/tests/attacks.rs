@@ -356,8 +356,14 @@ async fn a_batch_sent_again_is_answered_already_applied_and_changes_nothing() {
 async fn an_update_at_its_deadline_is_applied_and_said_so_or_not_applied() {
     let limits = Limits { request_timeout: Duration::from_millis(300), ..Limits::default() };
     let config = Config { limits, ..Config::default() };
-    let (url, _stop, _dir) =
-        start_with(config, |table| Box::new(SlowEngine::with_writes(table, 900, 900))).await;
+    let mut passes = None;
+    let (url, _stop, _dir) = start_with(config, |table| {
+        let engine = SlowEngine::with_writes(table, 900, 900);
+        passes = Some(engine.passes());
+        Box::new(engine)
+    })
+    .await;
+    let passes = passes.unwrap();
     // Taken at once by an idle scan thread, applied past the deadline: the
     // answer waits for it and says it was applied.
     let started = std::time::Instant::now();
@@ -367,13 +373,16 @@ async fn an_update_at_its_deadline_is_applied_and_said_so_or_not_applied() {
     // Queued behind a pass until past the deadline: withdrawn, not applied.
     let url_copy = url.clone();
     let pass = tokio::spawn(async move { post_query(&url_copy, CONTENT_TYPE, query_body()).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    passes.wait(1, false).await;
     let (status, error) = update(&url, batch(2, 5..10, "02")).await;
     assert_eq!((status, &error["code"]), (503, &serde_json::json!("deadline_exceeded")), "{error}");
+    // The query itself meets its deadline too; the pass goes on to its end.
     pass.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let meta: serde_json::Value = reqwest::get(format!("{url}/v1/meta")).await.unwrap().json().await.unwrap();
-    assert_eq!(meta["epoch"], 1, "the withdrawn batch was not applied");
+    passes.wait(1, true).await;
+    // Had the withdrawn batch been applied, another batch 2 would be refused.
+    let (status, reply) = update(&url, batch(2, 10..15, "03")).await;
+    assert_eq!((status, &reply["already_applied"]), (200, &serde_json::json!(false)), "{reply}");
+    assert_eq!(reply["epoch"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,25 @@ pub struct SlowEngine {
     inner: CpuEngine,
     pass_time: Duration,
     write_time: Duration,
+    /// Passes begun and ended so far.
+    passes: Arc<Passes>,
+}
+
+/// Passes of an engine begun and ended, for a test to watch.
+#[derive(Default)]
+pub struct Passes {
+    pub begun: std::sync::atomic::AtomicUsize,
+    pub ended: std::sync::atomic::AtomicUsize,
+}
+
+impl Passes {
+    /// Waits until `count` passes have ended, or at least begun.
+    pub async fn wait(&self, count: usize, ended: bool) {
+        let counter = if ended { &self.ended } else { &self.begun };
+        while counter.load(std::sync::atomic::Ordering::SeqCst) < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl SlowEngine {
@@ -42,7 +61,13 @@ impl SlowEngine {
             inner: CpuEngine::new(table.clone()),
             pass_time: Duration::from_millis(pass_ms),
             write_time: Duration::from_millis(write_ms),
+            passes: Arc::default(),
         }
+    }
+
+    /// The counts of its passes, which a test may watch.
+    pub fn passes(&self) -> Arc<Passes> {
+        self.passes.clone()
     }
 }
 
@@ -57,8 +82,11 @@ impl Engine for SlowEngine {
         self.inner.layout()
     }
     fn pass(&mut self, queries: &[Query]) -> Result<Answers, morphogen_scan::Error> {
+        self.passes.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(self.pass_time);
-        self.inner.pass(queries)
+        let answers = self.inner.pass(queries);
+        self.passes.ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        answers
     }
     fn table(&self) -> Option<&Table> {
         self.inner.table()

@@ -60,7 +60,8 @@ pub struct Config {
     /// Most queries waiting for a pass of one table; a request that does
     /// not fit is answered 503 with `Retry-After`. At least `max_batch`.
     pub max_queue: usize,
-    /// The bearer token of the admin routes; `None` disables them.
+    /// The bearer token of the admin routes, at least
+    /// [`MIN_ADMIN_TOKEN_LEN`] bytes; `None` disables them.
     pub admin_token: Option<String>,
     /// Most changes one update batch may hold; the update route's body
     /// limit follows from it and the table's value size.

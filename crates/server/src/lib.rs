@@ -108,7 +108,7 @@ pub const DEFAULT_MAX_QUEUE: usize = 1024;
 
 /// Changes an update batch may hold unless configured otherwise: a block
 /// of a busy chain changes a few thousand slots; the body of this many
-/// changes of 32-byte values is about 20 MiB.
+/// changes of 32-byte values may be 24 MiB.
 pub const DEFAULT_MAX_BATCH_CHANGES: usize = 100_000;
 
 /// Changed rows an answer may be taken back through unless configured

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
 use reqwest::Url;
 
-use crate::{
-    Error, MAX_JSON_BODY, Settings, http_client, parse_url, success_body, table_routes, transport_error,
-    warn_if_plain,
+use crate::connection::{
+    MAX_JSON_BODY, parse_url, success_body, table_routes, transport_error, warn_if_plain,
 };
+use crate::http::http_client;
+use crate::{Error, Settings};
 
 /// One server's admin routes.
 pub struct Admin {

@@ -179,3 +179,27 @@ impl Drop for ClientSlot {
 
 /// The smallest read buffer hyper accepts.
 const MIN_HYPER_BUFFER: usize = 8192;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holds_its_share_of_connections_by_address_or_ipv6_prefix() {
+        let counts = Arc::new(ClientCounts::new(2));
+        let address = |text: &str| text.parse::<IpAddr>().unwrap();
+        let first = counts.take(address("192.0.2.1")).unwrap();
+        let _second = counts.take(address("192.0.2.1")).unwrap();
+        assert!(counts.take(address("192.0.2.1")).is_none(), "a third of one address");
+        assert!(counts.take(address("::ffff:192.0.2.1")).is_none(), "the same address, mapped to IPv6");
+        let _other = counts.take(address("192.0.2.2")).expect("another address has its own share");
+        drop(first);
+        let _again = counts.take(address("192.0.2.1")).expect("a closed connection gives its slot back");
+
+        // One IPv6 host is usually given a /64: its addresses share one count.
+        let _a = counts.take(address("2001:db8:1:2::1")).unwrap();
+        let _b = counts.take(address("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(counts.take(address("2001:db8:1:2::77")).is_none());
+        let _c = counts.take(address("2001:db8:1:3::1")).expect("another /64");
+    }
+}

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use morphogen_layout::Layout;
 use morphogen_protocol::{
     CONTENT_TYPE, Catalog, ErrorBody, HEADER_LEN, Meta, PROTOCOL_VERSION, Response, is_table_name,
 };
-use morphogen_table::Layout;
 use rand::RngExt;
 use reqwest::Url;
 use reqwest::header::RETRY_AFTER;

@@ -29,8 +29,8 @@ pub use http::{DEFAULT_TIMEOUT, Settings, Trust};
 use connection::{FIRST_BACKOFF, MAX_BACKOFF, layout_of, parse_url, warn_if_plain};
 use http::http_client;
 use morphogen_dpf::{Key, generate};
+use morphogen_layout::{KeyDigest, Layout, MAX_KEY_LEN};
 use morphogen_protocol::{Epoch, Meta, Request};
-use morphogen_table::{KeyDigest, Layout, MAX_KEY_LEN};
 use rand::RngExt;
 use view::{View, check_two_servers};
 

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
+use morphogen_layout::Layout;
 use morphogen_protocol::Meta;
-use morphogen_table::Layout;
 
 use crate::Error;
 

@@ -9,8 +9,8 @@
 
 use siphasher::sip::SipHasher13;
 
-use crate::layout::{CHOICES, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, TAG_LEN, reduce};
 use crate::{Error, Progress, Table};
+use morphogen_layout::{CHOICES, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, TAG_LEN, reduce};
 
 /// One input record. `line` says where it came from, for error messages (the
 /// 1-based line of a CSV file, the 1-based position of an in-memory record).

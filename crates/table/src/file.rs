@@ -24,9 +24,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::layout::Layout;
 use crate::table::{Pages, Table, digest_pages};
 use crate::{Error, Progress};
+use morphogen_layout::Layout;
 
 /// The file's first 8 bytes. The `\r\n` and `\x1a` catch text-mode transfers.
 pub const MAGIC: [u8; 8] = *b"MGDB\r\n\x1a\n";
@@ -157,7 +157,7 @@ impl Header {
         }
         let seed = bytes[48..64].try_into().expect("16 bytes");
         let layout = Layout::new(u32_at(16), u32_at(20), bytes[24], u64_at(32), seed)
-            .map_err(|e| HeaderError::Parameters(Box::new(e)))?;
+            .map_err(|e| HeaderError::Parameters(Box::new(e.into())))?;
         let records = u64_at(40);
         if records > layout.capacity() {
             return Err(HeaderError::Records(records));

@@ -9,7 +9,6 @@
 
 mod build;
 mod file;
-mod layout;
 mod sources;
 mod synthetic;
 mod table;
@@ -18,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::{BuildOptions, Record, RecordSource, TARGET_LOAD, build};
 pub use file::{FORMAT_VERSION, HEADER_LEN, MAGIC, Verify};
-pub use layout::{
+pub use morphogen_layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };
 pub use sources::{CsvFile, Synthetic};
@@ -177,6 +176,19 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+}
+
+impl From<morphogen_layout::Error> for Error {
+    fn from(error: morphogen_layout::Error) -> Error {
+        use morphogen_layout::Error as E;
+        match error {
+            E::PageSize(size) => Error::PageSize(size),
+            E::ValueSize { value_size, page_size } => Error::ValueSize { value_size, page_size },
+            E::Choices(choices) => Error::Choices(choices),
+            E::PagesPerTable(pages) => Error::PagesPerTable(pages),
+            E::PageLength { expected, actual } => Error::PageLength { expected, actual },
+        }
+    }
 }
 
 impl Error {

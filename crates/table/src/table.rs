@@ -3,8 +3,8 @@
 
 use std::ops::{Deref, DerefMut};
 
-use crate::layout::{KeyDigest, Layout};
 use crate::{Error, NoProgress, Progress};
+use morphogen_layout::{KeyDigest, Layout};
 
 /// A table: the layout and `total_pages` pages of `page_size` bytes,
 /// sub-table after sub-table.

@@ -1,5 +1,7 @@
-//! The public parameters of a table and what a client does with them: find a
-//! key's candidate pages, and find the key's row in a page.
+//! The public parameters of a morphogen table and what a client does with
+//! them: find a key's candidate pages, and find the key's row in a page.
+//! This is all of the table a client needs; building tables and their files
+//! is `morphogen-table`'s.
 //!
 //! A table is `k` sub-tables of `pages_per_table` pages each. A page holds
 //! `rows_per_page` rows `[tag: 8 bytes, little-endian | value: value_size bytes]`
@@ -8,7 +10,36 @@
 
 use siphasher::sip::SipHasher13;
 
-use crate::Error;
+/// Parameters that make no table, or a page that is not one. Messages name
+/// parameters and sizes only.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The page size is not a power of two between 512 and 65536.
+    #[error("page size {0} must be a power of two from 512 to 65536")]
+    PageSize(u32),
+    /// The value size is 0 or leaves no room for the tag in a page.
+    #[error("value size {value_size} must be from 1 to {} for {page_size}-byte pages", page_size - TAG_LEN)]
+    ValueSize {
+        /// Value size asked for.
+        value_size: u32,
+        /// Page size of the table.
+        page_size: u32,
+    },
+    /// The number of sub-tables is outside 2..=4.
+    #[error("number of choices {0} must be from 2 to 4")]
+    Choices(u8),
+    /// A sub-table would have no pages or more than a DPF key can address.
+    #[error("pages per sub-table {0} must be from 1 to 2^32")]
+    PagesPerTable(u64),
+    /// A page given to the row reader is not exactly one page long.
+    #[error("page is {actual} bytes, the table's pages are {expected}")]
+    PageLength {
+        /// The table's page size.
+        expected: u32,
+        /// Length given.
+        actual: usize,
+    },
+}
 
 /// Smallest and largest page sizes; a page size must be a power of two.
 pub const PAGE_SIZES: std::ops::RangeInclusive<u32> = 512..=65536;
@@ -204,8 +235,9 @@ impl Layout {
 }
 
 /// Maps a uniform 64-bit hash to `0..n` without modulo bias worth measuring:
-/// the high half of the 128-bit product (Lemire's reduction).
-pub(crate) fn reduce(hash: u64, n: u64) -> u64 {
+/// the high half of the 128-bit product (Lemire's reduction). The builder's
+/// random walk draws with it too.
+pub fn reduce(hash: u64, n: u64) -> u64 {
     ((u128::from(hash) * u128::from(n)) >> 64) as u64
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::ValueEnum;
 use morphogen_dpf::generate;
-use morphogen_scan::{CpuEngine, Engine, Query, ReferenceEngine};
+use morphogen_scan::{CpuEngine, Engine, EngineKind, Query, ReferenceEngine};
 use morphogen_server::TableInfo;
 use morphogen_table::{Layout, Table, Verify, fill_synthetic, synthetic_digest};
 use rand::RngExt;
@@ -32,10 +32,10 @@ pub enum EngineChoice {
 impl EngineChoice {
     /// The kind of `engine`, as opening it again would need.
     pub fn of(engine: &dyn Engine) -> EngineChoice {
-        match engine.name() {
-            "cuda" => EngineChoice::Cuda,
-            "reference" => EngineChoice::Reference,
-            _ => EngineChoice::Cpu,
+        match engine.kind() {
+            EngineKind::Cuda => EngineChoice::Cuda,
+            EngineKind::Reference => EngineChoice::Reference,
+            EngineKind::Cpu => EngineChoice::Cpu,
         }
     }
 }

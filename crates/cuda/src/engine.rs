@@ -10,7 +10,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
 use morphogen_dpf::{POINTS_PER_LEAF, depth_for, leaf_count};
-use morphogen_scan::{Answers, Engine, Phase, Query, validate, write_shared};
+use morphogen_scan::{Answers, Engine, EngineKind, Phase, Query, validate, write_shared};
 use morphogen_table::{Layout, PageWrite, Progress, Table};
 
 use crate::geometry::{
@@ -412,8 +412,8 @@ fn launch_config(threads: u64) -> LaunchConfig {
 }
 
 impl Engine for CudaEngine {
-    fn name(&self) -> &'static str {
-        "cuda"
+    fn kind(&self) -> EngineKind {
+        EngineKind::Cuda
     }
 
     fn device(&self) -> String {

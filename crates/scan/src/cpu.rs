@@ -46,7 +46,7 @@ use rayon::prelude::*;
 
 use crate::aligned::{AlignedBytes, CACHE_LINE};
 use crate::parity::{BLOCKS_PER_LEAF, BlockParities, plan_leaf};
-use crate::{Answers, Engine, Error, Query, time_host_read, validate, write_shared, xor_into};
+use crate::{Answers, Engine, EngineKind, Error, Query, time_host_read, validate, write_shared, xor_into};
 
 /// DPF leaves (of 128 pages each) per unit of work: 8,192 pages, 32 MiB of
 /// 4-KiB pages. Large enough that folding the buckets (about 2^(g+1) page
@@ -186,8 +186,8 @@ struct Scratch {
 }
 
 impl Engine for CpuEngine {
-    fn name(&self) -> &'static str {
-        "cpu"
+    fn kind(&self) -> EngineKind {
+        EngineKind::Cpu
     }
 
     fn device(&self) -> String {

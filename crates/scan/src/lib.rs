@@ -82,10 +82,40 @@ impl std::fmt::Debug for Answers {
     }
 }
 
+/// The kinds of engine morphogen has: what another engine over another
+/// table must be to answer as this one does (a snapshot swap opens one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    /// Point by point on one thread: the test oracle.
+    Reference,
+    /// All CPU cores.
+    Cpu,
+    /// An NVIDIA GPU.
+    Cuda,
+}
+
+impl EngineKind {
+    /// Its short name: `reference`, `cpu`, `cuda`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Reference => "reference",
+            EngineKind::Cpu => "cpu",
+            EngineKind::Cuda => "cuda",
+        }
+    }
+}
+
 /// An engine answers batches of queries against one table.
 pub trait Engine: Send {
-    /// Short name: `reference`, `cpu`, `cuda`.
-    fn name(&self) -> &'static str;
+    /// Which kind of engine it is (an engine wrapping another, in tests,
+    /// is of the kind it wraps).
+    fn kind(&self) -> EngineKind;
+
+    /// Short name, for metadata, logs and reports: its kind's unless it
+    /// says otherwise.
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
 
     /// What it runs on, for logs and benchmark reports.
     fn device(&self) -> String;

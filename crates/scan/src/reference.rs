@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use morphogen_table::{Layout, PageWrite, Table};
 
-use crate::{Answers, Engine, Error, Query, time_host_read, validate, write_shared, xor_into};
+use crate::{Answers, Engine, EngineKind, Error, Query, time_host_read, validate, write_shared, xor_into};
 
 /// Answers queries by point evaluation, page by page, query by query.
 pub struct ReferenceEngine {
@@ -20,8 +20,8 @@ impl ReferenceEngine {
 }
 
 impl Engine for ReferenceEngine {
-    fn name(&self) -> &'static str {
-        "reference"
+    fn kind(&self) -> EngineKind {
+        EngineKind::Reference
     }
 
     fn device(&self) -> String {

@@ -858,6 +858,9 @@ mod tests {
     }
 
     impl Engine for GatedEngine {
+        fn kind(&self) -> morphogen_scan::EngineKind {
+            self.inner.kind()
+        }
         fn name(&self) -> &'static str {
             "gated"
         }

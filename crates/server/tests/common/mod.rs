@@ -72,6 +72,9 @@ impl SlowEngine {
 }
 
 impl Engine for SlowEngine {
+    fn kind(&self) -> morphogen_scan::EngineKind {
+        self.inner.kind()
+    }
     fn name(&self) -> &'static str {
         "slow"
     }
@@ -176,6 +179,9 @@ impl FaultyEngine {
 }
 
 impl Engine for FaultyEngine {
+    fn kind(&self) -> morphogen_scan::EngineKind {
+        self.inner.kind()
+    }
     fn name(&self) -> &'static str {
         "faulty"
     }

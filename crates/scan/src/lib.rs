@@ -10,6 +10,7 @@ mod aligned;
 mod cpu;
 mod parity;
 mod reference;
+pub mod schedule;
 
 use morphogen_dpf::Key;
 use morphogen_table::{Layout, PageWrite, Table};

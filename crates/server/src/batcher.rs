@@ -1,17 +1,11 @@
-//! Continuous batching: one bounded queue in front of the engine.
+//! Continuous batching: one bounded queue in front of the engine, and the
+//! scan thread that runs it.
 //!
-//! An engine cuts a pass over the table into parts ([`Engine::parts`]; one
-//! for the CUDA engine, one per few chunks for the CPU engine), and the scan
-//! thread runs part after part, round and round. Whenever a part is done it
-//! lets the queries waiting join, oldest request first, up to the batch
-//! limit; a query leaves once it has been through every part, its answer
-//! the XOR of its answers from the parts. An idle server therefore answers a
-//! lone request in one round of its own, and a loaded one with as many
-//! queries in each part as it allows, with no timer to tune. A query that
-//! arrives while a round is under way joins it at the next part instead of
-//! waiting for the round to end: queries never fall into cohorts that take
-//! turns. A request holding more queries than there is room for joins a
-//! few at a time; its answers are gathered in order and sent back whole.
+//! Which queries go through which part of the table, and when a request is
+//! answered, is the scheduler's ([`morphogen_scan::schedule`], a plain
+//! state machine): part after part, round and round, the waiting queries
+//! joining whenever a part is done. This module feeds it from the handlers
+//! and carries out what it says on a thread that owns the engine.
 //!
 //! Update batches and snapshot swaps reach the same thread and are applied
 //! between parts once no query is in a round and no request half answered
@@ -25,12 +19,12 @@
 //! memory stays bounded under any load. Requests whose client went away
 //! before their pass are dropped unanswered instead of scanned.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use morphogen_epochs::{Batch, Epochs};
+use morphogen_scan::schedule::Scheduler;
 use morphogen_scan::{Engine, Query};
 use tokio::sync::oneshot;
 
@@ -234,7 +228,7 @@ struct Shared {
 
 struct Intake {
     /// Requests the scan thread has not yet seen.
-    arrived: Vec<Pending>,
+    arrived: Vec<Arrival>,
     /// Update batches and swaps waiting, in arrival order.
     jobs: Vec<Job>,
     /// The first epoch of the snapshot that requests are queued for.
@@ -244,68 +238,17 @@ struct Intake {
     closed: bool,
 }
 
-/// A request in the queue.
+/// What the scan thread keeps of a request: when it came and where its
+/// answers go (its queries are the scheduler's).
 struct Pending {
-    /// Its queries that have not joined the round yet, taken from the front.
-    queries: VecDeque<Query>,
-    /// Its queries in the round now.
-    in_round: usize,
-    /// Answers of its queries that went round, in order.
-    answers: Vec<u8>,
     arrived: Instant,
-    /// Whether one of its queries has joined the round (its queue wait is then recorded).
-    started: bool,
     reply: oneshot::Sender<Reply>,
 }
 
-/// The queries going round the parts of the table, in the order they
-/// joined. Each stays for every part once, so they also leave in that
-/// order: the oldest request's first.
-#[derive(Default)]
-struct Round {
-    /// The queries, contiguous for the engine (`make_contiguous`).
-    queries: VecDeque<Query>,
-    /// For each query: the parts it has still to go through, and the XOR of
-    /// its answers from the parts so far.
-    progress: VecDeque<(usize, Vec<u8>)>,
-    /// The part the engine scans next.
-    next_part: usize,
-}
-
-impl Round {
-    fn len(&self) -> usize {
-        self.queries.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queries.is_empty()
-    }
-
-    fn join(&mut self, query: Query, parts: usize, answer_bytes: usize) {
-        self.queries.push_back(query);
-        self.progress.push_back((parts, vec![0; answer_bytes]));
-    }
-
-    /// Adds each query's answers from the part just scanned, then takes
-    /// out the answers of those that have been through every part.
-    fn add_part(&mut self, answers: &[u8]) -> Vec<Vec<u8>> {
-        let answer_bytes = answers.len() / self.len();
-        for ((left, answer), part) in self.progress.iter_mut().zip(answers.chunks_exact(answer_bytes)) {
-            answer.iter_mut().zip(part).for_each(|(a, p)| *a ^= p);
-            *left -= 1;
-        }
-        let mut done = Vec::new();
-        while self.progress.front().is_some_and(|(left, _)| *left == 0) {
-            self.queries.pop_front();
-            done.push(self.progress.pop_front().expect("checked").1);
-        }
-        done
-    }
-
-    fn clear(&mut self) {
-        self.queries.clear();
-        self.progress.clear();
-    }
+/// A request the scan thread has not taken in yet.
+struct Arrival {
+    pending: Pending,
+    queries: Vec<Query>,
 }
 
 impl Batcher {
@@ -409,14 +352,7 @@ impl Batcher {
         }
         intake.queued_queries += count;
         self.shared.metrics.queue_depth(intake.queued_queries);
-        intake.arrived.push(Pending {
-            queries: queries.into(),
-            in_round: 0,
-            answers: Vec::new(),
-            arrived: Instant::now(),
-            started: false,
-            reply,
-        });
+        intake.arrived.push(Arrival { pending: Pending { arrived: Instant::now(), reply }, queries });
         drop(intake);
         self.shared.wakeup.notify_one();
         Ok(answer)
@@ -521,17 +457,16 @@ impl Shared {
 }
 
 /// The scan thread: lets waiting queries join the round, scans the next
-/// part, hands out the answers of the queries that went all the way round,
-/// and applies update batches and swaps when no query is in the round;
-/// until the batcher is dropped and nothing is left to answer.
+/// part, hands out the answers of the requests answered whole, and applies
+/// update batches and swaps when the scheduler is at rest; until the
+/// batcher is dropped and nothing is left to answer.
 fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
     let forgotten_for_bytes = epochs.as_ref().map_or(0, Epochs::forgotten_for_bytes);
     let mut scanner = Scanner { engine, epochs, broken: None, forgotten_for_bytes };
-    // Requests the scan thread has taken in from `arrived`, oldest first.
-    let mut queue: VecDeque<Pending> = VecDeque::new();
-    let mut round = Round::default();
+    let mut scheduler =
+        Scheduler::new(shared.max_batch, scanner.engine.parts(), answer_bytes(&*scanner.engine));
     loop {
-        match gather(shared, &mut queue, &mut round, scanner.engine.as_ref()) {
+        match gather(shared, &mut scheduler) {
             Work::Closed => return,
             Work::Jobs(jobs) => {
                 for job in jobs {
@@ -543,7 +478,8 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
                             }
                         }
                         Job::Swap { loaded, loader, reply } => {
-                            let _ = reply.send(scanner.swap(*loaded, loader.as_ref(), &mut queue, shared));
+                            let _ =
+                                reply.send(scanner.swap(*loaded, loader.as_ref(), &mut scheduler, shared));
                         }
                     }
                 }
@@ -553,51 +489,42 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
         }
         let epoch = shared.live().current.epoch;
         let parts = scanner.engine.parts();
-        let part = round.next_part % parts;
-        round.next_part = (part + 1) % parts;
+        let (part, queries) = scheduler.next_part().expect("gather returns a pass only with a round");
+        let batch = queries.len();
         let started = Instant::now();
-        let result = scanner.pass_part(round.queries.make_contiguous(), part, shared);
+        let result = scanner.pass_part(queries, part, shared);
         let elapsed = started.elapsed();
         shared.pass_outcome(result.is_ok());
         // Retry-After counts in whole passes: all the parts.
         shared.last_pass_nanos.store(elapsed.as_nanos() as u64 * parts as u64, Ordering::Relaxed);
-        shared.metrics.pass(round.len(), elapsed, &scanner.engine.last_pass_phases());
+        shared.metrics.pass(batch, elapsed, &scanner.engine.last_pass_phases());
 
         match result {
             Ok(answers) => {
-                let done = round.add_part(answers.as_bytes());
-                shared.metrics.lookups("answered", done.len());
-                for answer in done {
-                    // The oldest query in the round is the oldest request's.
-                    let owner = queue
-                        .iter_mut()
-                        .find(|p| p.in_round > 0)
-                        .expect("a query in the round has a request");
-                    owner.answers.extend_from_slice(&answer);
-                    owner.in_round -= 1;
-                }
-                while queue.front().is_some_and(|p| p.queries.is_empty() && p.in_round == 0) {
-                    let done = queue.pop_front().expect("checked");
+                let (answered, left_round) = scheduler.part_done(answers.as_bytes());
+                shared.metrics.lookups("answered", left_round);
+                for done in answered {
                     // The client may have gone away meanwhile: nothing to do then.
-                    let _ = done.reply.send(Ok(Answered { epoch, answers: done.answers }));
+                    let _ = done.request.reply.send(Ok(Answered { epoch, answers: done.answers }));
                 }
             }
             Err(error) => {
-                // Every request with a query in the round fails whole, even
-                // the parts of it that later parts would have answered.
-                shared.metrics.lookups("failed", round.len());
-                round.clear();
-                let started = queue.iter().take_while(|p| p.started).count();
-                let failed: Vec<Pending> = queue.drain(..started).collect();
-                let unscanned: usize = failed.iter().map(|p| p.queries.len()).sum();
-                shared.lock().queued_queries -= unscanned;
-                shared.metrics.lookups("failed", unscanned);
-                for pending in failed {
+                let failed = scheduler.part_failed();
+                shared.metrics.lookups("failed", failed.in_round);
+                shared.lock().queued_queries -= failed.unscanned;
+                shared.metrics.lookups("failed", failed.unscanned);
+                for pending in failed.requests {
                     let _ = pending.reply.send(Err(PassError::Engine(error.clone())));
                 }
             }
         }
     }
+}
+
+/// Bytes of one query's answer from `engine`: a page per sub-table.
+fn answer_bytes(engine: &dyn Engine) -> usize {
+    let layout = engine.layout();
+    layout.page_size() as usize * usize::from(layout.choices())
 }
 
 /// What the scan thread owns: the engine and the epochs of the snapshot
@@ -710,7 +637,7 @@ impl Scanner {
         &mut self,
         loaded: LoadedSnapshot,
         loader: &dyn SnapshotLoader,
-        queue: &mut VecDeque<Pending>,
+        scheduler: &mut Scheduler<Pending>,
         shared: &Shared,
     ) -> SwapOutcome {
         let next = shared.live().current.epoch.saturating_add(1);
@@ -733,17 +660,19 @@ impl Scanner {
         let mut intake = shared.lock();
         intake.base = base;
         *shared.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = live;
-        let stale: Vec<Pending> = queue.drain(..).chain(intake.arrived.drain(..)).collect();
-        let unscanned: usize = stale.iter().map(|p| p.queries.len()).sum();
+        let arrived = intake.arrived.drain(..).map(|arrival| (arrival.pending, arrival.queries.len()));
+        let stale: Vec<(Pending, usize)> = scheduler.take_all().into_iter().chain(arrived).collect();
+        let unscanned: usize = stale.iter().map(|(_, queries)| queries).sum();
         intake.queued_queries -= unscanned;
         shared.metrics.queue_depth(intake.queued_queries);
         drop(intake);
         shared.metrics.lookups("snapshot_changed", unscanned);
         shared.metrics.epoch(base);
         shared.metrics.snapshot_base(base);
-        for pending in stale {
+        for (pending, _) in stale {
             let _ = pending.reply.send(Err(PassError::SnapshotChanged));
         }
+        scheduler.reshape(self.engine.parts(), answer_bytes(&*self.engine));
         Ok(())
     }
 }
@@ -758,77 +687,39 @@ enum Work {
     Closed,
 }
 
-/// Waits for work. Update batches and swaps come first once no query is in
-/// the round and no request is half answered; until then only the queries
-/// of requests already started join, so that each is answered from one
-/// epoch. Otherwise lets the waiting queries join the round, oldest request
-/// first, while it has room for them.
-fn gather(shared: &Shared, queue: &mut VecDeque<Pending>, round: &mut Round, engine: &dyn Engine) -> Work {
+/// Waits for work. Update batches and swaps come first once the scheduler
+/// is at rest (no query in the round, no request half answered); until
+/// then only the queries of requests already started join, so that each is
+/// answered from one epoch. Otherwise lets the waiting queries join the
+/// round, oldest request first, while it has room for them.
+fn gather(shared: &Shared, scheduler: &mut Scheduler<Pending>) -> Work {
     let mut intake = shared.lock();
     loop {
-        queue.extend(intake.arrived.drain(..));
+        for arrival in intake.arrived.drain(..) {
+            scheduler.add(arrival.pending, arrival.queries);
+        }
         // A request whose client has gone away needs no pass, if none of
         // its queries has joined the round.
-        queue.retain(|pending| {
-            let abandoned = !pending.started && pending.reply.is_closed();
-            if abandoned {
-                intake.queued_queries -= pending.queries.len();
-                shared.metrics.lookups("abandoned", pending.queries.len());
-            }
-            !abandoned
-        });
-        let half_answered = queue.front().is_some_and(|p| p.started);
-        if !intake.jobs.is_empty() && round.is_empty() && !half_answered {
+        for (_, queries) in scheduler.drop_unstarted(|pending| pending.reply.is_closed()) {
+            intake.queued_queries -= queries;
+            shared.metrics.lookups("abandoned", queries);
+        }
+        if !intake.jobs.is_empty() && scheduler.at_rest() {
             return Work::Jobs(std::mem::take(&mut intake.jobs));
         }
-        let joined = join_round(shared, queue, round, engine, intake.jobs.is_empty());
+        let now = Instant::now();
+        let new_requests = intake.jobs.is_empty();
+        let joined = scheduler.join(new_requests, |pending| shared.metrics.queue_wait(now - pending.arrived));
         intake.queued_queries -= joined;
         shared.metrics.queue_depth(intake.queued_queries);
-        if !round.is_empty() {
+        if scheduler.in_round() > 0 {
             return Work::Pass;
         }
-        if intake.closed && queue.is_empty() {
+        if intake.closed && scheduler.is_empty() {
             return Work::Closed;
         }
         intake = shared.wakeup.wait(intake).unwrap_or_else(|poisoned| poisoned.into_inner());
     }
-}
-
-/// Lets queued queries join the round while it has room, in request order;
-/// those of requests not yet started only if `new_requests`. Returns how
-/// many joined.
-fn join_round(
-    shared: &Shared,
-    queue: &mut VecDeque<Pending>,
-    round: &mut Round,
-    engine: &dyn Engine,
-    new_requests: bool,
-) -> usize {
-    let layout = engine.layout();
-    let answer_bytes = layout.page_size() as usize * usize::from(layout.choices());
-    let parts = engine.parts();
-    let now = Instant::now();
-    let mut joined = 0;
-    for pending in queue.iter_mut() {
-        let room = shared.max_batch - round.len();
-        if room == 0 || !(new_requests || pending.started) {
-            break;
-        }
-        let count = room.min(pending.queries.len());
-        if count == 0 {
-            continue;
-        }
-        if !pending.started {
-            pending.started = true;
-            shared.metrics.queue_wait(now - pending.arrived);
-        }
-        for query in pending.queries.drain(..count) {
-            round.join(query, parts, answer_bytes);
-        }
-        pending.in_round += count;
-        joined += count;
-    }
-    joined
 }
 
 #[cfg(test)]

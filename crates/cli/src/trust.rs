@@ -23,6 +23,6 @@ impl TrustArgs {
             Some(path) => Trust::from_pem_file(path).context("--ca")?,
             None => Trust::System,
         };
-        Ok(Settings { timeout, trust })
+        Ok(Settings { timeout, trust, ..Settings::default() })
     }
 }

@@ -12,6 +12,11 @@ use rustls_platform_verifier::BuilderVerifierExt;
 
 use crate::Error;
 
+/// How long the servers' metadata is used before it is read again, unless
+/// told otherwise: a second keeps a busy client from reading it on every
+/// lookup, and an epoch lasts longer.
+pub const DEFAULT_META_REFRESH: Duration = Duration::from_secs(1);
+
 /// How long a lookup may take, retries included, unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -22,11 +27,15 @@ pub struct Settings {
     pub timeout: Duration,
     /// The certificates `https` servers are checked against.
     pub trust: Trust,
+    /// How long the servers' metadata (and so the epoch asked for) is used
+    /// before a lookup reads it again; it is also read again whenever a
+    /// server says the epoch or snapshot asked for is gone.
+    pub meta_refresh: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { timeout: DEFAULT_TIMEOUT, trust: Trust::System }
+        Settings { timeout: DEFAULT_TIMEOUT, trust: Trust::System, meta_refresh: DEFAULT_META_REFRESH }
     }
 }
 

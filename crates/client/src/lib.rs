@@ -6,7 +6,8 @@
 //! XORs the two answers back into the pages, where it finds the key's row.
 //! Both servers must serve the same snapshot (digest and parameters). Their
 //! tables change by epochs: the client asks both for the newest epoch both
-//! have reached, re-reading their metadata at most every second and
+//! have reached, re-reading their metadata at most every
+//! [`Settings::meta_refresh`] (a second by default) and
 //! whenever a server says the epoch asked for is not available, so it never
 //! combines answers from different epochs. When the servers swap to a new
 //! snapshot (a server says `snapshot_changed`), the client re-reads their
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 pub use admin::Admin;
 pub use connection::{Connection, fetch_catalog, fetch_metrics};
 pub use error::Error;
-pub use http::{DEFAULT_TIMEOUT, Settings, Trust};
+pub use http::{DEFAULT_META_REFRESH, DEFAULT_TIMEOUT, Settings, Trust};
 
 use connection::{FIRST_BACKOFF, MAX_BACKOFF, layout_of, parse_url, warn_if_plain};
 use http::http_client;
@@ -34,10 +35,6 @@ use morphogen_protocol::{Epoch, Meta, Request};
 use rand::RngExt;
 use view::{View, check_two_servers};
 
-/// How long the servers' metadata (and so the epoch asked for) is used
-/// before it is read again.
-const META_REFRESH: Duration = Duration::from_secs(1);
-
 /// Times a lookup re-reads the metadata after a server said the epoch
 /// asked for is not available or the snapshot changed, before it gives up.
 const EPOCH_RETRIES: u32 = 3;
@@ -46,6 +43,8 @@ const EPOCH_RETRIES: u32 = 3;
 pub struct Client {
     servers: [Connection; 2],
     view: std::sync::Mutex<View>,
+    /// [`Settings::meta_refresh`].
+    meta_refresh: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -101,7 +100,7 @@ impl Client {
         )?;
         check_two_servers(&a.meta, &b.meta)?;
         let view = View::of(&a.meta, &b.meta, a.layout.clone())?;
-        Ok(Client { servers: [a, b], view: std::sync::Mutex::new(view) })
+        Ok(Client { servers: [a, b], view: std::sync::Mutex::new(view), meta_refresh: settings.meta_refresh })
     }
 
     /// The servers' common metadata as last read: `max_batch` is the
@@ -115,10 +114,11 @@ impl Client {
     }
 
     /// The view to look up with: the last one, or the servers' metadata
-    /// read again if it is older than [`META_REFRESH`] or `fresh` is asked.
+    /// read again if it is older than [`Settings::meta_refresh`] or `fresh`
+    /// is asked.
     async fn view(&self, fresh: bool, deadline: Instant) -> Result<View, Error> {
         let view = self.lock_view().clone();
-        if !fresh && view.read_at.elapsed() < META_REFRESH {
+        if !fresh && view.read_at.elapsed() < self.meta_refresh {
             return Ok(view);
         }
         let mut wait = FIRST_BACKOFF;

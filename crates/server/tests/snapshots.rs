@@ -7,7 +7,7 @@ use common::{padded, post_admin, post_query, spawn};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,16 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
     Live { url, admin, dir: own, _stop: stop }
 }
 
+/// Waits until every looker has finished a lookup on side `side` of the
+/// swap (0: before, 1: after).
+async fn wait_for_each(progress: &[Arc<[AtomicUsize; 2]>], side: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress.iter().any(|counts| counts[side].load(Ordering::Relaxed) == 0) {
+        assert!(Instant::now() < deadline, "every looker gets to look up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits until the server's latest swap is no longer loading.
 async fn swap_done(server: &Live) -> AdminStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -153,9 +163,12 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
     // value is the old table's or the new one's, never anything else.
     let swapped = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    // Lookups each looker has finished before and after the swap.
+    let progress: Vec<Arc<[AtomicUsize; 2]>> = (0..4).map(|_| Arc::default()).collect();
     let mut lookers = Vec::new();
     for seed in 0..4 {
         let (client, swapped, stop) = (client.clone(), swapped.clone(), stop.clone());
+        let progress = progress[seed as usize].clone();
         lookers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let (mut before, mut after) = (0, 0);
@@ -174,12 +187,17 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
                         assert!(value == old_value || value == new_value, "key-{i}: {value:?}");
                     }
                 }
-                if done_before { after += 1 } else { before += 1 }
+                if done_before {
+                    after += 1
+                } else {
+                    before += 1
+                }
+                progress[usize::from(done_before)].fetch_add(1, Ordering::Relaxed);
             }
             (before, after)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_each(&progress, 0).await;
     let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 1 };
     for server in [&a, &b] {
         let status = server.admin.swap(&request).await.unwrap();
@@ -194,7 +212,7 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
         assert_eq!((status.meta.oldest_epoch, status.meta.records), (1, 2_500));
     }
     swapped.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_each(&progress, 1).await;
 
     // The new snapshot takes updates from the next sequence number on.
     let update = UpdateRequest {
@@ -213,8 +231,13 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
         counts.iter().all(|&(before, after)| before > 0 && after > 0),
         "lookups on both sides: {counts:?}"
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(client.get(b"key-3").await.unwrap(), Some(padded("updated")));
+    // The client reads the servers' metadata again within its refresh
+    // period (a second) and then the update.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(b"key-3").await.unwrap() != Some(padded("updated")) {
+        assert!(Instant::now() < deadline, "the client reads the new epoch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(client.meta().epoch, 2);
     assert_eq!(client.meta().page_size, 1024);
 

@@ -136,8 +136,12 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (mut seen_old, mut seen_new) = (0, 0);
 
-    let kill_after_us = [0, 250, 500, 1_000, 2_000, 4_000, 8_000, 32_000, 128_000, 640_000];
-    for (round, kill_after_us) in kill_after_us.into_iter().enumerate() {
+    // Two rounds whose outcome is known, then kills at times that may land
+    // before, during or after the swap: each of those may come back on
+    // either snapshot, but never on a mixture.
+    let mut kills = vec![Kill::BeforeTheSwap, Kill::OnceSwapped];
+    kills.extend([0, 250, 500, 1_000, 2_000, 4_000, 8_000, 32_000, 128_000, 640_000].map(Kill::AfterMicros));
+    for (round, kill) in kills.into_iter().enumerate() {
         let snapshots = dir.path().join(format!("round-{round}"));
         fs::create_dir(&snapshots).unwrap();
         // Servers never write table files, only the logs beside them.
@@ -160,12 +164,19 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
             let admin = admin(&server);
             let updated =
                 admin.update(&UpdateRequest { sequence: 1, changes: changes(3, 0xd4) }).await.unwrap();
-            let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 2 };
-            admin.swap(&request).await.unwrap();
+            if kill != Kill::BeforeTheSwap {
+                let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 2 };
+                admin.swap(&request).await.unwrap();
+            }
+            if kill == Kill::OnceSwapped {
+                wait_until_swapped(&admin, round).await;
+            }
             updated.digest
         });
-        // A thread sleep, not the runtime's timer, whose resolution is 1 ms.
-        std::thread::sleep(Duration::from_micros(kill_after_us));
+        if let Kill::AfterMicros(micros) = kill {
+            // A thread sleep, not the runtime's timer, whose resolution is 1 ms.
+            std::thread::sleep(Duration::from_micros(micros));
+        }
         server.child.kill().unwrap();
         server.child.wait().unwrap();
 
@@ -175,6 +186,15 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
         runtime.block_on(async {
             let admin = admin(&restarted);
             let status = admin.status().await.unwrap().meta;
+            let expected = match kill {
+                Kill::BeforeTheSwap => Some(1),
+                Kill::OnceSwapped => Some(2),
+                Kill::AfterMicros(_) => None,
+            };
+            assert!(
+                expected.is_none_or(|epoch| epoch == status.epoch),
+                "round {round} ({kill:?}): {status:?}"
+            );
             match status.epoch {
                 1 => {
                     assert_eq!(status.digest, old_digest, "round {round}");
@@ -182,16 +202,7 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
                     // The interrupted swap can simply be asked for again.
                     let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 2 };
                     admin.swap(&request).await.unwrap();
-                    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                    loop {
-                        let swap = admin.status().await.unwrap().snapshot_swap.unwrap();
-                        match swap.state {
-                            SwapState::Swapped => break,
-                            SwapState::Failed => panic!("round {round}: {:?}", swap.error),
-                            SwapState::Loading => assert!(std::time::Instant::now() < deadline),
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                    wait_until_swapped(&admin, round).await;
                 }
                 2 => seen_new += 1,
                 epoch => panic!("round {round}: restarted at epoch {epoch}"),
@@ -203,7 +214,30 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
             assert_eq!(next.epoch, 3);
         });
     }
-    // Both outcomes happened, or the test did not kill during a load.
     eprintln!("restarted on the old snapshot {seen_old} times, on the new one {seen_new} times");
-    assert!(seen_old > 0 && seen_new > 0, "old {seen_old}, new {seen_new}");
+}
+
+/// When a round of the swap test kills its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kill {
+    /// Before the swap is asked for: it restarts on the old snapshot.
+    BeforeTheSwap,
+    /// Once the swap is done: it restarts on the new one.
+    OnceSwapped,
+    /// This many microseconds after the swap was asked for: on either.
+    AfterMicros(u64),
+}
+
+/// Waits until the server's latest swap is done, failing the round if it failed.
+async fn wait_until_swapped(admin: &Admin, round: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let swap = admin.status().await.unwrap().snapshot_swap.unwrap();
+        match swap.state {
+            SwapState::Swapped => return,
+            SwapState::Failed => panic!("round {round}: {:?}", swap.error),
+            SwapState::Loading => assert!(std::time::Instant::now() < deadline, "round {round}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -68,6 +68,14 @@ fn eth_build(genesis: &Path, output: &Path, extra: &[&str]) -> std::process::Out
     morphogen(&[&args[..], extra].concat())
 }
 
+/// What to do when a tool this test runs cannot be started.
+fn missing_tool(tool: &str, error: &std::io::Error) -> String {
+    format!(
+        "cannot run `{tool}` ({error}): this test needs Node.js 18 or newer with npm; install it, then \
+         `npm ci --prefix tests/ethers` once (README.md, \"Development\"; .ci/run does both)"
+    )
+}
+
 /// The ethers.js project (tests/ethers), its packages installed from its
 /// lock file if they are not yet (CI installs them before the tests).
 fn ethers_project() -> PathBuf {
@@ -77,7 +85,7 @@ fn ethers_project() -> PathBuf {
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&project)
             .output()
-            .expect("npm, to install ethers.js (see tests/ethers)");
+            .unwrap_or_else(|error| panic!("{}", missing_tool("npm", &error)));
         assert!(installed.status.success(), "npm ci in tests/ethers: {}", text(&installed.stderr));
     }
     project
@@ -144,7 +152,12 @@ fn ethers_reads_balances_nonces_code_and_storage_through_eth_rpc() {
     let check = |expected: &Value| {
         let path = dir.path().join("expected.json");
         fs::write(&path, expected.to_string()).unwrap();
-        Command::new("node").arg(project.join("check.mjs")).arg(&rpc.url).arg(&path).output().expect("node")
+        Command::new("node")
+            .arg(project.join("check.mjs"))
+            .arg(&rpc.url)
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|error| panic!("{}", missing_tool("node", &error)))
     };
     let checked = check(&expected);
     let report = text(&checked.stdout);

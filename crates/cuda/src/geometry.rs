@@ -44,9 +44,9 @@ pub(crate) fn scan_shared_bytes(tile: u32) -> u32 {
 pub(crate) const SUBTREE_LEVELS: u32 = 5;
 
 /// Scan warps per warp the GPU holds at once: several waves let the block
-/// scheduler even out ranges that select more pages than others. (8 waves
-/// made the 16-query scan 1% faster on an H200 and its reduction, which
-/// folds one page per range, as much slower.)
+/// scheduler even out ranges that select more pages than others; more
+/// waves make more ranges, each one more page for the reduction to fold
+/// (docs/PERFORMANCE.md weighs the two).
 const WAVES: u64 = 4;
 
 /// How one scan launch covers `queries` queries over a table.

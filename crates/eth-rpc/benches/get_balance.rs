@@ -6,7 +6,7 @@
 //!
 //!   cargo bench -p morphogen-eth-rpc --bench get_balance -- [--accounts N] [--lookups K]
 //!
-//! Prints p50/p90/p99 of both and the bound of issue 9 (2 × the lookup's
+//! Prints p50/p90/p99 of both and the bound the endpoint is held to (2 × the lookup's
 //! median + 5 ms). docs/PERFORMANCE.md has the figures.
 
 use std::sync::Arc;

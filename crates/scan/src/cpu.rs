@@ -32,9 +32,9 @@
 //! The XOR loops are compiled twice, portable and for AVX2, and the two
 //! bucket loops a third time for AVX-512; the build the CPU can run is
 //! picked at run time (the `multiversion` crate). With 32-byte registers a
-//! core XORs a page into a bucket in half the instructions, which takes
-//! about a sixth off batches of 16 and more; 64-byte registers take a few
-//! percent more, once the buckets start on a cache line.
+//! core XORs a page into a bucket in half the instructions, and with
+//! 64-byte registers in a quarter (docs/PERFORMANCE.md has what each build
+//! gains).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -73,16 +73,16 @@ const PAGES_AT_ONCE: usize = 8;
 /// Bytes of each page XORed per step of a sweep: four cache lines. Four
 /// lines of each of a visit's pages, one after the other, stream from
 /// memory better than one line of each, and the loop runs a quarter as many
-/// steps: 5–10% off every batch on one core (docs/PERFORMANCE.md).
+/// steps (docs/PERFORMANCE.md has the figures).
 const STRIPE: usize = 4 * CACHE_LINE;
 
 /// Bytes from one bucket to the next: the page and one cache line more.
 /// Pages start on a page boundary in a table file, so the same line of
 /// every page falls in one set of the L1 cache; without the extra line the
 /// same line of every bucket would too, and the eight pages and eight
-/// buckets of a sweep would evict one another from that set (a 12-way set
-/// on the Zen 5 we measure on). With it, bucket b's line lies b sets
-/// further on.
+/// buckets of a sweep would evict one another from that set, which holds
+/// fewer lines than that on common cores. With it, bucket b's line lies b
+/// sets further on.
 fn bucket_stride(page_size: usize) -> usize {
     page_size.next_multiple_of(CACHE_LINE) + CACHE_LINE
 }
@@ -551,7 +551,7 @@ fn sweep_pages_into_buckets<const N: usize>(
     let page_size = pages[0].len();
     // A visit of one pattern (every visit of a batch of one) gets a loop of
     // its own, which the compiler unrolls over the pages: the general loop
-    // below alone made batch 1 7–9% slower (docs/PERFORMANCE.md).
+    // below alone made a batch of one slower (docs/PERFORMANCE.md).
     if patterns.iter().all(|&p| p == patterns[0]) {
         if patterns[0] == 0 {
             return;

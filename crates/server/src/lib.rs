@@ -96,10 +96,10 @@ impl Default for Config {
     }
 }
 
-/// Queries per pass unless configured otherwise. Passes of 64 answer each
-/// query only 2-3% cheaper than passes of 32 on both engines, but take twice
-/// as long; with 32, clients answered by one pass prepare their next
-/// requests while the next pass runs (docs/PERFORMANCE.md, issue 7).
+/// Queries per pass unless configured otherwise. Larger passes answer each
+/// query hardly cheaper but take longer; with 32, clients answered by one
+/// pass prepare their next requests while the next pass runs
+/// (docs/PERFORMANCE.md has the figures).
 pub const DEFAULT_MAX_BATCH: usize = 32;
 
 /// Queries waiting for a pass unless configured otherwise: 32 full passes,

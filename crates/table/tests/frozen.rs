@@ -27,7 +27,7 @@ fn the_frozen_file_opens_and_holds_every_record_of_its_csv() {
     let mut records = 0;
     CsvFile::new(&data("two-pages.csv"))
         .for_each_record(&mut |record| {
-            assert_eq!(table.get(&record.key), Some(&record.value[..]), "line {}", record.line);
+            assert_eq!(table.get(record.key), Some(record.value), "line {}", record.line);
             records += 1;
             Ok(())
         })

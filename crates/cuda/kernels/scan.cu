@@ -255,7 +255,7 @@ __device__ __forceinline__ void scan_grouped(const uint4* __restrict__ table, co
             // this one; shifted by a group each group.
             u32 wanted = any0, wanted_after = after;
             // One group a turn: unrolling two turns to swap the roles of p
-            // and next instead of copying was slower (docs/PERFORMANCE.md).
+            // and next instead of copying was slower (docs/performance-log.md).
 #pragma unroll 1
             for (u32 group = 0; group < GROUPS_PER_WORD; group++) {
                 // The group's combination bytes (4 queries a word) and flags,

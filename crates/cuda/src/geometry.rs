@@ -46,7 +46,7 @@ pub(crate) const SUBTREE_LEVELS: u32 = 5;
 /// Scan warps per warp the GPU holds at once: several waves let the block
 /// scheduler even out ranges that select more pages than others; more
 /// waves make more ranges, each one more page for the reduction to fold
-/// (docs/PERFORMANCE.md weighs the two).
+/// (docs/performance-log.md weighs the two).
 const WAVES: u64 = 4;
 
 /// How one scan launch covers `queries` queries over a table.

@@ -33,7 +33,7 @@
 //! bucket loops a third time for AVX-512; the build the CPU can run is
 //! picked at run time (the `multiversion` crate). With 32-byte registers a
 //! core XORs a page into a bucket in half the instructions, and with
-//! 64-byte registers in a quarter (docs/PERFORMANCE.md has what each build
+//! 64-byte registers in a quarter (docs/performance-log.md has what each build
 //! gains).
 
 use std::ops::Range;
@@ -73,7 +73,7 @@ const PAGES_AT_ONCE: usize = 8;
 /// Bytes of each page XORed per step of a sweep: four cache lines. Four
 /// lines of each of a visit's pages, one after the other, stream from
 /// memory better than one line of each, and the loop runs a quarter as many
-/// steps (docs/PERFORMANCE.md has the figures).
+/// steps (docs/performance-log.md has the figures).
 const STRIPE: usize = 4 * CACHE_LINE;
 
 /// Bytes from one bucket to the next: the page and one cache line more.
@@ -469,7 +469,7 @@ fn transpose_bits(mut x: u64) -> u64 {
 /// visit's pages lie far apart and not within a few pages of each other
 /// (one eighth of the pattern's pages apart, for a batch of one an eighth
 /// of the chunk). Far apart, the pages stream from memory faster
-/// (docs/PERFORMANCE.md). The fewer than [`PAGES_AT_ONCE`] pages of each
+/// (docs/performance-log.md). The fewer than [`PAGES_AT_ONCE`] pages of each
 /// pattern left over come last, still ordered by pattern.
 fn order_by_first_group(scratch: &mut Scratch) {
     let Scratch { groups, selected, patterns, sorted, order, .. } = scratch;
@@ -551,7 +551,7 @@ fn sweep_pages_into_buckets<const N: usize>(
     let page_size = pages[0].len();
     // A visit of one pattern (every visit of a batch of one) gets a loop of
     // its own, which the compiler unrolls over the pages: the general loop
-    // below alone made a batch of one slower (docs/PERFORMANCE.md).
+    // below alone made a batch of one slower (docs/performance-log.md).
     if patterns.iter().all(|&p| p == patterns[0]) {
         if patterns[0] == 0 {
             return;

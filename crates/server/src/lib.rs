@@ -99,7 +99,7 @@ impl Default for Config {
 /// Queries per pass unless configured otherwise. Larger passes answer each
 /// query hardly cheaper but take longer; with 32, clients answered by one
 /// pass prepare their next requests while the next pass runs
-/// (docs/PERFORMANCE.md has the figures).
+/// (docs/performance-log.md has the figures).
 pub const DEFAULT_MAX_BATCH: usize = 32;
 
 /// Queries waiting for a pass unless configured otherwise: 32 full passes,

@@ -69,14 +69,15 @@ pub fn run(args: &SelftestArgs) -> anyhow::Result<()> {
         let layout = Layout::new(case.page_size, 32, case.choices, case.pages, rng.random())?;
         let mut pages = vec![0u8; (layout.total_pages() * u64::from(case.page_size)) as usize];
         fill_synthetic(rng.random(), 0, &mut pages);
-        let table = Arc::new(Table::new(layout.clone(), 0, pages)?);
-        let mut engine = engine::open(args.engine, &TableSource::Host(table.clone()), MAX_BATCH)?;
+        let table = Table::new(layout.clone(), 0, pages)?;
+        // Each engine a table of its own: both take the page writes below.
+        let mut reference = ReferenceEngine::new(Arc::new(table.clone()));
+        let mut engine = engine::open(args.engine, &TableSource::Host(Arc::new(table)), MAX_BATCH)?;
         if engine_name.is_empty() {
             engine_name = format!("{} on {}", engine.name(), engine.device());
             println!("checking engine {engine_name} against the reference engine");
         }
         let queries = engine::random_queries(&layout, case.batch, &mut rng)?;
-        let mut reference = ReferenceEngine::new(table);
         let describe = format!(
             "{} pages × {} sub-tables, {}-byte pages, batch {}",
             case.pages, case.choices, case.page_size, case.batch

@@ -10,7 +10,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
 use morphogen_dpf::{POINTS_PER_LEAF, depth_for, leaf_count};
-use morphogen_scan::{Answers, Engine, EngineKind, Phase, Query, validate, write_shared};
+use morphogen_scan::{Answers, Engine, EngineKind, Phase, Query, validate, write_own_table};
 use morphogen_table::{Layout, PageWrite, Progress, Table};
 
 use crate::geometry::{
@@ -447,7 +447,7 @@ impl Engine for CudaEngine {
         let host = self.host.as_mut().ok_or_else(|| {
             morphogen_scan::Error::Fault("a table generated on the GPU takes no updates".to_string())
         })?;
-        write_shared(host, writes)?;
+        write_own_table(host, writes)?;
         let page_size = self.layout.page_size() as usize;
         for write in writes {
             let start = write.index as usize * page_size;

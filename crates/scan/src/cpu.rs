@@ -46,7 +46,7 @@ use rayon::prelude::*;
 
 use crate::aligned::{AlignedBytes, CACHE_LINE};
 use crate::parity::{BLOCKS_PER_LEAF, BlockParities, plan_leaf};
-use crate::{Answers, Engine, EngineKind, Error, Query, time_host_read, validate, write_shared, xor_into};
+use crate::{Answers, Engine, EngineKind, Error, Query, time_host_read, validate, write_own_table, xor_into};
 
 /// DPF leaves (of 128 pages each) per unit of work: 8,192 pages, 32 MiB of
 /// 4-KiB pages. Large enough that folding the buckets (about 2^(g+1) page
@@ -211,7 +211,7 @@ impl Engine for CpuEngine {
         for &page in &pages {
             self.parities.toggle(&self.table, page);
         }
-        let written = write_shared(&mut self.table, writes);
+        let written = write_own_table(&mut self.table, writes);
         // The new pages in, or, if the writes were refused, the old back.
         for &page in &pages {
             self.parities.toggle(&self.table, page);

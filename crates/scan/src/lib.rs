@@ -258,10 +258,14 @@ pub enum Error {
     Fault(String),
 }
 
-/// Applies `writes` to the table an engine shares through `table`. The
-/// engine is normally the table's only holder, so this writes in place; a
-/// table shared with others (a test comparing engines) is copied first, so
-/// that its other holders keep seeing the table they were given.
-pub fn write_shared(table: &mut std::sync::Arc<Table>, writes: &[PageWrite]) -> Result<(), Error> {
-    std::sync::Arc::make_mut(table).apply(writes).map_err(|e| Error::Fault(e.to_string()))
+/// Applies `writes` in place to the table an engine holds through `table`,
+/// which must be its only holder: an update never copies a whole table
+/// behind its caller's back. Writes to a table held elsewhere too are
+/// refused (give each engine a table of its own), as are bad writes,
+/// before anything is written.
+pub fn write_own_table(table: &mut std::sync::Arc<Table>, writes: &[PageWrite]) -> Result<(), Error> {
+    let table = std::sync::Arc::get_mut(table).ok_or_else(|| {
+        Error::Fault("the engine's table is held elsewhere too: an update would have to copy it whole".into())
+    })?;
+    table.apply(writes).map_err(|e| Error::Fault(e.to_string()))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use morphogen_table::{Layout, PageWrite, Table};
 
-use crate::{Answers, Engine, EngineKind, Error, Query, time_host_read, validate, write_shared, xor_into};
+use crate::{Answers, Engine, EngineKind, Error, Query, time_host_read, validate, write_own_table, xor_into};
 
 /// Answers queries by point evaluation, page by page, query by query.
 pub struct ReferenceEngine {
@@ -37,7 +37,7 @@ impl Engine for ReferenceEngine {
     }
 
     fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
-        write_shared(&mut self.table, writes)
+        write_own_table(&mut self.table, writes)
     }
 
     fn plain_read_seconds(&mut self) -> Result<f64, Error> {

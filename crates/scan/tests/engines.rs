@@ -82,7 +82,8 @@ fn cpu_answers_follow_page_writes() {
     // pages: their last blocks are short), one of them twice, so that
     // stale block parities would show.
     let table = random_table(512, 2, 300, 16);
-    let mut engine = CpuEngine::new(table.clone());
+    // A table of its own: an engine refuses to write to a table it shares.
+    let mut engine = CpuEngine::new(Arc::new((*table).clone()));
     let mut rng = StdRng::seed_from_u64(17);
     let writes: Vec<PageWrite> = [0u64, 9, 150, 297, 9, 299, 300, 455, 599]
         .into_iter()
@@ -190,4 +191,17 @@ fn cpu_engine_equals_reference_for_large_pages() {
         let expected = ReferenceEngine::new(table.clone()).pass(&batch).unwrap();
         assert!(CpuEngine::new(table).pass(&batch).unwrap() == expected, "{page_size}-byte pages");
     }
+}
+
+#[test]
+fn an_engine_refuses_to_write_to_a_table_it_shares() {
+    let table = random_table(512, 2, 40, 3);
+    let before = table.pages().to_vec();
+    let mut engine = CpuEngine::new(table.clone());
+    let write = PageWrite { index: 3, bytes: vec![0xab; 512] };
+    let refused = engine.write_pages(std::slice::from_ref(&write)).unwrap_err();
+    assert!(refused.to_string().contains("held elsewhere"), "{refused}");
+    assert_eq!(table.pages(), &before[..], "the shared table is unchanged");
+    drop(table);
+    engine.write_pages(&[write]).unwrap();
 }

@@ -469,3 +469,15 @@ async fn update_memory_is_bounded_by_the_batch_and_history_bounds() {
     let bytes: f64 = bytes_line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(bytes <= 2_000.0, "{bytes_line}");
 }
+
+#[test]
+fn rejects_an_engine_over_another_table() {
+    let table = Arc::new(table());
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..50).map(|i: u32| (i.to_le_bytes().to_vec(), vec![1; 4])).collect();
+    let options = BuildOptions { page_size: 1024, value_size: Some(4), choices: 3, seed: None };
+    let other = Arc::new(build(&records[..], &options, &NoProgress).unwrap());
+    let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), Box::new(CpuEngine::new(other)));
+    let error = Server::new(vec![served], Config::default()).err().expect("refused");
+    assert!(error.to_string().contains("answers from another table"), "{error}");
+}

@@ -113,7 +113,7 @@ async fn an_unauthenticated_admin_body_is_refused_unread() {
     // Warm up the allocator and the connection path first.
     assert!(post_huge(address, "/admin/v1/updates", "", 1 << 20).await.starts_with("HTTP/1.1 401"));
     let before = resident_bytes();
-    let statuses = futures_join(address, 200 << 20).await;
+    let statuses = three_unauthenticated_bodies(address, 200 << 20).await;
     let grown = resident_bytes().saturating_sub(before);
     for status in statuses {
         assert!(status.starts_with("HTTP/1.1 401"), "{status:?}");
@@ -121,9 +121,10 @@ async fn an_unauthenticated_admin_body_is_refused_unread() {
     assert!(grown < 16 << 20, "resident memory grew by {} MiB", grown >> 20);
 }
 
-/// Three 200-MiB bodies at once, with a wrong token, to the update route,
-/// the snapshot route and the update route again.
-async fn futures_join(address: &str, length: usize) -> Vec<String> {
+/// Three bodies of `length` bytes at once: without a token to the update
+/// route, and with a wrong one to the snapshot and update routes; their
+/// status lines.
+async fn three_unauthenticated_bodies(address: &str, length: usize) -> Vec<String> {
     let wrong = "authorization: Bearer not-the-token-at-all\r\n";
     let (a, b, c) = tokio::join!(
         post_huge(address, "/admin/v1/updates", "", length),

@@ -10,7 +10,6 @@ mod load;
 mod progress;
 mod selftest;
 mod serve;
-mod snapshots;
 mod swap;
 mod table_cmds;
 mod trust;

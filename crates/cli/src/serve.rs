@@ -16,13 +16,12 @@ use morphogen_epochs::{
 use morphogen_scan::Engine;
 use morphogen_server::{
     Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_REWIND_ROWS,
-    DEFAULT_TABLE, Limits, Listeners, MetricsAt, ServedTable, Server, SnapshotLoader,
+    DEFAULT_TABLE, FileSnapshots, Limits, Listeners, MetricsAt, ServedTable, Server, SnapshotLoader,
 };
 use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
 use crate::engine::{self, EngineChoice, TableSource};
-use crate::snapshots::{self, FileSnapshots};
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("table").required(true).multiple(true).args(["db", "pages", "snapshot_dir", "tables"]))]
@@ -315,7 +314,7 @@ fn open_single(
     snapshot_dir: Option<SnapshotDir>,
     updates: bool,
 ) -> anyhow::Result<ServedTable> {
-    let start = snapshots::start(snapshot_dir.as_ref(), args.db.as_deref(), args.log.as_deref())?;
+    let start = morphogen_server::start(snapshot_dir.as_ref(), args.db.as_deref(), args.log.as_deref())?;
     if start.is_none() && args.pages.is_none() {
         anyhow::bail!("no snapshot has been swapped in yet: give --db for the first one");
     }
@@ -326,7 +325,7 @@ fn open_single(
             let table = Arc::get_mut(table).expect("the table was just opened");
             let epochs = open_epochs(table, &start.log, args, updates)?;
             if let (Some(pointer), Some(epochs)) = (&start.pointer, &epochs) {
-                snapshots::check_pointer(pointer, table, epochs)?;
+                morphogen_server::check_pointer(pointer, table, epochs)?;
             }
             epochs
         }
@@ -334,10 +333,14 @@ fn open_single(
     };
     let engine = engine::open(args.engine, &source, args.max_batch)?;
     let loader = snapshot_dir.map(|dir| {
-        let kind = EngineChoice::of(engine.as_ref());
+        // A swap opens an engine of the kind serving now, not `auto`: it
+        // must not move a server from its GPU to its CPU.
+        let (kind, max_batch) = (EngineChoice::of(engine.as_ref()), args.max_batch);
+        let open_engine = Box::new(move |table| {
+            engine::open(kind, &TableSource::Host(table), max_batch).map_err(|error| format!("{error:#}"))
+        });
         let served = start.as_ref().map(|start| start.table.as_path());
-        Arc::new(FileSnapshots::new(dir, kind, args.max_batch, args.bounds(), served))
-            as Arc<dyn SnapshotLoader>
+        Arc::new(FileSnapshots::new(dir, open_engine, args.bounds(), served)) as Arc<dyn SnapshotLoader>
     });
     Ok(ServedTable { epochs, snapshots: loader, ..served_table(DEFAULT_TABLE, source, engine) })
 }

@@ -27,6 +27,7 @@
 mod admin;
 mod batcher;
 mod errors;
+mod files;
 mod limits;
 mod listen;
 mod metrics;
@@ -47,6 +48,7 @@ use tokio::net::TcpListener;
 
 use batcher::{Batcher, Current, Live};
 pub use errors::ApiError;
+pub use files::{FileSnapshots, OpenEngine, Start, check_pointer, start};
 pub use limits::Limits;
 pub use snapshot::{LoadedSnapshot, SnapshotLoader};
 use snapshot::{Snapshot, Swaps};

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use morphogen_client::{Admin, Client};
 use morphogen_dpf::generate;
-use morphogen_epochs::{Epochs, Pointer, SnapshotDir, log_path};
+use morphogen_epochs::{Bounds, Epochs, SnapshotDir, log_path};
 use morphogen_protocol::{
     AdminStatus, CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, SnapshotRequest, SwapState,
     UpdateRequest,
 };
-use morphogen_scan::CpuEngine;
+use morphogen_scan::{CpuEngine, Engine};
 use morphogen_server::{
-    Config, DEFAULT_TABLE, LoadedSnapshot, ServedTable, Server, SnapshotLoader, TableInfo,
+    Config, DEFAULT_TABLE, FileSnapshots, LoadedSnapshot, ServedTable, Server, SnapshotLoader, TableInfo,
 };
 use morphogen_table::{BuildOptions, NoProgress, Table, Verify, build};
 use rand::rngs::StdRng;
@@ -39,34 +39,24 @@ fn write_table(path: &Path, count: usize, prefix: &str, page_size: u32, choices:
     table
 }
 
-/// Loads table files of a directory onto the CPU engine; `gate`, when set,
-/// holds each load until the test lets it go.
+/// The server's loader of snapshot files behind a gate: when there is one,
+/// each load waits for the test to let it go.
 #[derive(Debug)]
-struct DirLoader {
-    dir: SnapshotDir,
+struct Gated {
+    files: FileSnapshots,
     gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
-impl SnapshotLoader for DirLoader {
+impl SnapshotLoader for Gated {
     fn load(&self, file: &str, epoch: u64) -> Result<LoadedSnapshot, String> {
         if let Some(gate) = self.gate.lock().unwrap().as_ref() {
             gate.recv().map_err(|_| "the test went away".to_string())?;
         }
-        let path = self.dir.file(file).map_err(|e| e.to_string())?;
-        let table = Table::open(&path, Verify::Digest, &NoProgress).map_err(|e| e.to_string())?;
-        let epochs = Epochs::create(&table, &log_path(&path), epoch, 1024).map_err(|e| e.to_string())?;
-        let info = TableInfo::of(&table);
-        let engine = Box::new(CpuEngine::new(Arc::new(table)));
-        Ok(LoadedSnapshot { file: file.to_string(), table: info, engine, epochs })
+        self.files.load(file, epoch)
     }
 
     fn commit(&self, loaded: &LoadedSnapshot) -> Result<(), String> {
-        let pointer = Pointer {
-            file: loaded.file.clone(),
-            digest: hex::encode(loaded.table.digest),
-            epoch: loaded.epochs.base(),
-        };
-        self.dir.set_current(&pointer).map_err(|e| e.to_string())
+        self.files.commit(loaded)
     }
 }
 
@@ -108,9 +98,18 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
         Swaps::Enabled => Some(None),
         Swaps::Gated(gate) => Some(Some(gate)),
     };
+    // The server's own loader, guard included, opening CPU engines; a
+    // gated one holds each load until the test lets it go.
     let snapshots = gate.map(|gate| {
-        let loader = DirLoader { dir: SnapshotDir::new(&own).unwrap(), gate: Mutex::new(gate) };
-        Arc::new(loader) as Arc<dyn SnapshotLoader>
+        let open_engine =
+            Box::new(|table: Arc<Table>| Ok(Box::new(CpuEngine::new(table)) as Box<dyn Engine>));
+        let files = FileSnapshots::new(
+            SnapshotDir::new(&own).unwrap(),
+            open_engine,
+            Bounds::window(1024),
+            Some(&path),
+        );
+        Arc::new(Gated { files, gate: Mutex::new(gate) }) as Arc<dyn SnapshotLoader>
     });
     let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
     let engine = Box::new(CpuEngine::new(Arc::new(table)));
@@ -309,6 +308,8 @@ async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm()
         ("../old.mgdb", "not a table file name"),
         ("missing.mgdb", "cannot read"),
         ("truncated.mgdb", "truncated"),
+        // The loader's guard: the file served now would have its log replaced.
+        ("old.mgdb", "the snapshot served now"),
     ] {
         post(&server.url, "/admin/v1/snapshot", serde_json::json!({"file": name, "sequence": 1})).await;
         release.send(()).unwrap();

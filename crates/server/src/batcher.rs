@@ -971,10 +971,11 @@ mod tests {
         let room = h.batcher.reserve(3).expect("an empty queue has room");
         assert!(matches!(h.batcher.reserve(2), Err(Refused::Overloaded { .. })));
         let (queries, answer) = h.submit(1);
-        let extra = h.queries(1);
-        let refused = h.batcher.submit(extra, 0).expect_err("3 reserved and 1 queued fill 4");
-        assert!(matches!(refused, Refused::Overloaded { .. }));
+        // In the round now: the queue counts the 3 reserved alone.
         assert_eq!(h.next_pass(), 1);
+        let extra = h.queries(2);
+        let refused = h.batcher.submit(extra, 0).expect_err("3 reserved and 2 more overfill 4");
+        assert!(matches!(refused, Refused::Overloaded { .. }));
         h.release(Ok(()));
         h.assert_answered(answer, &queries);
         drop(room);

@@ -211,3 +211,41 @@ impl Engine for FaultyEngine {
         self.inner.plain_read_seconds()
     }
 }
+
+/// Sends a request head announcing a body of `length` bytes, then streams
+/// that much junk while reading; returns the status line the server sent
+/// (empty if none) once it answers or closes.
+pub async fn post_huge(address: &str, route: &str, headers: &str, length: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST {route} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n{headers}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'['; 1 << 20];
+        let mut sent = 0;
+        while sent < length {
+            let n = chunk.len().min(length - sent);
+            if writer.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    });
+    read.await.expect("the server answered or closed within 30 s");
+    sender.abort();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().unwrap_or("").to_string()
+}

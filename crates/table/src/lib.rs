@@ -48,31 +48,9 @@ impl Progress for NoProgress {
 /// numbers, never keys or values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    /// The page size is not a power of two between 512 and 65536.
-    #[error("page size {0} must be a power of two from 512 to 65536")]
-    PageSize(u32),
-    /// The value size is 0 or leaves no room for the tag in a page.
-    #[error("value size {value_size} must be from 1 to {} for {page_size}-byte pages", page_size - TAG_LEN)]
-    ValueSize {
-        /// Value size asked for.
-        value_size: u32,
-        /// Page size of the table.
-        page_size: u32,
-    },
-    /// The number of sub-tables is outside 2..=4.
-    #[error("number of choices {0} must be from 2 to 4")]
-    Choices(u8),
-    /// A sub-table would have no pages or more than a DPF key can address.
-    #[error("pages per sub-table {0} must be from 1 to 2^32")]
-    PagesPerTable(u64),
-    /// A page given to the row reader is not exactly one page long.
-    #[error("page is {actual} bytes, the table's pages are {expected}")]
-    PageLength {
-        /// The table's page size.
-        expected: u32,
-        /// Length given.
-        actual: usize,
-    },
+    /// The parameters make no table, or a page is not one page long.
+    #[error(transparent)]
+    Layout(#[from] morphogen_layout::Error),
     /// A page write names a page past the table.
     #[error("page {index} is past the table's {pages} pages")]
     PageIndex {
@@ -176,19 +154,6 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
-}
-
-impl From<morphogen_layout::Error> for Error {
-    fn from(error: morphogen_layout::Error) -> Error {
-        use morphogen_layout::Error as E;
-        match error {
-            E::PageSize(size) => Error::PageSize(size),
-            E::ValueSize { value_size, page_size } => Error::ValueSize { value_size, page_size },
-            E::Choices(choices) => Error::Choices(choices),
-            E::PagesPerTable(pages) => Error::PagesPerTable(pages),
-            E::PageLength { expected, actual } => Error::PageLength { expected, actual },
-        }
-    }
 }
 
 impl Error {

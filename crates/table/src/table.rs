@@ -171,7 +171,8 @@ impl Table {
     pub fn apply(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
         let size = self.layout.page_size() as usize;
         if let Some(bad) = writes.iter().find(|w| w.bytes.len() != size) {
-            return Err(Error::PageLength { expected: self.layout.page_size(), actual: bad.bytes.len() });
+            let (expected, actual) = (self.layout.page_size(), bad.bytes.len());
+            return Err(morphogen_layout::Error::PageLength { expected, actual }.into());
         }
         let pages = self.layout.total_pages();
         if let Some(bad) = writes.iter().find(|w| w.index >= pages) {

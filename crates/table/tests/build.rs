@@ -1,6 +1,7 @@
 //! The builder: every record findable where a client looks, nothing else
 //! found, the same bytes whatever the input order, and clear errors.
 
+use morphogen_layout::Error as LayoutError;
 use morphogen_table::{BuildOptions, Error, KeyDigest, NoProgress, Table, build};
 use proptest::prelude::*;
 
@@ -178,11 +179,11 @@ fn rejects_inferring_the_value_size_from_empty_values() {
 fn rejects_bad_parameters_before_reading_the_input() {
     let records = records(10, 8);
     let bad = |o: BuildOptions| build(records.as_slice(), &o, &NoProgress).unwrap_err();
-    assert_eq!(bad(options(1000, 2)), Error::PageSize(1000));
-    assert_eq!(bad(options(4096, 5)), Error::Choices(5));
+    assert_eq!(bad(options(1000, 2)), Error::Layout(LayoutError::PageSize(1000)));
+    assert_eq!(bad(options(4096, 5)), Error::Layout(LayoutError::Choices(5)));
     assert_eq!(
         bad(BuildOptions { value_size: Some(0), ..BuildOptions::default() }),
-        Error::ValueSize { value_size: 0, page_size: 4096 }
+        Error::Layout(LayoutError::ValueSize { value_size: 0, page_size: 4096 })
     );
 }
 
@@ -196,6 +197,9 @@ fn rejects_page_writes_past_the_table_or_of_the_wrong_length_before_writing_any(
     let short = morphogen_table::PageWrite { index: 1, bytes: vec![0xcc; 100] };
     let error = table.apply(&[good.clone(), past]).unwrap_err();
     assert!(matches!(error, Error::PageIndex { index, .. } if index == pages), "{error}");
-    assert!(matches!(table.apply(&[good, short]).unwrap_err(), Error::PageLength { actual: 100, .. }));
+    assert!(matches!(
+        table.apply(&[good, short]).unwrap_err(),
+        Error::Layout(LayoutError::PageLength { actual: 100, .. })
+    ));
     assert_eq!(table.pages(), &before[..], "nothing was written");
 }

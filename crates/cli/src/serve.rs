@@ -396,8 +396,8 @@ fn open_manifest(
 }
 
 /// The table `name` answered by `engine` from `source`, which it drops: the
-/// engine must hold the only reference to the table, so that updates write
-/// its pages in place instead of copying the table.
+/// engine must hold the only reference to the table, or it refuses
+/// updates rather than copy the whole table.
 fn served_table(name: &str, source: TableSource, engine: Box<dyn Engine>) -> ServedTable {
     let info = source.info();
     drop(source);

@@ -139,8 +139,8 @@ impl SnapshotLoader for FileSnapshots {
         let epochs = Epochs::create_with(&table, &log, epoch, self.bounds)
             .map_err(|error| format!("creating the update log {}: {error}", log.display()))?;
         let info = TableInfo::of(&table);
-        // The engine must hold the only reference to the table, so that
-        // updates write its pages in place.
+        // The engine holds the only reference to the table: updates write
+        // its pages in place (it refuses them on a shared table).
         let engine = (self.open_engine)(Arc::new(table))?;
         Ok(LoadedSnapshot { file: file.to_string(), table: info, engine, epochs })
     }

@@ -39,6 +39,10 @@ pub struct CertArgs {
 
 pub fn run(args: &CertArgs) -> anyhow::Result<()> {
     let servers = args.servers.iter().map(|names| parse_names(names)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut first_names = std::collections::BTreeSet::new();
+    if let Some(twice) = servers.iter().map(|names| &names[0]).find(|name| !first_names.insert(*name)) {
+        bail!("two --server entries are named {twice:?} first: each names its files and needs its own");
+    }
     let files: Vec<PathBuf> = std::iter::once(args.dir.join("ca.pem"))
         .chain(servers.iter().flat_map(|names| {
             [args.dir.join(format!("{}.pem", names[0])), args.dir.join(format!("{}.key", names[0]))]

@@ -112,6 +112,22 @@ fn cert_makes_an_authority_and_certificates_that_tls_lookups_accept() {
         let mode = fs::metadata(certs.join("localhost.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "a key only its owner reads: {mode:o}");
     }
+    let twice = dir.path().join("twice");
+    let twice = morphogen(&[
+        "cert",
+        "--dir",
+        twice.to_str().unwrap(),
+        "--server",
+        "a.test",
+        "--server",
+        "a.test,b.test",
+    ]);
+    assert!(
+        !twice.status.success() && text(&twice.stderr).contains("named \"a.test\" first"),
+        "{}",
+        text(&twice.stderr)
+    );
+    assert!(!dir.path().join("twice").exists(), "nothing was written");
     let again = morphogen(&["cert", "--dir", certs_arg, "--server", "127.0.0.1"]);
     assert!(
         !again.status.success() && text(&again.stderr).contains("exists already"),

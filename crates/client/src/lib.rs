@@ -135,7 +135,7 @@ impl Client {
             tokio::time::sleep(jittered).await;
             wait = (wait * 2).min(MAX_BACKOFF);
         };
-        check_two_servers(&self.servers[0].meta, &b)?;
+        check_two_servers(&a, &b)?;
         let layout = if a.snapshot_digest == view.meta.snapshot_digest {
             view.layout
         } else {

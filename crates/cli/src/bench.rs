@@ -75,7 +75,7 @@ struct BatchResult {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let source = TableSource::from_options(args.db.as_deref(), args.pages, Verify::Trust)?;
+    let source = engine::source_from_options(args.db.as_deref(), args.pages, Verify::Trust)?;
     let layout = source.layout().clone();
     let page_size = layout.page_size();
     let table_bytes = layout.total_pages() * u64::from(page_size);

@@ -319,7 +319,7 @@ fn open_single(
         anyhow::bail!("no snapshot has been swapped in yet: give --db for the first one");
     }
     let table_path = start.as_ref().map(|start| start.table.as_path());
-    let mut source = TableSource::from_options(table_path, args.pages, Verify::Digest)?;
+    let mut source = engine::source_from_options(table_path, args.pages, Verify::Digest)?;
     let epochs = match (&mut source, &start) {
         (TableSource::Host(table), Some(start)) => {
             let table = Arc::get_mut(table).expect("the table was just opened");
@@ -380,7 +380,7 @@ fn open_manifest(
     let mut served = Vec::with_capacity(manifest.tables.len());
     for (name, file) in &manifest.tables {
         let file = beside.join(file);
-        let mut source = TableSource::from_options(Some(&file), None, Verify::Digest)
+        let mut source = engine::source_from_options(Some(&file), None, Verify::Digest)
             .with_context(|| format!("table {name} of {}", path.display()))?;
         let epochs = match &mut source {
             TableSource::Host(table) => {
@@ -399,7 +399,7 @@ fn open_manifest(
 /// engine must hold the only reference to the table, or it refuses
 /// updates rather than copy the whole table.
 fn served_table(name: &str, source: TableSource, engine: Box<dyn Engine>) -> ServedTable {
-    let info = source.info();
+    let info = engine::info(&source);
     drop(source);
     tracing::info!(
         table = name,

@@ -325,6 +325,15 @@ impl Batcher {
         outcome
     }
 
+    /// Takes room for `count` queries' worth of work done outside the
+    /// passes (answers taken back to an older epoch), so that it counts
+    /// against the queue limit as scans do; refused like a request when
+    /// the queue is full.
+    pub(crate) fn reserve(&self, count: usize) -> Result<Reservation, Refused> {
+        self.shared.take_room(&mut self.shared.lock(), count)?;
+        Ok(Reservation { shared: self.shared.clone(), count })
+    }
+
     fn queue_job(&self, job: Job) {
         self.shared.lock().jobs.push(job);
         self.shared.wakeup.notify_one();
@@ -344,14 +353,11 @@ impl Batcher {
         if intake.base != base {
             return Err(Refused::SnapshotChanged);
         }
-        if intake.queued_queries + count > self.shared.max_queue {
-            let queued = intake.queued_queries;
+        if let Err(refused) = self.shared.take_room(&mut intake, count) {
             drop(intake);
             self.shared.metrics.lookups("rejected", count);
-            return Err(Refused::Overloaded { retry_after_secs: self.shared.retry_after_secs(queued) });
+            return Err(refused);
         }
-        intake.queued_queries += count;
-        self.shared.metrics.queue_depth(intake.queued_queries);
         intake.arrived.push(Arrival { pending: Pending { arrived: Instant::now(), reply }, queries });
         drop(intake);
         self.shared.wakeup.notify_one();
@@ -370,24 +376,6 @@ impl Drop for Reservation {
         let mut intake = self.shared.lock();
         intake.queued_queries = intake.queued_queries.saturating_sub(self.count);
         self.shared.metrics.queue_depth(intake.queued_queries);
-    }
-}
-
-impl Batcher {
-    /// Takes room for `count` queries' worth of work done outside the
-    /// passes (answers taken back to an older epoch), so that it counts
-    /// against the queue limit as scans do; refused like a request when
-    /// the queue is full.
-    pub(crate) fn reserve(&self, count: usize) -> Result<Reservation, Refused> {
-        let mut intake = self.shared.lock();
-        if intake.queued_queries + count > self.shared.max_queue {
-            let queued = intake.queued_queries;
-            drop(intake);
-            return Err(Refused::Overloaded { retry_after_secs: self.shared.retry_after_secs(queued) });
-        }
-        intake.queued_queries += count;
-        self.shared.metrics.queue_depth(intake.queued_queries);
-        Ok(Reservation { shared: self.shared.clone(), count })
     }
 }
 
@@ -445,6 +433,19 @@ impl Shared {
         // A panic while holding the lock leaves plain counters and a list
         // behind, still consistent enough to drain: keep serving.
         self.intake.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts `count` more queries against the queue limit, or refuses
+    /// them (503 with the time to drain the queue) when there is no room.
+    fn take_room(&self, intake: &mut Intake, count: usize) -> Result<(), Refused> {
+        if intake.queued_queries + count > self.max_queue {
+            return Err(Refused::Overloaded {
+                retry_after_secs: self.retry_after_secs(intake.queued_queries),
+            });
+        }
+        intake.queued_queries += count;
+        self.metrics.queue_depth(intake.queued_queries);
+        Ok(())
     }
 
     /// The passes needed to drain `queued` queries, at the latest pass's

@@ -148,10 +148,10 @@ struct Chain {
 }
 
 impl Chain {
-    /// Plans `batch`; `bounded` applies the page bound (a batch replayed
-    /// from the log was acknowledged under whatever bound there was then).
-    fn plan(&self, table: &Table, batch: Batch, bounded: bool) -> Result<Plan, Error> {
-        let encoded = encode_batch(&batch);
+    /// Plans `batch`, whose log record is `encoded`; `bounded` applies the
+    /// page bound (a batch replayed from the log was acknowledged under
+    /// whatever bound there was then).
+    fn plan(&self, table: &Table, batch: Batch, encoded: Vec<u8>, bounded: bool) -> Result<Plan, Error> {
         if batch.sequence <= self.epoch
             && let Some(applied) = self.history.epoch(batch.sequence)
         {
@@ -238,7 +238,7 @@ impl Epochs {
             let corrupt = |problem: String| Error::LogCorrupt { path: log_path.into(), offset, problem };
             let batch = decode_batch(payload).map_err(|problem| corrupt(problem.to_string()))?;
             let plan = chain
-                .plan(table, batch, false)
+                .plan(table, batch, payload.to_vec(), false)
                 .map_err(|error| corrupt(format!("its batch cannot be applied to the table: {error}")))?;
             let writes = chain.advance(plan);
             table.apply(&writes)?;
@@ -270,7 +270,8 @@ impl Epochs {
     /// one, every value fits, and every new key has a free row. Changes
     /// nothing.
     pub fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
-        self.chain.plan(table, batch, true)
+        let encoded = encode_batch(&batch);
+        self.chain.plan(table, batch, encoded, true)
     }
 
     /// Appends the plan's batch to the log and syncs it, then moves to its

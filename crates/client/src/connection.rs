@@ -395,6 +395,7 @@ pub(crate) fn layout_of(meta: &Meta) -> Result<Layout, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::tests::meta;
 
     fn url(text: &str) -> Url {
         parse_url(text).unwrap()
@@ -452,26 +453,6 @@ mod tests {
             assert!(tls_hint(message).is_some_and(|hint| hint.contains(advice)), "{message}");
         }
         assert_eq!(tls_hint("Connection refused (os error 111)"), None);
-    }
-
-    fn meta() -> Meta {
-        Meta {
-            protocol_version: PROTOCOL_VERSION,
-            digest: "11".repeat(32),
-            epoch: 0,
-            snapshot_digest: "11".repeat(32),
-            oldest_epoch: 0,
-            epoch_window: 0,
-            page_size: 512,
-            row_size: 24,
-            value_size: 16,
-            sub_tables: vec![8, 8],
-            hash_seed: "33".repeat(16),
-            records: 0,
-            engine: "cpu".to_string(),
-            max_batch: 8,
-            instance: String::new(),
-        }
     }
 
     #[test]

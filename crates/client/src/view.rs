@@ -56,10 +56,11 @@ pub(crate) fn check_two_servers(a: &Meta, b: &Meta) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn meta() -> Meta {
+    /// The metadata of a small table of two sub-tables of 8 pages, at epoch 5.
+    pub(crate) fn meta() -> Meta {
         Meta {
             protocol_version: morphogen_protocol::PROTOCOL_VERSION,
             digest: "11".repeat(32),

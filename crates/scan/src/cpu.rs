@@ -67,6 +67,19 @@ pub(crate) fn group_size(page_size: usize) -> usize {
     fitting.min(MAX_GROUP) as usize
 }
 
+/// Queries per bucket group for a batch of `queries`, and the groups: no
+/// more queries per group than the batch has (a batch of one needs two
+/// buckets).
+fn grouping(page_size: usize, queries: usize) -> (usize, usize) {
+    let group = group_size(page_size).min(queries.max(1));
+    (group, queries.div_ceil(group))
+}
+
+/// Bytes of the buckets of `groups` groups of `group` queries each.
+fn bucket_bytes(page_size: usize, group: usize, groups: usize) -> usize {
+    groups * (bucket_stride(page_size) << group)
+}
+
 /// Selected pages XORed together in one sweep.
 const PAGES_AT_ONCE: usize = 8;
 
@@ -132,10 +145,9 @@ impl CpuEngine {
 /// [`CpuEngine::pass_bytes`] for a table of `layout` on `threads` threads.
 fn pass_bytes(layout: &Layout, threads: usize, queries: usize) -> u64 {
     let page_size = layout.page_size() as usize;
-    let group = group_size(page_size).min(queries.max(1));
-    let groups = queries.div_ceil(group);
+    let (group, groups) = grouping(page_size, queries);
     let answers = queries * usize::from(layout.choices()) * page_size;
-    let per_task = groups * (bucket_stride(page_size) << group)
+    let per_task = bucket_bytes(page_size, group, groups)
         + queries * (CHUNK_LEAVES as usize * 16 + 16 + 2)
         + groups * POINTS_PER_LEAF as usize
         + answers;
@@ -267,9 +279,7 @@ impl CpuEngine {
         let leaves = leaf_count(layout.pages_per_table()).map_err(|e| Error::Fault(e.to_string()))?;
         let chunks_per_table = self.chunks_per_table();
         let page_size = layout.page_size() as usize;
-        // No more queries per group than the batch has: a batch of one needs two buckets.
-        let group = group_size(page_size).min(queries.len());
-        let groups = queries.len().div_ceil(group);
+        let (group, groups) = grouping(page_size, queries.len());
         let new_scratch = || Scratch {
             expander: Expander::new(),
             bits: vec![0; queries.len() * CHUNK_LEAVES as usize],
@@ -282,7 +292,7 @@ impl CpuEngine {
             leaf_patterns: vec![[0; POINTS_PER_LEAF as usize]; groups],
             leaf_reads: vec![0; queries.len()],
             leaf_parities: vec![0; queries.len()],
-            buckets: AlignedBytes::zeroed(groups * (bucket_stride(page_size) << group), CACHE_LINE),
+            buckets: AlignedBytes::zeroed(bucket_bytes(page_size, group, groups), CACHE_LINE),
             answers: Answers::zeroed(layout, queries.len()),
         };
         chunks

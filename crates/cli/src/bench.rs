@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use morphogen_scan::{Answers, Engine, Query, ReferenceEngine};
+use morphogen_scan::{Answers, Engine, Query, reference_pass};
 use morphogen_table::{Layout, Progress, Verify, fill_synthetic};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -80,8 +80,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let page_size = layout.page_size();
     let table_bytes = layout.total_pages() * u64::from(page_size);
     let max_batch = args.batch.iter().copied().max().unwrap_or(1) as usize;
-    let mut engine = engine::open(args.engine, &source, max_batch)?;
-    let mut oracle = Oracle::new(&source);
+    let oracle = Oracle::new(&source);
+    let mut engine = engine::open(args.engine, source, max_batch)?;
     // Human-readable lines go to stderr when the JSON goes to stdout.
     let to_stdout = args.json.as_deref() != Some(std::path::Path::new("-"));
     let say = |line: String| if to_stdout { println!("{line}") } else { eprintln!("{line}") };
@@ -113,7 +113,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for ((batch, queries), timed) in batches.iter().zip(rounds.batches) {
         // One sampled query per batch size, checked against the oracle.
         let sample = rng.random_range(0..queries.len());
-        verified &= timed.answers.query(sample) == oracle.answer(&queries[sample])?;
+        verified &= timed.answers.query(sample) == oracle.answer(engine.as_ref(), &queries[sample])?;
         let pass_ms = timed.timing.mean_ms;
         let result = BatchResult {
             batch: *batch,
@@ -165,8 +165,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Where the expected answers come from.
 enum Oracle {
-    /// The reference engine over the table in host memory.
-    Reference(ReferenceEngine),
+    /// The reference engine's pass over the engine's own table in host memory.
+    Host,
     /// The synthetic page stream, recomputed on the host for the pages the
     /// query's keys select (`expand_full`, then the plainest XOR): a
     /// reference for tables that exist only on the GPU. Too big a table for
@@ -177,7 +177,7 @@ enum Oracle {
 impl Oracle {
     fn new(source: &TableSource) -> Oracle {
         match source {
-            TableSource::Host(table) => Oracle::Reference(ReferenceEngine::new(table.clone())),
+            TableSource::Host(_) => Oracle::Host,
             TableSource::Synthetic { layout, seed } => {
                 Oracle::Synthetic { layout: layout.clone(), seed: *seed }
             }
@@ -186,15 +186,19 @@ impl Oracle {
 
     fn name(&self) -> &'static str {
         match self {
-            Oracle::Reference(_) => "the reference engine",
+            Oracle::Host => "the reference engine",
             Oracle::Synthetic { .. } => "the synthetic pages recomputed on the host",
         }
     }
 
-    /// The expected answer bytes of one query: one page per sub-table.
-    fn answer(&mut self, query: &Query) -> anyhow::Result<Vec<u8>> {
+    /// The expected answer bytes of one query to `engine`: one page per
+    /// sub-table.
+    fn answer(&self, engine: &dyn Engine, query: &Query) -> anyhow::Result<Vec<u8>> {
         match self {
-            Oracle::Reference(engine) => Ok(engine.pass(std::slice::from_ref(query))?.query(0).to_vec()),
+            Oracle::Host => {
+                let table = engine.table().context("the engine keeps no table in host memory")?;
+                Ok(reference_pass(table, std::slice::from_ref(query))?.query(0).to_vec())
+            }
             Oracle::Synthetic { layout, seed } => {
                 let page_size = layout.page_size() as usize;
                 let mut out = Vec::with_capacity(query.keys.len() * page_size);

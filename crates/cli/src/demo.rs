@@ -2,7 +2,6 @@
 //! starts two servers on loopback, looks keys up privately through the
 //! client and checks every answer against the source records.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -44,7 +43,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let options = BuildOptions { value_size: Some(VALUE_SIZE as u32), ..BuildOptions::default() };
     build(&source, &options, &NoProgress)?.write(&path)?;
     // Each server opens the file itself, as two separate machines would.
-    let open = || Table::open(&path, Verify::Digest, &NoProgress).map(Arc::new);
+    let open = || Table::open(&path, Verify::Digest, &NoProgress);
     let (table_a, table_b) = (open()?, open()?);
     println!(
         "table: {} records of {SYNTHETIC_KEY_SIZE}-byte keys and {VALUE_SIZE}-byte values, {} pages of {} bytes, built in {:.1?}",
@@ -54,14 +53,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let engine_a = engine::open(args.engine, &TableSource::Host(table_a.clone()), DEFAULT_MAX_BATCH)?;
-    let engine_b = engine::open(args.engine, &TableSource::Host(table_b.clone()), DEFAULT_MAX_BATCH)?;
+    let (info_a, info_b) = (TableInfo::of(&table_a), TableInfo::of(&table_b));
+    let engine_a = engine::open(args.engine, TableSource::Host(table_a), DEFAULT_MAX_BATCH)?;
+    let engine_b = engine::open(args.engine, TableSource::Host(table_b), DEFAULT_MAX_BATCH)?;
     let engine_name = format!("{} on {}", engine_a.name(), engine_a.device());
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(async {
-        let (url_a, stop_a, server_a) = start(&table_a, engine_a).await?;
-        let (url_b, stop_b, server_b) = start(&table_b, engine_b).await?;
+        let (url_a, stop_a, server_a) = start(info_a, engine_a).await?;
+        let (url_b, stop_b, server_b) = start(info_b, engine_b).await?;
         println!("servers: A at {url_a}, B at {url_b} (engine {engine_name})");
         let report = lookups(&url_a, &url_b, &source, args.lookups).await;
         // Stop both servers and wait until they have.
@@ -87,11 +87,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 type Stop = oneshot::Sender<()>;
 type Serving = tokio::task::JoinHandle<std::io::Result<()>>;
 
-/// Starts a server over `table` on a loopback port chosen by the system.
-async fn start(table: &Arc<Table>, engine: Box<dyn Engine>) -> anyhow::Result<(String, Stop, Serving)> {
+/// Starts a server of the table `table` answered by `engine` on a loopback
+/// port chosen by the system.
+async fn start(table: TableInfo, engine: Box<dyn Engine>) -> anyhow::Result<(String, Stop, Serving)> {
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
     let url = format!("http://{}", listener.local_addr()?);
-    let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(table), engine);
+    let served = ServedTable::new(DEFAULT_TABLE, table, engine);
     let server = Server::new(vec![served], Config::default())?;
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(listener, None, async move {

@@ -2,7 +2,6 @@
 //! from; the opening itself is `morphogen-engines`'.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::ValueEnum;
@@ -41,15 +40,6 @@ impl EngineChoice {
             EngineChoice::Reference => Choice::Kind(EngineKind::Reference),
         }
     }
-
-    /// The kind of `engine`, as opening it again would need.
-    pub fn of(engine: &dyn Engine) -> EngineChoice {
-        match engine.kind() {
-            EngineKind::Cuda => EngineChoice::Cuda,
-            EngineKind::Reference => EngineChoice::Reference,
-            EngineKind::Cpu => EngineChoice::Cpu,
-        }
-    }
 }
 
 /// Page size of synthetic tables (`--pages N`).
@@ -66,9 +56,9 @@ pub fn source_from_options(
     verify: Verify,
 ) -> anyhow::Result<TableSource> {
     match (db, pages) {
-        (Some(path), _) => Ok(TableSource::Host(Arc::new(
+        (Some(path), _) => Ok(TableSource::Host(
             Table::open(path, verify, &Bar::new()).with_context(|| format!("opening {}", path.display()))?,
-        ))),
+        )),
         (None, Some(pages)) => synthetic_pages(pages),
         (None, None) => anyhow::bail!("give --db or --pages"),
     }
@@ -94,7 +84,7 @@ pub fn info(source: &TableSource) -> TableInfo {
 /// Opens the chosen engine over `source`, sized for passes of up to
 /// `max_batch` queries (`morphogen_engines::open`, with a progress bar for
 /// an upload to the GPU).
-pub fn open(choice: EngineChoice, source: &TableSource, max_batch: usize) -> anyhow::Result<Box<dyn Engine>> {
+pub fn open(choice: EngineChoice, source: TableSource, max_batch: usize) -> anyhow::Result<Box<dyn Engine>> {
     morphogen_engines::open(choice.choice(), source, max_batch, &Bar::new())
         .context("opening the scan engine")
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use clap::{Args, Subcommand};
-use morphogen_eth::{Chain, TABLE_NAMES, read_dump, read_genesis, write_tables};
+use morphogen_eth::{Chain, TABLE_NAMES, read_dump, read_genesis};
 use morphogen_eth_rpc::{Endpoint, StateReader, Upstream};
+use morphogen_eth_tables::write_tables;
 use tokio::net::TcpListener;
 
 use crate::progress::Bar;

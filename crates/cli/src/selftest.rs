@@ -3,11 +3,9 @@
 //! as updates rewrite them, so that a GPU engine can be checked on the
 //! machine that runs it.
 
-use std::sync::Arc;
-
 use anyhow::{bail, ensure};
 use clap::Args;
-use morphogen_scan::{Engine, Query, ReferenceEngine};
+use morphogen_scan::{Engine, Query, ReferenceEngine, Scan, WritePages};
 use morphogen_table::{Layout, PageWrite, Table, fill_synthetic};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -71,8 +69,8 @@ pub fn run(args: &SelftestArgs) -> anyhow::Result<()> {
         fill_synthetic(rng.random(), 0, &mut pages);
         let table = Table::new(layout.clone(), 0, pages)?;
         // Each engine a table of its own: both take the page writes below.
-        let mut reference = ReferenceEngine::new(Arc::new(table.clone()));
-        let mut engine = engine::open(args.engine, &TableSource::Host(Arc::new(table)), MAX_BATCH)?;
+        let mut reference = ReferenceEngine::new(table.clone());
+        let mut engine = engine::open(args.engine, TableSource::Host(table), MAX_BATCH)?;
         if engine_name.is_empty() {
             engine_name = format!("{} on {}", engine.name(), engine.device());
             println!("checking engine {engine_name} against the reference engine");

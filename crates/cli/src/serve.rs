@@ -1,27 +1,24 @@
 //! `morphogen serve`: answer private lookups over one table, or several
 //! named in a manifest, through HTTP.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use clap::builder::TypedValueParser;
 use morphogen_epochs::{
-    Bounds, DEFAULT_BATCH_BYTES, DEFAULT_HISTORY_BYTES, DEFAULT_WINDOW, Epochs, SnapshotDir, Tail, log_path,
+    Bounds, DEFAULT_BATCH_BYTES, DEFAULT_HISTORY_BYTES, DEFAULT_WINDOW, SnapshotDir, Tail,
 };
-use morphogen_scan::Engine;
 use morphogen_server::{
     Config, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_CHANGES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_REWIND_ROWS,
-    DEFAULT_TABLE, FileSnapshots, Limits, Listeners, MetricsAt, ServedTable, Server, SnapshotLoader,
+    DEFAULT_TABLE, Limits, Listeners, MetricsAt, OpenOptions, ServedTable, Server,
 };
-use morphogen_table::{Table, Verify};
 use tokio::net::TcpListener;
 
-use crate::engine::{self, EngineChoice, TableSource};
+use crate::engine::{self, EngineChoice};
+use crate::progress::Bar;
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("table").required(true).multiple(true).args(["db", "pages", "snapshot_dir", "tables"]))]
@@ -255,10 +252,22 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let updates = admin_token.is_some();
-    let (tables, about) = match &args.tables {
-        Some(manifest) => open_manifest(manifest, args, updates)?,
-        None => (vec![open_single(args, snapshot_dir, updates)?], serde_json::Map::new()),
+    let options = OpenOptions {
+        engine: args.engine.choice(),
+        max_batch: args.max_batch,
+        bounds: args.bounds(),
+        tail: if args.truncate_damaged_log { Tail::Truncate } else { Tail::Refuse },
+        updates: admin_token.is_some(),
+    };
+    let bar = Bar::new();
+    let (tables, about) = match (&args.tables, args.pages) {
+        (Some(manifest), _) => morphogen_server::open_manifest(manifest, &options, &bar)?,
+        (None, Some(pages)) => (vec![synthetic_table(pages, args)?], serde_json::Map::new()),
+        (None, None) => {
+            let (db, log) = (args.db.as_deref(), args.log.as_deref());
+            let served = morphogen_server::open_single(snapshot_dir, db, log, &options, &bar)?;
+            (vec![served], serde_json::Map::new())
+        }
     };
     warn_if_exposed(args, tls.is_some());
     let config = Config {
@@ -307,108 +316,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The table of `--db`, `--pages` or `--snapshot-dir`, with its update log
-/// and the snapshots it may be swapped to.
-fn open_single(
-    args: &ServeArgs,
-    snapshot_dir: Option<SnapshotDir>,
-    updates: bool,
-) -> anyhow::Result<ServedTable> {
-    let start = morphogen_server::start(snapshot_dir.as_ref(), args.db.as_deref(), args.log.as_deref())?;
-    if start.is_none() && args.pages.is_none() {
-        anyhow::bail!("no snapshot has been swapped in yet: give --db for the first one");
-    }
-    let table_path = start.as_ref().map(|start| start.table.as_path());
-    let mut source = engine::source_from_options(table_path, args.pages, Verify::Digest)?;
-    let epochs = match (&mut source, &start) {
-        (TableSource::Host(table), Some(start)) => {
-            let table = Arc::get_mut(table).expect("the table was just opened");
-            let epochs = open_epochs(table, &start.log, args, updates)?;
-            if let (Some(pointer), Some(epochs)) = (&start.pointer, &epochs) {
-                morphogen_server::check_pointer(pointer, table, epochs)?;
-            }
-            epochs
-        }
-        _ => None,
-    };
-    let engine = engine::open(args.engine, &source, args.max_batch)?;
-    let loader = snapshot_dir.map(|dir| {
-        // A swap opens an engine of the kind serving now, not `auto`: it
-        // must not move a server from its GPU to its CPU.
-        let (kind, max_batch) = (EngineChoice::of(engine.as_ref()), args.max_batch);
-        let open_engine = Box::new(move |table| {
-            engine::open(kind, &TableSource::Host(table), max_batch).map_err(|error| format!("{error:#}"))
-        });
-        let served = start.as_ref().map(|start| start.table.as_path());
-        Arc::new(FileSnapshots::new(dir, open_engine, args.bounds(), served)) as Arc<dyn SnapshotLoader>
-    });
-    Ok(ServedTable { epochs, snapshots: loader, ..served_table(DEFAULT_TABLE, source, engine) })
-}
-
-/// `serve --tables`: which table files to serve, by name, and what else
-/// the manifest says.
-#[derive(serde::Deserialize)]
-struct Manifest {
-    tables: BTreeMap<String, PathBuf>,
-    #[serde(flatten)]
-    about: serde_json::Map<String, serde_json::Value>,
-}
-
-/// The tables a manifest names, each with its update log, and the rest of
-/// the manifest.
-fn open_manifest(
-    path: &Path,
-    args: &ServeArgs,
-    updates: bool,
-) -> anyhow::Result<(Vec<ServedTable>, serde_json::Map<String, serde_json::Value>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading the manifest {}", path.display()))?;
-    let manifest: Manifest = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a manifest (a JSON object with a \"tables\" object of names and files)",
-            path.display()
-        )
-    })?;
-    if manifest.tables.is_empty() {
-        anyhow::bail!("{}: the manifest names no tables", path.display());
-    }
-    let beside = path.parent().unwrap_or(Path::new("."));
-    // Names first: a wrong one should not cost a table load.
-    if let Some(name) = manifest.tables.keys().find(|name| !morphogen_protocol::is_table_name(name)) {
-        anyhow::bail!("{}: {name:?} cannot name a table: use 1 to 64 of a-z, 0-9, - and _", path.display());
-    }
-    let mut served = Vec::with_capacity(manifest.tables.len());
-    for (name, file) in &manifest.tables {
-        let file = beside.join(file);
-        let mut source = engine::source_from_options(Some(&file), None, Verify::Digest)
-            .with_context(|| format!("table {name} of {}", path.display()))?;
-        let epochs = match &mut source {
-            TableSource::Host(table) => {
-                let table = Arc::get_mut(table).expect("the table was just opened");
-                open_epochs(table, &log_path(&file), args, updates)?
-            }
-            TableSource::Synthetic { .. } => None,
-        };
-        let engine = engine::open(args.engine, &source, args.max_batch)?;
-        served.push(ServedTable { epochs, ..served_table(name, source, engine) });
-    }
-    Ok((served, manifest.about))
-}
-
-/// The table `name` answered by `engine` from `source`, which it drops: the
-/// engine must hold the only reference to the table, or it refuses
-/// updates rather than copy the whole table.
-fn served_table(name: &str, source: TableSource, engine: Box<dyn Engine>) -> ServedTable {
+/// `--pages N`: the synthetic table, generated where the engine keeps it.
+fn synthetic_table(pages: u64, args: &ServeArgs) -> anyhow::Result<ServedTable> {
+    let source = engine::synthetic_pages(pages)?;
     let info = engine::info(&source);
-    drop(source);
-    tracing::info!(
-        table = name,
-        records = info.records,
-        pages = info.layout.total_pages(),
-        digest = %hex::encode(info.digest),
-        "table loaded"
-    );
-    ServedTable::new(name, info, engine)
+    let engine = engine::open(args.engine, source, args.max_batch)?;
+    tracing::info!(pages = info.layout.total_pages(), digest = %hex::encode(info.digest), "synthetic table made");
+    Ok(ServedTable::new(DEFAULT_TABLE, info, engine))
 }
 
 /// Plain HTTP beyond loopback shows both key shares to anyone on the path
@@ -466,29 +380,6 @@ fn readable_by_others(path: &Path) -> bool {
         let _ = path;
         false
     }
-}
-
-/// Replays the table's update log, if there is one or updates are enabled.
-fn open_epochs(
-    table: &mut Table,
-    log: &Path,
-    args: &ServeArgs,
-    updates: bool,
-) -> anyhow::Result<Option<Epochs>> {
-    if !updates && !log.exists() {
-        return Ok(None);
-    }
-    let tail = if args.truncate_damaged_log { Tail::Truncate } else { Tail::Refuse };
-    let (epochs, replayed) = Epochs::open_with(table, log, args.bounds(), tail)
-        .with_context(|| format!("opening the update log {}", log.display()))?;
-    tracing::info!(
-        log = %log.display(),
-        batches = replayed.batches,
-        epoch = epochs.epoch(),
-        torn_tail_dropped = replayed.torn.is_some(),
-        "update log replayed"
-    );
-    Ok(Some(epochs))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

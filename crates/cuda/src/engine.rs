@@ -10,7 +10,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
 use morphogen_dpf::{POINTS_PER_LEAF, depth_for, leaf_count};
-use morphogen_scan::{Answers, Engine, EngineKind, Phase, Query, validate, write_own_table};
+use morphogen_scan::{Answers, EngineKind, Phase, Profile, Query, Scan, WritePages, validate, write_table};
 use morphogen_table::{Layout, PageWrite, Progress, Table};
 
 use crate::geometry::{
@@ -18,7 +18,7 @@ use crate::geometry::{
     tile_index,
 };
 use crate::keys::{key_words, pack_queries};
-use crate::{Error, probe};
+use crate::{Error, NotOpened, probe};
 
 /// The kernels, as one source: the common prelude first.
 const KERNEL_SOURCE: &str = concat!(
@@ -54,7 +54,7 @@ pub struct CudaEngine {
     max_batch: usize,
     /// The table in host memory, which updates are placed against; `None`
     /// for a table generated on the device.
-    host: Option<Arc<Table>>,
+    host: Option<Table>,
     table: CudaSlice<u8>,
     /// Packed keys of one device pass, on the host (pinned) and on the device.
     host_keys: PinnedHostSlice<u32>,
@@ -85,9 +85,24 @@ struct Kernels {
 
 impl CudaEngine {
     /// An engine over a copy of `table` in GPU memory, uploaded in large
-    /// chunks with `progress` reporting the bytes.
-    /// The engine keeps `table` (normally memory-mapped) to place updates.
-    pub fn new(table: Arc<Table>, options: Options, progress: &dyn Progress) -> Result<CudaEngine, Error> {
+    /// chunks with `progress` reporting the bytes. The engine owns `table`
+    /// (normally memory-mapped) from now on, to place updates; if it cannot
+    /// be opened, the table comes back with the reason.
+    pub fn new(
+        table: Table,
+        options: Options,
+        progress: &dyn Progress,
+    ) -> Result<CudaEngine, Box<NotOpened>> {
+        match CudaEngine::upload(&table, options, progress) {
+            Ok(mut engine) => {
+                engine.host = Some(table);
+                Ok(engine)
+            }
+            Err(error) => Err(Box::new(NotOpened { error, table })),
+        }
+    }
+
+    fn upload(table: &Table, options: Options, progress: &dyn Progress) -> Result<CudaEngine, Error> {
         let mut engine = CudaEngine::allocate(table.layout().clone(), options)?;
         let pages = table.pages();
         progress.start("uploading the table to the GPU", pages.len() as u64);
@@ -99,7 +114,6 @@ impl CudaEngine {
         }
         engine.stream.synchronize()?;
         progress.finish();
-        engine.host = Some(table);
         Ok(engine)
     }
 
@@ -411,7 +425,7 @@ fn launch_config(threads: u64) -> LaunchConfig {
     }
 }
 
-impl Engine for CudaEngine {
+impl Scan for CudaEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Cuda
     }
@@ -437,9 +451,11 @@ impl Engine for CudaEngine {
         }
         Ok(answers)
     }
+}
 
+impl WritePages for CudaEngine {
     fn table(&self) -> Option<&Table> {
-        self.host.as_deref()
+        self.host.as_ref()
     }
 
     fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), morphogen_scan::Error> {
@@ -447,7 +463,7 @@ impl Engine for CudaEngine {
         let host = self.host.as_mut().ok_or_else(|| {
             morphogen_scan::Error::Fault("a table generated on the GPU takes no updates".to_string())
         })?;
-        write_own_table(host, writes)?;
+        write_table(host, writes)?;
         let page_size = self.layout.page_size() as usize;
         for write in writes {
             let start = write.index as usize * page_size;
@@ -456,7 +472,9 @@ impl Engine for CudaEngine {
         }
         self.stream.synchronize().map_err(|e| fault(e.into()))
     }
+}
 
+impl Profile for CudaEngine {
     fn last_pass_phases(&self) -> Vec<Phase> {
         self.phases.clone()
     }

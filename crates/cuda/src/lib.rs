@@ -49,6 +49,33 @@ pub enum Error {
     MaxBatch,
 }
 
+/// A table the CUDA engine could not be opened over, given back with the
+/// reason, so that another engine can answer from it.
+pub struct NotOpened {
+    /// Why the engine could not be opened.
+    pub error: Error,
+    /// The table it was to own.
+    pub table: morphogen_table::Table,
+}
+
+impl std::fmt::Debug for NotOpened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotOpened").field("error", &self.error).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for NotOpened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for NotOpened {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// Opens the first GPU, or says why none can be used.
 #[allow(unsafe_code)]
 pub fn probe() -> Result<Arc<CudaContext>, Error> {

@@ -4,8 +4,6 @@
 //! binary and any program that embeds the server open engines here, so
 //! both choose alike.
 
-use std::sync::Arc;
-
 use morphogen_scan::{CpuEngine, Engine, EngineKind, ReferenceEngine};
 use morphogen_table::{Layout, Progress, Table, fill_synthetic};
 use rayon::prelude::*;
@@ -23,7 +21,7 @@ pub enum Choice {
 /// The pages an engine answers from.
 pub enum TableSource {
     /// A table in host memory or mapped from a file.
-    Host(Arc<Table>),
+    Host(Table),
     /// The synthetic byte stream for `seed` (`morphogen_table::fill_synthetic`)
     /// in the shape of `layout`, made where the engine keeps its table: on
     /// the GPU for the CUDA engine, in host memory for the others.
@@ -45,17 +43,17 @@ impl TableSource {
     }
 
     /// The pages in host memory, generating them if they are synthetic.
-    pub fn host_table(&self) -> Result<Arc<Table>, Error> {
+    pub fn into_host_table(self) -> Result<Table, Error> {
         match self {
-            TableSource::Host(table) => Ok(table.clone()),
+            TableSource::Host(table) => Ok(table),
             TableSource::Synthetic { layout, seed } => {
                 const STEP: usize = 1 << 20;
                 let table = Table::generate(layout.clone(), 0, |bytes| {
                     bytes.par_chunks_mut(STEP).enumerate().for_each(|(i, chunk)| {
-                        fill_synthetic(*seed, (i * STEP) as u64, chunk);
+                        fill_synthetic(seed, (i * STEP) as u64, chunk);
                     });
                 })?;
-                Ok(Arc::new(table))
+                Ok(table)
             }
         }
     }
@@ -76,27 +74,30 @@ pub enum Error {
     Table(#[from] morphogen_table::Error),
 }
 
-/// Opens the chosen engine over `source`, sized for passes of up to
-/// `max_batch` queries (`progress` reports an upload to the GPU), and logs
-/// which engine it is in one line.
+/// Opens the chosen engine over `source`, which it owns from then on,
+/// sized for passes of up to `max_batch` queries (`progress` reports an
+/// upload to the GPU), and logs which engine it is in one line.
 pub fn open(
     choice: Choice,
-    source: &TableSource,
+    source: TableSource,
     max_batch: usize,
     progress: &dyn Progress,
 ) -> Result<Box<dyn Engine>, Error> {
     let engine: Box<dyn Engine> = match choice {
-        Choice::Kind(EngineKind::Cuda) => open_cuda(source, max_batch, progress)?,
+        Choice::Kind(EngineKind::Cuda) => {
+            open_cuda(source, max_batch, progress).map_err(|refused| refused.0)?
+        }
         Choice::Auto => match open_cuda(source, max_batch, progress) {
             Ok(engine) => engine,
-            Err(reason) => {
+            Err(refused) => {
+                let (reason, source) = *refused;
                 let engine = open_cpu(source, max_batch)?;
                 tracing::info!(engine = "cpu", device = %engine.device(), reason = %reason, "scan engine: no GPU engine, using the CPU");
                 return Ok(engine);
             }
         },
         Choice::Kind(EngineKind::Cpu) => open_cpu(source, max_batch)?,
-        Choice::Kind(EngineKind::Reference) => Box::new(ReferenceEngine::new(source.host_table()?)),
+        Choice::Kind(EngineKind::Reference) => Box::new(ReferenceEngine::new(source.into_host_table()?)),
     };
     tracing::info!(engine = engine.name(), device = %engine.device(), "scan engine");
     Ok(engine)
@@ -104,34 +105,40 @@ pub fn open(
 
 /// The CPU engine over the source's table, if passes of `max_batch`
 /// queries fit in the memory the system has available.
-fn open_cpu(source: &TableSource, max_batch: usize) -> Result<Box<dyn Engine>, Error> {
-    let engine = CpuEngine::new(source.host_table()?);
+fn open_cpu(source: TableSource, max_batch: usize) -> Result<Box<dyn Engine>, Error> {
+    let engine = CpuEngine::new(source.into_host_table()?);
     if let Some(available) = morphogen_scan::available_memory() {
         engine.check_max_batch(max_batch, available)?;
     }
     Ok(Box::new(engine))
 }
 
+/// The CUDA engine over `source`, or why not with the source given back.
+type CudaOpened = Result<Box<dyn Engine>, Box<(Error, TableSource)>>;
+
 #[cfg(feature = "cuda")]
-fn open_cuda(
-    source: &TableSource,
-    max_batch: usize,
-    progress: &dyn Progress,
-) -> Result<Box<dyn Engine>, Error> {
+fn open_cuda(source: TableSource, max_batch: usize, progress: &dyn Progress) -> CudaOpened {
     use morphogen_cuda::{CudaEngine, Options};
     let options = Options { max_batch };
-    let engine = match source {
-        TableSource::Host(table) => CudaEngine::new(table.clone(), options, progress),
+    let cuda = |error: &dyn std::fmt::Display| Error::Cuda(error.to_string());
+    match source {
+        TableSource::Host(table) => match CudaEngine::new(table, options, progress) {
+            Ok(engine) => Ok(Box::new(engine)),
+            Err(refused) => Err(Box::new((cuda(&refused.error), TableSource::Host(refused.table)))),
+        },
         TableSource::Synthetic { layout, seed } => {
-            CudaEngine::synthetic(layout.clone(), *seed, options, progress)
+            match CudaEngine::synthetic(layout.clone(), seed, options, progress) {
+                Ok(engine) => Ok(Box::new(engine)),
+                Err(error) => Err(Box::new((cuda(&error), TableSource::Synthetic { layout, seed }))),
+            }
         }
-    };
-    Ok(Box::new(engine.map_err(|error| Error::Cuda(error.to_string()))?))
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(_: &TableSource, _: usize, _: &dyn Progress) -> Result<Box<dyn Engine>, Error> {
-    Err(Error::Cuda("this build has no CUDA engine (build with `--features cuda`)".to_string()))
+fn open_cuda(source: TableSource, _: usize, _: &dyn Progress) -> CudaOpened {
+    let reason = "this build has no CUDA engine (build with `--features cuda`)";
+    Err(Box::new((Error::Cuda(reason.to_string()), source)))
 }
 
 #[cfg(test)]
@@ -148,18 +155,18 @@ mod tests {
         if cfg!(feature = "cuda") {
             return; // a GPU may be present: what auto opens depends on it.
         }
-        let engine = open(Choice::Auto, &source(), 8, &morphogen_table::NoProgress).unwrap();
+        let engine = open(Choice::Auto, source(), 8, &morphogen_table::NoProgress).unwrap();
         assert_eq!(engine.kind(), EngineKind::Cpu);
-        let refused = open(Choice::Kind(EngineKind::Cuda), &source(), 8, &morphogen_table::NoProgress);
+        let refused = open(Choice::Kind(EngineKind::Cuda), source(), 8, &morphogen_table::NoProgress);
         assert!(matches!(refused, Err(Error::Cuda(reason)) if reason.contains("--features cuda")));
     }
 
     #[test]
     fn opens_each_host_kind_over_the_same_pages() {
         for kind in [EngineKind::Cpu, EngineKind::Reference] {
-            let engine = open(Choice::Kind(kind), &source(), 8, &morphogen_table::NoProgress).unwrap();
+            let engine = open(Choice::Kind(kind), source(), 8, &morphogen_table::NoProgress).unwrap();
             assert_eq!(engine.kind(), kind);
-            let pages = source().host_table().unwrap();
+            let pages = source().into_host_table().unwrap();
             assert_eq!(engine.table().unwrap().pages(), pages.pages(), "{kind:?}");
         }
     }
@@ -168,9 +175,9 @@ mod tests {
     fn rejects_a_batch_limit_the_cpu_engine_has_no_memory_for() {
         let Some(available) = morphogen_scan::available_memory() else { return };
         // The engine's buffers for this many queries exceed the memory there is.
-        let engine = CpuEngine::new(source().host_table().unwrap());
+        let engine = CpuEngine::new(source().into_host_table().unwrap());
         let too_many = (1..=1 << 22).map(|q| q * 64).find(|&q| engine.pass_bytes(q) > available).unwrap();
-        let refused = open(Choice::Kind(EngineKind::Cpu), &source(), too_many, &morphogen_table::NoProgress);
+        let refused = open(Choice::Kind(EngineKind::Cpu), source(), too_many, &morphogen_table::NoProgress);
         assert!(matches!(refused, Err(Error::Engine(_))));
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use morphogen_dpf::{Key, generate};
 use morphogen_epochs::{Batch, Change, DEFAULT_WINDOW, Epochs, Error, Unavailable, rewind};
-use morphogen_scan::{Engine, Query, ReferenceEngine};
+use morphogen_scan::{Query, reference_pass};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -282,8 +282,7 @@ fn answers_taken_back_to_an_older_epoch_equal_that_epochs_answers() {
     let mut epochs = Epochs::open(&mut live, &dir.path().join("table.log"), 8).unwrap().0;
     let mut rng = StdRng::seed_from_u64(4);
     let queries: Vec<Query> = (0..6).map(|_| query(&live, &mut rng)).collect();
-    let answer =
-        |table: &Table| ReferenceEngine::new(std::sync::Arc::new(table.clone())).pass(&queries).unwrap();
+    let answer = |table: &Table| reference_pass(table, &queries).unwrap();
     let mut past = vec![answer(&live)];
     for changes in random_batches(12, 5) {
         update(&mut epochs, &mut live, changes).unwrap();

@@ -9,12 +9,12 @@
 //! Prints p50/p90/p99 of both and the bound the endpoint is held to (2 × the lookup's
 //! median + 5 ms). docs/PERFORMANCE.md has the figures.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use morphogen_client::{Client, Settings};
-use morphogen_eth::{Account, Chain, TABLE_NAMES, write_tables};
+use morphogen_eth::{Account, Chain, TABLE_NAMES};
 use morphogen_eth_rpc::{Endpoint, StateReader};
+use morphogen_eth_tables::write_tables;
 use morphogen_scan::CpuEngine;
 use morphogen_server::{Config, ServedTable, Server, TableInfo};
 use morphogen_table::{NoProgress, Table, Verify};
@@ -42,7 +42,7 @@ async fn serve(dir: &std::path::Path, chain: Chain) -> String {
         .iter()
         .map(|name| {
             let path = dir.join(format!("{name}.mgdb"));
-            let table = Arc::new(Table::open(&path, Verify::Digest, &NoProgress).unwrap());
+            let table = Table::open(&path, Verify::Digest, &NoProgress).unwrap();
             ServedTable::new(name, TableInfo::of(&table), Box::new(CpuEngine::new(table)))
         })
         .collect();

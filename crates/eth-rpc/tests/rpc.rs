@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use morphogen_client::Settings;
-use morphogen_eth::{Account, Chain, MANIFEST_FILE, MAX_CODE_LEN, TABLE_NAMES, write_tables};
+use morphogen_eth::{Account, Chain, MANIFEST_FILE, MAX_CODE_LEN, TABLE_NAMES};
 use morphogen_eth_rpc::jsonrpc::{
     INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
 };
 use morphogen_eth_rpc::{Endpoint, StateReader, Upstream};
+use morphogen_eth_tables::write_tables;
 use morphogen_scan::CpuEngine;
 use morphogen_server::{Config, ServedTable, Server, TableInfo};
 use morphogen_table::{NoProgress, Table, Verify};
@@ -64,10 +65,8 @@ async fn serve(dir: &Path) -> (String, oneshot::Sender<()>) {
     let tables = TABLE_NAMES
         .iter()
         .map(|name| {
-            let table = Arc::new(
-                Table::open(&dir.join(format!("{name}.mgdb")), Verify::Digest, &NoProgress).unwrap(),
-            );
-            ServedTable::new(name, TableInfo::of(&table), Box::new(CpuEngine::new(table.clone())))
+            let table = Table::open(&dir.join(format!("{name}.mgdb")), Verify::Digest, &NoProgress).unwrap();
+            ServedTable::new(name, TableInfo::of(&table), Box::new(CpuEngine::new(table)))
         })
         .collect();
     let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();

@@ -13,14 +13,14 @@
 //! all of them, so that how much code an account has does not show in how
 //! many lookups read it. [`state`] parses the inputs strictly, naming the
 //! account at fault; [`records`] encodes and decodes the tables' records.
+//! Building the tables is `morphogen-eth-tables`': this crate needs neither
+//! the table builder nor its files, so a reader depends on it alone.
 
-mod build;
 pub mod manifest;
 pub mod records;
 pub mod state;
 
-pub use build::write_tables;
-pub use manifest::{MANIFEST_FILE, Manifest, TABLE_NAMES};
+pub use manifest::{MANIFEST_FILE, Manifest, TABLE_NAMES, TABLE_SHAPES, TableShape};
 pub use records::{
     ACCOUNT_VALUE_LEN, AccountValue, CODE_CHUNK_LEN, CODE_CHUNKS, CODE_VALUE_LEN, EMPTY_CODE_HASH,
     MAX_CODE_LEN, STORAGE_VALUE_LEN, TableRecords, code_chunk_key, code_from_chunks, code_hash, storage_key,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::records::{ACCOUNT_VALUE_LEN, CODE_VALUE_LEN, STORAGE_VALUE_LEN};
 use crate::state::Chain;
 
 /// The file name of the manifest in a table directory.
@@ -11,6 +12,23 @@ pub const MANIFEST_FILE: &str = "eth.json";
 
 /// The names of the three tables, each served from `<name>.mgdb`.
 pub const TABLE_NAMES: [&str; 3] = ["accounts", "storage", "code"];
+
+/// The page size and value size of a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableShape {
+    /// Bytes of a page.
+    pub page_size: u32,
+    /// Bytes of a value.
+    pub value_size: usize,
+}
+
+/// The shape of each table, in [`TABLE_NAMES`] order: rows of 80, 40 and
+/// 1,036 bytes, so 51, 102 and 7 to a page.
+pub const TABLE_SHAPES: [TableShape; 3] = [
+    TableShape { page_size: 4096, value_size: ACCOUNT_VALUE_LEN },
+    TableShape { page_size: 4096, value_size: STORAGE_VALUE_LEN },
+    TableShape { page_size: 8192, value_size: CODE_VALUE_LEN },
+];
 
 /// Which chain and block a directory of tables holds, and its tables.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

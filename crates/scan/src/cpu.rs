@@ -37,7 +37,6 @@
 //! gains).
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use morphogen_dpf::{Expander, POINTS_PER_LEAF, leaf_count};
 use morphogen_table::{Layout, PageWrite, Table};
@@ -46,7 +45,10 @@ use rayon::prelude::*;
 
 use crate::aligned::{AlignedBytes, CACHE_LINE};
 use crate::parity::{BLOCKS_PER_LEAF, BlockParities, plan_leaf};
-use crate::{Answers, Engine, EngineKind, Error, Query, time_host_read, validate, write_own_table, xor_into};
+use crate::{
+    Answers, EngineKind, Error, Profile, Query, Scan, WritePages, time_host_read, validate, write_table,
+    xor_into,
+};
 
 /// DPF leaves (of 128 pages each) per unit of work: 8,192 pages, 32 MiB of
 /// 4-KiB pages. Large enough that folding the buckets (about 2^(g+1) page
@@ -106,13 +108,14 @@ const PARITY_ENTRY: u32 = 1 << 31;
 
 /// Answers queries on every core of the machine (rayon's global pool).
 pub struct CpuEngine {
-    table: Arc<Table>,
+    table: Table,
     parities: BlockParities,
 }
 
 impl CpuEngine {
-    /// An engine over `table`; computes its block parities on every core.
-    pub fn new(table: Arc<Table>) -> CpuEngine {
+    /// An engine over `table`, which it owns from now on; computes its
+    /// block parities on every core.
+    pub fn new(table: Table) -> CpuEngine {
         let parities = BlockParities::of(&table);
         CpuEngine { table, parities }
     }
@@ -197,7 +200,36 @@ struct Scratch {
     answers: Answers,
 }
 
-impl Engine for CpuEngine {
+impl WritePages for CpuEngine {
+    fn table(&self) -> Option<&Table> {
+        Some(&self.table)
+    }
+
+    fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
+        self.table.check_writes(writes).map_err(|e| Error::Fault(e.to_string()))?;
+        // The old pages leave their blocks' parities and the new ones join
+        // them; a page written twice counts once, as its last write.
+        let mut pages: Vec<u64> = writes.iter().map(|write| write.index).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        for &page in &pages {
+            self.parities.toggle(&self.table, page);
+        }
+        let written = write_table(&mut self.table, writes);
+        for &page in &pages {
+            self.parities.toggle(&self.table, page);
+        }
+        written
+    }
+}
+
+impl Profile for CpuEngine {
+    fn plain_read_seconds(&mut self) -> Result<f64, Error> {
+        Ok(time_host_read(self.table.pages(), self.table.layout().page_size() as usize))
+    }
+}
+
+impl Scan for CpuEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Cpu
     }
@@ -208,31 +240,6 @@ impl Engine for CpuEngine {
 
     fn layout(&self) -> &Layout {
         self.table.layout()
-    }
-
-    fn table(&self) -> Option<&Table> {
-        Some(&self.table)
-    }
-
-    fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
-        // The old pages leave their blocks' parities and the new ones join
-        // them; a page written twice counts once, as its last write.
-        let mut pages: Vec<u64> = writes.iter().map(|write| write.index).collect();
-        pages.sort_unstable();
-        pages.dedup();
-        for &page in &pages {
-            self.parities.toggle(&self.table, page);
-        }
-        let written = write_own_table(&mut self.table, writes);
-        // The new pages in, or, if the writes were refused, the old back.
-        for &page in &pages {
-            self.parities.toggle(&self.table, page);
-        }
-        written
-    }
-
-    fn plain_read_seconds(&mut self) -> Result<f64, Error> {
-        Ok(time_host_read(self.table.pages(), self.table.layout().page_size() as usize))
     }
 
     fn pass(&mut self, queries: &[Query]) -> Result<Answers, Error> {
@@ -649,8 +656,7 @@ mod tests {
             (0..100u32).map(|i| (i.to_le_bytes().to_vec(), vec![1; 8])).collect();
         let options =
             morphogen_table::BuildOptions { page_size: 4096, value_size: Some(8), choices: 2, seed: None };
-        let table =
-            Arc::new(morphogen_table::build(&records[..], &options, &morphogen_table::NoProgress).unwrap());
+        let table = morphogen_table::build(&records[..], &options, &morphogen_table::NoProgress).unwrap();
         let engine = CpuEngine::new(table);
         // A 4-KiB page's group of 8 queries has 256 buckets of a page each.
         let one = engine.pass_bytes(1);
@@ -675,7 +681,7 @@ mod tests {
         let page =
             |seed: u64| -> Vec<u8> { (0..512u64).map(|i| (i * 131 + seed * 7919 % 251) as u8).collect() };
         let pages = (0..600).flat_map(page).collect();
-        let mut engine = CpuEngine::new(Arc::new(Table::new(layout, 0, pages).unwrap()));
+        let mut engine = CpuEngine::new(Table::new(layout, 0, pages).unwrap());
         let exact = |engine: &CpuEngine| engine.parities == BlockParities::of(&engine.table);
         // Page 9 twice, with other bytes: its last write counts.
         let writes: Vec<PageWrite> = [0, 9, 297, 9, 299, 300, 599]
@@ -683,9 +689,11 @@ mod tests {
             .enumerate()
             .map(|(at, &index)| PageWrite { index, bytes: page(1000 + at as u64) })
             .collect();
-        let refused = [writes[0].clone(), PageWrite { index: 1, bytes: vec![0; 511] }];
-        assert!(engine.write_pages(&refused).is_err());
-        assert!(exact(&engine), "refused writes leave the parities as they were");
+        for bad in [PageWrite { index: 1, bytes: vec![0; 511] }, PageWrite { index: 600, bytes: page(1) }] {
+            let refused = [writes[0].clone(), bad];
+            assert!(engine.write_pages(&refused).is_err());
+            assert!(exact(&engine), "refused writes leave the parities as they were");
+        }
         engine.write_pages(&writes).unwrap();
         assert!(exact(&engine), "written pages are in their blocks' parities");
     }

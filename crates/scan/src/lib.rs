@@ -16,7 +16,7 @@ use morphogen_dpf::Key;
 use morphogen_table::{Layout, PageWrite, Table};
 
 pub use cpu::{CpuEngine, available_memory, read_every_page};
-pub use reference::ReferenceEngine;
+pub use reference::{ReferenceEngine, reference_pass};
 
 /// One private lookup as a server sees it: one DPF key per sub-table, in
 /// sub-table order.
@@ -106,8 +106,9 @@ impl EngineKind {
     }
 }
 
-/// An engine answers batches of queries against one table.
-pub trait Engine: Send {
+/// Answering: what a server needs of an engine to answer batches of
+/// queries against one table.
+pub trait Scan: Send {
     /// Which kind of engine it is (an engine wrapping another, in tests,
     /// is of the kind it wraps).
     fn kind(&self) -> EngineKind;
@@ -136,33 +137,47 @@ pub trait Engine: Send {
 
     /// Answers `queries` from part `part` of the table only (`part <
     /// parts()`): a query's answers from all the parts XOR to its answer
-    /// from [`Engine::pass`]. Each query's keys must be checked as for a pass.
+    /// from [`Scan::pass`]. Each query's keys must be checked as for a pass.
     fn pass_part(&mut self, queries: &[Query], part: usize) -> Result<Answers, Error> {
         debug_assert_eq!(part, 0, "an engine of one part");
         self.pass(queries)
     }
+}
 
-    /// How long the phases of the last pass took, for engines that time
-    /// them on their device (the CUDA engine: expand, scan, reduce, copy).
-    fn last_pass_phases(&self) -> Vec<Phase> {
-        Vec::new()
-    }
-
+/// Page writes: the table an engine owns in host memory, and rewriting its
+/// pages between passes.
+pub trait WritePages {
     /// The table in host memory as the next pass answers from it, or
     /// `None` for an engine that keeps no host copy (a table generated on a
     /// GPU). Updates are placed by reading it.
     fn table(&self) -> Option<&Table>;
 
     /// Rewrites whole pages before the next pass, between passes: the host
-    /// copy and, for a device engine, the device copy. An engine without a
-    /// host table refuses.
+    /// copy and, for a device engine, the device copy. Bad writes are
+    /// refused before anything is written; an engine without a host table
+    /// refuses all.
     fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), Error>;
+}
+
+/// Profiling hooks, for metrics and benchmarks.
+pub trait Profile {
+    /// How long the phases of the last pass took, for engines that time
+    /// them on their device (the CUDA engine: expand, scan, reduce, copy).
+    fn last_pass_phases(&self) -> Vec<Phase> {
+        Vec::new()
+    }
 
     /// Reads every byte of the table once, the plainest way this engine's
     /// device can, and returns how many seconds it took: the baseline that
     /// benchmarks put next to a pass.
     fn plain_read_seconds(&mut self) -> Result<f64, Error>;
 }
+
+/// An engine: it answers ([`Scan`]), takes page writes ([`WritePages`]) and
+/// can be profiled ([`Profile`]). Every type with the three is one.
+pub trait Engine: Scan + WritePages + Profile {}
+
+impl<T: Scan + WritePages + Profile> Engine for T {}
 
 /// One timed phase of a pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -258,14 +273,8 @@ pub enum Error {
     Fault(String),
 }
 
-/// Applies `writes` in place to the table an engine holds through `table`,
-/// which must be its only holder: an update never copies a whole table
-/// behind its caller's back. Writes to a table held elsewhere too are
-/// refused (give each engine a table of its own), as are bad writes,
-/// before anything is written.
-pub fn write_own_table(table: &mut std::sync::Arc<Table>, writes: &[PageWrite]) -> Result<(), Error> {
-    let table = std::sync::Arc::get_mut(table).ok_or_else(|| {
-        Error::Fault("the engine's table is held elsewhere too: an update would have to copy it whole".into())
-    })?;
+/// Applies `writes` in place to an engine's own table, mapping a refused
+/// write to an engine error; nothing is written then.
+pub fn write_table(table: &mut Table, writes: &[PageWrite]) -> Result<(), Error> {
     table.apply(writes).map_err(|e| Error::Fault(e.to_string()))
 }

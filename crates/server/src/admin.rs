@@ -199,7 +199,7 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
         return Err(swap_in_progress());
     }
     let max_changes = state.max_batch_changes;
-    let value_size = state.batcher.live().snapshot.layout.value_size();
+    let value_size = state.batcher.published().table.layout.value_size();
     let limit = max_update_body(max_changes, value_size);
     let too_large = || {
         ApiError::client(
@@ -261,16 +261,16 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
         outcome => outcome.map_err(update_error)?,
     };
     tracing::info!(
-        epoch = applied.current.epoch,
+        epoch = applied.published.epoch,
         changes = count,
         rows = applied.changed_rows,
-        records = applied.current.records,
+        records = applied.published.table.records,
         "applied an update batch"
     );
     Ok(UpdateReply {
-        epoch: applied.current.epoch,
-        digest: hex::encode(applied.current.digest),
-        records: applied.current.records,
+        epoch: applied.published.epoch,
+        digest: hex::encode(applied.published.table.digest),
+        records: applied.published.table.records,
         changed_rows: applied.changed_rows,
         already_applied: false,
     })

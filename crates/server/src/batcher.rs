@@ -29,7 +29,8 @@ use morphogen_scan::{Engine, Query};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
-use crate::snapshot::{LoadedSnapshot, Snapshot, SnapshotLoader};
+use crate::published::Published;
+use crate::snapshot::{LoadedSnapshot, SnapshotLoader};
 
 /// A request's answers: its queries' answers in order (each `choices`
 /// pages), all from one epoch.
@@ -58,32 +59,11 @@ pub(crate) enum PassError {
 /// What a request gets back: its answers, or why it has none.
 pub(crate) type Reply = Result<Answered, PassError>;
 
-/// The table as of the epoch that passes answer from now.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Current {
-    pub(crate) epoch: u64,
-    pub(crate) digest: [u8; 32],
-    pub(crate) records: u64,
-}
-
-impl Current {
-    /// Where `epochs` stands now.
-    pub(crate) fn of(epochs: &Epochs) -> Current {
-        Current { epoch: epochs.epoch(), digest: epochs.digest(), records: epochs.records() }
-    }
-}
-
-/// What the server answers from now: the snapshot and its current epoch.
-#[derive(Clone)]
-pub(crate) struct Live {
-    pub(crate) snapshot: Arc<Snapshot>,
-    pub(crate) current: Current,
-}
-
 /// An update batch applied.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Applied {
-    pub(crate) current: Current,
+    /// What the server publishes from this batch's epoch on.
+    pub(crate) published: Arc<Published>,
     pub(crate) changed_rows: usize,
 }
 
@@ -221,7 +201,7 @@ struct Shared {
     last_pass_nanos: AtomicU64,
     /// Written by the scan thread only; by a swap under the intake lock,
     /// together with [`Intake::base`].
-    live: std::sync::RwLock<Live>,
+    published: std::sync::RwLock<Arc<Published>>,
     faults: Mutex<Faults>,
     metrics: Metrics,
 }
@@ -254,23 +234,23 @@ struct Arrival {
 impl Batcher {
     /// Starts the scan thread, which owns `engine` and `epochs` from now
     /// on. Without `epochs` the table takes no updates and stays at
-    /// `live`'s epoch.
+    /// `published`'s epoch.
     pub(crate) fn start(
         engine: Box<dyn Engine>,
         epochs: Option<Epochs>,
-        live: Live,
+        published: Published,
         limits: (usize, usize),
         metrics: Metrics,
     ) -> std::io::Result<Batcher> {
         let (max_batch, max_queue) = limits;
         assert!(max_batch >= 1 && max_queue >= max_batch, "the server checks its limits");
-        metrics.epoch(live.current.epoch);
-        metrics.snapshot_base(live.snapshot.base);
+        metrics.epoch(published.epoch);
+        metrics.snapshot_base(published.base);
         let shared = Arc::new(Shared {
             intake: Mutex::new(Intake {
                 arrived: Vec::new(),
                 jobs: Vec::new(),
-                base: live.snapshot.base,
+                base: published.base,
                 queued_queries: 0,
                 closed: false,
             }),
@@ -278,7 +258,7 @@ impl Batcher {
             max_queue,
             max_batch,
             last_pass_nanos: AtomicU64::new(0),
-            live: std::sync::RwLock::new(live),
+            published: std::sync::RwLock::new(Arc::new(published)),
             faults: Mutex::new(Faults::default()),
             metrics,
         });
@@ -296,8 +276,8 @@ impl Batcher {
     }
 
     /// The snapshot and epoch passes answer from now.
-    pub(crate) fn live(&self) -> Live {
-        self.shared.live()
+    pub(crate) fn published(&self) -> Arc<Published> {
+        self.shared.published()
     }
 
     /// Queues an update batch for the scan thread, which applies it once no
@@ -425,8 +405,8 @@ impl Shared {
         faults.failed_passes = if ok { 0 } else { faults.failed_passes.saturating_add(1) };
     }
 
-    fn live(&self) -> Live {
-        self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    fn published(&self) -> Arc<Published> {
+        self.published.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Intake> {
@@ -488,7 +468,7 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
             }
             Work::Pass => {}
         }
-        let epoch = shared.live().current.epoch;
+        let epoch = shared.published().epoch;
         let parts = scanner.engine.parts();
         let (part, queries) = scheduler.next_part().expect("gather returns a pass only with a round");
         let batch = queries.len();
@@ -610,9 +590,9 @@ impl Scanner {
             self.break_down(reason.clone(), shared);
             return Err(UpdateError::Failed(reason));
         }
-        let current = Current::of(epochs);
-        shared.live.write().unwrap_or_else(std::sync::PoisonError::into_inner).current = current;
-        shared.metrics.epoch(current.epoch);
+        let published = Arc::new(shared.published().at(epochs));
+        *shared.published.write().unwrap_or_else(std::sync::PoisonError::into_inner) = published.clone();
+        shared.metrics.epoch(published.epoch);
         let history = epochs.history();
         shared.metrics.history(history.kept(), history.bytes());
         let forgotten = epochs.forgotten_for_bytes();
@@ -628,7 +608,7 @@ impl Scanner {
             );
         }
         shared.metrics.update_applied(started.elapsed(), changed_rows);
-        Ok(Applied { current, changed_rows })
+        Ok(Applied { published, changed_rows })
     }
 
     /// Swaps to the loaded snapshot if its first epoch is the next one:
@@ -641,7 +621,7 @@ impl Scanner {
         scheduler: &mut Scheduler<Pending>,
         shared: &Shared,
     ) -> SwapOutcome {
-        let next = shared.live().current.epoch.saturating_add(1);
+        let next = shared.published().epoch.saturating_add(1);
         let base = loaded.epochs.base();
         if base != next {
             return Err(format!(
@@ -650,8 +630,7 @@ impl Scanner {
         }
         loader.commit(&loaded)?;
         let LoadedSnapshot { table, engine, epochs, .. } = loaded;
-        let snapshot = Snapshot::new(&table, engine.name(), Some(&epochs), shared.max_batch);
-        let live = Live { snapshot: Arc::new(snapshot), current: Current::of(&epochs) };
+        let published = Published::new(&table, engine.name(), Some(&epochs), shared.max_batch);
         // The old engine and its table are dropped here; a new engine and a
         // new log are sound again.
         let forgotten_for_bytes = epochs.forgotten_for_bytes();
@@ -660,7 +639,7 @@ impl Scanner {
 
         let mut intake = shared.lock();
         intake.base = base;
-        *shared.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = live;
+        *shared.published.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(published);
         let arrived = intake.arrived.drain(..).map(|arrival| (arrival.pending, arrival.queries.len()));
         let stale: Vec<(Pending, usize)> = scheduler.take_all().into_iter().chain(arrived).collect();
         let unscanned: usize = stale.iter().map(|(_, queries)| queries).sum();
@@ -729,7 +708,7 @@ mod tests {
 
     use morphogen_dpf::generate;
     use morphogen_epochs::Epochs;
-    use morphogen_scan::{Answers, ReferenceEngine};
+    use morphogen_scan::{Answers, Profile, ReferenceEngine, Scan, WritePages, reference_pass};
     use morphogen_table::{BuildOptions, Layout, NoProgress, PageWrite, Table, build};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
@@ -749,7 +728,7 @@ mod tests {
         gate: mpsc::Receiver<Result<(), morphogen_scan::Error>>,
     }
 
-    impl Engine for GatedEngine {
+    impl Scan for GatedEngine {
         fn kind(&self) -> morphogen_scan::EngineKind {
             self.inner.kind()
         }
@@ -778,12 +757,18 @@ mod tests {
                 Ok(Answers::zeroed(self.inner.layout(), queries.len()))
             }
         }
+    }
+
+    impl WritePages for GatedEngine {
         fn table(&self) -> Option<&Table> {
             self.inner.table()
         }
         fn write_pages(&mut self, writes: &[PageWrite]) -> Result<(), morphogen_scan::Error> {
             self.inner.write_pages(writes)
         }
+    }
+
+    impl Profile for GatedEngine {
         fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
             self.inner.plain_read_seconds()
         }
@@ -791,7 +776,7 @@ mod tests {
 
     struct Harness {
         batcher: Batcher,
-        table: Arc<Table>,
+        table: Table,
         entered: mpsc::Receiver<(usize, usize)>,
         gate: mpsc::Sender<Result<(), morphogen_scan::Error>>,
         rng: StdRng,
@@ -806,7 +791,7 @@ mod tests {
             let records: Vec<(Vec<u8>, Vec<u8>)> =
                 (0..300u32).map(|i| (i.to_le_bytes().to_vec(), (i * 7).to_le_bytes().to_vec())).collect();
             let options = BuildOptions { page_size: 512, value_size: Some(8), choices: 2, seed: None };
-            let table = Arc::new(build(&records[..], &options, &NoProgress).unwrap());
+            let table = build(&records[..], &options, &NoProgress).unwrap();
             let (entered_tx, entered) = mpsc::channel();
             let (gate, gate_rx) = mpsc::channel();
             let engine = GatedEngine {
@@ -815,11 +800,9 @@ mod tests {
                 entered: entered_tx,
                 gate: gate_rx,
             };
-            let current = Current { epoch: 0, digest: table.digest(), records: table.records() };
-            let snapshot = Snapshot::new(&crate::TableInfo::of(&table), "gated", None, max_batch);
-            let live = Live { snapshot: Arc::new(snapshot), current };
-            let batcher =
-                Batcher::start(Box::new(engine), None, live, (max_batch, max_queue), Metrics::new()).unwrap();
+            let published = Published::new(&crate::TableInfo::of(&table), "gated", None, max_batch);
+            let limits = (max_batch, max_queue);
+            let batcher = Batcher::start(Box::new(engine), None, published, limits, Metrics::new()).unwrap();
             Harness { batcher, table, entered, gate, rng: StdRng::seed_from_u64(7) }
         }
 
@@ -851,7 +834,7 @@ mod tests {
         }
 
         fn expected(&self, queries: &[Query]) -> Vec<u8> {
-            ReferenceEngine::new(self.table.clone()).pass(queries).unwrap().as_bytes().to_vec()
+            reference_pass(&self.table, queries).unwrap().as_bytes().to_vec()
         }
 
         /// Waits for a pass to start and returns its batch size.
@@ -1046,11 +1029,11 @@ mod tests {
     }
 
     /// A snapshot of other parameters than the harness's, loaded to start at `epoch`.
-    fn loaded(dir: &std::path::Path, epoch: u64) -> (Arc<Table>, LoadedSnapshot) {
+    fn loaded(dir: &std::path::Path, epoch: u64) -> (Table, LoadedSnapshot) {
         let records: Vec<(Vec<u8>, Vec<u8>)> =
             (0..1000u32).map(|i| (i.to_le_bytes().to_vec(), i.to_be_bytes().to_vec())).collect();
         let options = BuildOptions { page_size: 1024, value_size: Some(8), choices: 3, seed: None };
-        let table = Arc::new(build(&records[..], &options, &NoProgress).unwrap());
+        let table = build(&records[..], &options, &NoProgress).unwrap();
         let epochs = Epochs::create(&table, &dir.join("new.log"), epoch, 16).unwrap();
         let engine = Box::new(ReferenceEngine::new(table.clone()));
         let loaded =
@@ -1073,10 +1056,10 @@ mod tests {
         assert_eq!((answered.epoch, answered.answers), (0, h.expected(&first)));
         swapped.blocking_recv().unwrap().unwrap();
         assert!(matches!(queued.blocking_recv().unwrap(), Err(PassError::SnapshotChanged)));
-        let live = h.batcher.live();
-        assert_eq!((live.snapshot.base, live.current.epoch), (1, 1));
-        assert_eq!(&live.snapshot.layout, new_table.layout());
-        assert_eq!(live.current.digest, new_table.digest());
+        let published = h.batcher.published();
+        assert_eq!((published.base, published.epoch), (1, 1));
+        assert_eq!(&published.table.layout, new_table.layout());
+        assert_eq!(published.table.digest, new_table.digest());
         let stale = h.queries(1);
         assert!(matches!(h.batcher.submit(stale, 0), Err(Refused::SnapshotChanged)));
 
@@ -1103,8 +1086,8 @@ mod tests {
         let (_, snapshot) = loaded(dir.path(), 2);
         let refused = h.batcher.swap(snapshot, Arc::new(Committer { fails: false })).blocking_recv().unwrap();
         assert!(refused.unwrap_err().contains("no longer the next one"));
-        let live = h.batcher.live();
-        assert_eq!((live.snapshot.base, live.current.epoch), (0, 0));
-        assert_eq!(&live.snapshot.layout, h.table.layout());
+        let published = h.batcher.published();
+        assert_eq!((published.base, published.epoch), (0, 0));
+        assert_eq!(&published.table.layout, h.table.layout());
     }
 }

@@ -1,21 +1,180 @@
-//! Table files on disk for a server that takes snapshot swaps: which file
-//! to start on, and loading the files it is told to swap to. The server
-//! knows nothing of engines: whoever makes the loader says how an engine is
-//! opened over a table.
+//! Table files on disk: opening a table and its update log to serve
+//! ([`open_single`], [`open_manifest`]), which file of a snapshot directory
+//! to start on, and loading the files a server is told to swap to. The
+//! binary opens its tables here, so a program that embeds the server
+//! opens them alike.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use morphogen_epochs::{Bounds, Epochs, POINTER_FILE, Pointer, SnapshotDir, log_path};
+use morphogen_engines::{Choice, TableSource};
+use morphogen_epochs::{Bounds, Epochs, POINTER_FILE, Pointer, SnapshotDir, Tail, log_path};
 use morphogen_scan::Engine;
-use morphogen_table::{NoProgress, Table, Verify};
+use morphogen_table::{NoProgress, Progress, Table, Verify};
 
-use crate::{Error, LoadedSnapshot, SnapshotLoader, TableInfo};
+use crate::{Error, LoadedSnapshot, ServedTable, SnapshotLoader, TableInfo};
 
-/// Opens an engine over a table loaded for a swap; the error is for the
-/// operator. It must be of the kind the server runs (a swap must not move a
-/// server from its GPU to its CPU), and hold the table alone.
-pub type OpenEngine = dyn Fn(Arc<Table>) -> Result<Box<dyn Engine>, String> + Send + Sync;
+/// How a server's table files are opened.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// The engine that answers from each table. A swap opens one of the
+    /// kind serving then, never `auto`: it must not move a server from its
+    /// GPU to its CPU.
+    pub engine: Choice,
+    /// Most queries one pass holds: the engine is sized for it.
+    pub max_batch: usize,
+    /// What each table's epochs may hold.
+    pub bounds: Bounds,
+    /// What replaying a log does with a damaged last record.
+    pub tail: Tail,
+    /// Whether the tables take updates: a table without a log gets a new
+    /// one. Without, a table is served from its log if it has one, and
+    /// from epoch 0 otherwise.
+    pub updates: bool,
+}
+
+/// The table file `start` names, its log replayed, with an engine over it:
+/// the table `name` of a server. A pointer `start` came from is checked
+/// against the file and the log.
+pub fn open_table(
+    name: &str,
+    start: &Start,
+    options: &OpenOptions,
+    progress: &dyn Progress,
+) -> Result<ServedTable, Error> {
+    let opened = |source| Error::Open { what: format!("opening {}", start.table.display()), source };
+    let mut table = Table::open(&start.table, Verify::Digest, progress).map_err(|e| opened(e.into()))?;
+    let epochs = open_epochs(&mut table, &start.log, options)?;
+    if let (Some(pointer), Some(epochs)) = (&start.pointer, &epochs) {
+        check_pointer(pointer, &table, epochs)?;
+    }
+    let info = TableInfo::of(&table);
+    let engine =
+        morphogen_engines::open(options.engine, TableSource::Host(table), options.max_batch, progress)?;
+    tracing::info!(
+        table = name,
+        records = info.records,
+        pages = info.layout.total_pages(),
+        digest = %hex::encode(info.digest),
+        "table loaded"
+    );
+    Ok(ServedTable { epochs, ..ServedTable::new(name, info, engine) })
+}
+
+/// Replays the table's update log into it, if there is a log or the table
+/// takes updates.
+fn open_epochs(table: &mut Table, log: &Path, options: &OpenOptions) -> Result<Option<Epochs>, Error> {
+    if !options.updates && !log.exists() {
+        return Ok(None);
+    }
+    let (epochs, replayed) =
+        Epochs::open_with(table, log, options.bounds, options.tail).map_err(|error| Error::Open {
+            what: format!("opening the update log {}", log.display()),
+            source: error.into(),
+        })?;
+    tracing::info!(
+        log = %log.display(),
+        batches = replayed.batches,
+        epoch = epochs.epoch(),
+        torn_tail_dropped = replayed.torn.is_some(),
+        "update log replayed"
+    );
+    Ok(Some(epochs))
+}
+
+/// The table of a server of one file, [`DEFAULT_TABLE`](crate::DEFAULT_TABLE):
+/// the snapshot last swapped into `dir` if there is one, and otherwise
+/// `db` (with its update log `log`, by default beside it). With `dir`, the
+/// table takes swaps to the other files there.
+pub fn open_single(
+    dir: Option<SnapshotDir>,
+    db: Option<&Path>,
+    log: Option<&Path>,
+    options: &OpenOptions,
+    progress: &dyn Progress,
+) -> Result<ServedTable, Error> {
+    let start = start(dir.as_ref(), db, log)?.ok_or_else(|| {
+        Error::Config(
+            "no snapshot has been swapped in yet: give the table file to start on (--db)".to_string(),
+        )
+    })?;
+    let served = open_table(crate::DEFAULT_TABLE, &start, options, progress)?;
+    let snapshots = dir.map(|dir| {
+        let swap_options = OpenOptions { engine: Choice::Kind(served.engine.kind()), ..*options };
+        let open_engine = Box::new(move |table| {
+            morphogen_engines::open(
+                swap_options.engine,
+                TableSource::Host(table),
+                swap_options.max_batch,
+                &NoProgress,
+            )
+            .map_err(|error| format!("opening the scan engine: {error}"))
+        });
+        Arc::new(FileSnapshots::new(dir, open_engine, options.bounds, Some(&start.table)))
+            as Arc<dyn SnapshotLoader>
+    });
+    Ok(ServedTable { snapshots, ..served })
+}
+
+/// A manifest of the tables of a server: which table files to serve, by
+/// name, and what the server publishes about them as a whole.
+#[derive(Debug, serde::Deserialize)]
+struct Manifest {
+    /// Each table's file, relative to the manifest.
+    tables: BTreeMap<String, PathBuf>,
+    /// The rest, published at `/v1/tables`.
+    #[serde(flatten)]
+    about: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The tables the JSON manifest at `path` names (its `"tables"` object maps
+/// each name to its table file, relative to the manifest), each with the
+/// update log beside its file, and the manifest's other fields.
+pub fn open_manifest(
+    path: &Path,
+    options: &OpenOptions,
+    progress: &dyn Progress,
+) -> Result<(Vec<ServedTable>, serde_json::Map<String, serde_json::Value>), Error> {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Open {
+        what: format!("reading the manifest {}", path.display()),
+        source: error.into(),
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|error| Error::Open {
+        what: format!(
+            "{}: not a manifest (a JSON object with a \"tables\" object of names and files)",
+            path.display()
+        ),
+        source: error.into(),
+    })?;
+    if manifest.tables.is_empty() {
+        return Err(Error::Config(format!("{}: the manifest names no tables", path.display())));
+    }
+    // Names first: a wrong one should not cost a table load.
+    if let Some(name) = manifest.tables.keys().find(|name| !morphogen_protocol::is_table_name(name)) {
+        return Err(Error::Config(format!(
+            "{}: {name:?} cannot name a table: use 1 to 64 of a-z, 0-9, - and _",
+            path.display()
+        )));
+    }
+    let beside = path.parent().unwrap_or(Path::new("."));
+    let mut served = Vec::with_capacity(manifest.tables.len());
+    for (name, file) in &manifest.tables {
+        let table = beside.join(file);
+        let start = Start { log: log_path(&table), table, pointer: None };
+        let opened = open_table(name, &start, options, progress).map_err(|error| Error::Open {
+            what: format!("table {name} of {}", path.display()),
+            source: error.into(),
+        })?;
+        served.push(opened);
+    }
+    Ok((served, manifest.about))
+}
+
+/// Opens an engine over a table loaded for a swap, which the engine owns
+/// from then on; the error is for the operator. It must be of the kind the
+/// server runs (a swap must not move a server from its GPU to its CPU).
+pub type OpenEngine = dyn Fn(Table) -> Result<Box<dyn Engine>, String> + Send + Sync;
 
 /// The snapshot a server starts on: the file named by the directory's
 /// pointer once a swap has happened, otherwise the file it was given.
@@ -139,9 +298,7 @@ impl SnapshotLoader for FileSnapshots {
         let epochs = Epochs::create_with(&table, &log, epoch, self.bounds)
             .map_err(|error| format!("creating the update log {}: {error}", log.display()))?;
         let info = TableInfo::of(&table);
-        // The engine holds the only reference to the table: updates write
-        // its pages in place (it refuses them on a shared table).
-        let engine = (self.open_engine)(Arc::new(table))?;
+        let engine = (self.open_engine)(table)?;
         Ok(LoadedSnapshot { file: file.to_string(), table: info, engine, epochs })
     }
 

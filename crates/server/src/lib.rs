@@ -31,6 +31,7 @@ mod files;
 mod limits;
 mod listen;
 mod metrics;
+mod published;
 mod routes;
 mod snapshot;
 mod tls;
@@ -46,12 +47,16 @@ use morphogen_scan::Engine;
 use morphogen_table::{CHOICES, Layout, MAX_PAGES_PER_TABLE, Table};
 use tokio::net::TcpListener;
 
-use batcher::{Batcher, Current, Live};
+use batcher::Batcher;
 pub use errors::ApiError;
-pub use files::{FileSnapshots, OpenEngine, Start, check_pointer, start};
+pub use files::{
+    FileSnapshots, OpenEngine, OpenOptions, Start, check_pointer, open_manifest, open_single, open_table,
+    start,
+};
 pub use limits::Limits;
+use published::Published;
+use snapshot::Swaps;
 pub use snapshot::{LoadedSnapshot, SnapshotLoader};
-use snapshot::{Snapshot, Swaps};
 pub use tls::{TlsError, server_config as tls_config};
 
 /// Limits and settings of a server.
@@ -131,6 +136,17 @@ pub enum Error {
     /// The scan thread could not be started.
     #[error("starting the scan thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// A table file, its update log or a manifest could not be opened.
+    #[error("{what}")]
+    Open {
+        /// What was being opened.
+        what: String,
+        /// Why it could not be.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No engine could be opened over a table.
+    #[error("opening the scan engine")]
+    Engine(#[from] morphogen_engines::Error),
 }
 
 /// What a server publishes about the snapshot it answers from.
@@ -399,18 +415,13 @@ impl State {
         if &table.layout != engine.layout() {
             return Err(Error::Config(format!("the engine of table {name} answers from another table")));
         }
-        let current = match &epochs {
-            Some(epochs) => Current::of(epochs),
-            None => Current { epoch: 0, digest: table.digest, records: table.records },
-        };
-        let snapshot = Snapshot::new(&table, engine.name(), epochs.as_ref(), config.max_batch);
-        let live = Live { snapshot: Arc::new(snapshot), current };
+        let published = Published::new(&table, engine.name(), epochs.as_ref(), config.max_batch);
         // Any table the server may swap to: the longest keys, the most sub-tables.
         let key_len = Key::encoded_len(MAX_PAGES_PER_TABLE).expect("the largest page count is a DPF domain");
         let max_keys = config.max_batch * usize::from(*CHOICES.end());
         let max_body_bytes = 2 * (morphogen_protocol::HEADER_LEN + max_keys * key_len) + (64 << 10);
         let limits = (config.max_batch, config.max_queue);
-        let batcher = Batcher::start(engine, epochs, live, limits, metrics.clone())?;
+        let batcher = Batcher::start(engine, epochs, published, limits, metrics.clone())?;
         let swaps = Swaps::new(snapshots);
         Ok(State {
             name,
@@ -429,31 +440,6 @@ impl State {
 
     /// The metadata as of the current epoch.
     fn meta(&self) -> Meta {
-        Meta { instance: self.instance.to_string(), ..self.batcher.live().meta(self.max_rewind_rows) }
-    }
-}
-
-impl Live {
-    /// `/v1/meta` for the server standing here, answering as of epochs
-    /// within `rewind_rows` changed rows.
-    pub(crate) fn meta(&self, rewind_rows: usize) -> Meta {
-        let current = self.current;
-        Meta {
-            digest: hex::encode(current.digest),
-            epoch: current.epoch,
-            records: current.records,
-            oldest_epoch: self.oldest_epoch(rewind_rows),
-            ..self.snapshot.meta.clone()
-        }
-    }
-
-    /// The oldest epoch a query may name: within the window, and no more
-    /// than `rewind_rows` changed rows back.
-    pub(crate) fn oldest_epoch(&self, rewind_rows: usize) -> u64 {
-        let current = self.current.epoch;
-        self.snapshot
-            .history
-            .as_ref()
-            .map_or(current, |history| history.oldest_within(rewind_rows).max(history.oldest()).min(current))
+        self.batcher.published().meta(self.max_rewind_rows, &self.instance)
     }
 }

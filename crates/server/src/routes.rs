@@ -15,9 +15,9 @@ use morphogen_epochs::{Unavailable, rewind};
 use morphogen_protocol::{CONTENT_TYPE, Catalog, Epoch, Request, Response};
 use morphogen_scan::{Query, validate};
 
-use crate::batcher::{Answered, Live, PassError, Refused};
+use crate::batcher::{Answered, PassError, Refused};
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::published::Published;
 use crate::{ApiError, State};
 
 /// Content types a query body may be sent with.
@@ -150,22 +150,21 @@ async fn answer(
     let request = Request::decode(&body, state.max_batch)?;
     // The snapshot the keys are checked against and queued for; a swap
     // after this point fails the request with `snapshot_changed`.
-    let live = state.batcher.live();
+    let published = state.batcher.published();
     let wanted = match request.epoch {
         Epoch::Latest => None,
         Epoch::Exact(epoch) => Some(epoch),
     };
     if let Some(wanted) = wanted {
-        check_epoch(&live, wanted, state.max_rewind_rows)?;
+        check_epoch(&published, wanted, state.max_rewind_rows)?;
     }
-    let snapshot = live.snapshot;
     let queries: Vec<Query> = request.queries.into_iter().map(|keys| Query { keys }).collect();
-    validate(&snapshot.layout, &queries)?;
+    validate(&published.table.layout, &queries)?;
     // Keys to take the answers back to an older epoch with, should the
     // pass answer from a newer one.
     let keys: Option<Vec<Vec<Key>>> = wanted.map(|_| queries.iter().map(|q| q.keys.clone()).collect());
 
-    let answer = state.batcher.submit(queries, snapshot.base).map_err(refused)?;
+    let answer = state.batcher.submit(queries, published.base).map_err(refused)?;
     let reply = answer.await.map_err(|_| ApiError::internal("the scan thread dropped a request"))?;
     let Answered { epoch, mut answers } = reply.map_err(|error| match error {
         PassError::Engine(error) => ApiError::from(error),
@@ -173,12 +172,12 @@ async fn answer(
     })?;
     let epoch = match (wanted, keys) {
         (Some(wanted), Some(keys)) if wanted < epoch => {
-            rewind_answers(state, &snapshot, wanted, epoch, keys, &mut answers).await?;
+            rewind_answers(state, &published, wanted, epoch, keys, &mut answers).await?;
             wanted
         }
         _ => epoch,
     };
-    let layout = &snapshot.layout;
+    let layout = &published.table.layout;
     Response::encode(epoch, usize::from(layout.choices()), layout.page_size() as usize, &answers)
         .map_err(ApiError::internal)
 }
@@ -198,16 +197,16 @@ fn refused(refused: Refused) -> ApiError {
 /// Refuses an epoch the server cannot answer as of: one of an earlier
 /// snapshot, newer than its current one, or older than its window or its
 /// rewind budget of `rewind_rows` changed rows.
-fn check_epoch(live: &Live, wanted: u64, rewind_rows: usize) -> Result<(), ApiError> {
-    if wanted < live.snapshot.base {
+fn check_epoch(published: &Published, wanted: u64, rewind_rows: usize) -> Result<(), ApiError> {
+    if wanted < published.base {
         return Err(snapshot_changed());
     }
-    let current = live.current.epoch;
+    let current = published.epoch;
     // The common case, and the one that needs no walk of the history.
     if wanted == current {
         return Ok(());
     }
-    let oldest = live.oldest_epoch(rewind_rows);
+    let oldest = published.oldest_epoch(rewind_rows);
     let problem = if wanted > current {
         format!("epoch {wanted} is newer than this server's current epoch {current}")
     } else if wanted < oldest {
@@ -251,13 +250,13 @@ fn snapshot_changed() -> ApiError {
 /// it runs, and stopped when the client has gone.
 async fn rewind_answers(
     state: &State,
-    snapshot: &Snapshot,
+    published: &Published,
     wanted: u64,
     from: u64,
     keys: Vec<Vec<Key>>,
     answers: &mut Vec<u8>,
 ) -> Result<(), ApiError> {
-    let history = snapshot
+    let history = published
         .history
         .as_ref()
         .ok_or_else(|| ApiError::internal("a table without updates changed epoch"))?;
@@ -268,7 +267,7 @@ async fn rewind_answers(
     let rows: usize = diffs.iter().map(|diff| diff.rows.len()).sum();
     if rows > state.max_rewind_rows {
         // Updates applied while the request waited took it out of reach.
-        let oldest = state.batcher.live().oldest_epoch(state.max_rewind_rows);
+        let oldest = state.batcher.published().oldest_epoch(state.max_rewind_rows);
         let problem = format!(
             "epoch {wanted} is {rows} changed rows behind this server's epoch {from}, more than the {} it takes back",
             state.max_rewind_rows
@@ -277,7 +276,7 @@ async fn rewind_answers(
     }
     let _room = state.batcher.reserve(keys.len()).map_err(refused)?;
     state.metrics.asof_answers(keys.len());
-    let layout = snapshot.layout.clone();
+    let layout = published.table.layout.clone();
     let mut taken = std::mem::take(answers);
     let gone = StopWhenDropped::default();
     let stop = gone.0.clone();

@@ -14,10 +14,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use morphogen_epochs::{Epochs, History};
-use morphogen_protocol::{Meta, PROTOCOL_VERSION, SnapshotRequest, SwapState, SwapStatus};
+use morphogen_epochs::Epochs;
+use morphogen_protocol::{SnapshotRequest, SwapState, SwapStatus};
 use morphogen_scan::Engine;
-use morphogen_table::Layout;
 
 use crate::TableInfo;
 use crate::metrics::Metrics;
@@ -58,50 +57,6 @@ impl std::fmt::Debug for LoadedSnapshot {
             .field("digest", &hex::encode(self.table.digest))
             .field("epoch", &self.epochs.base())
             .finish_non_exhaustive()
-    }
-}
-
-/// The snapshot answers come from: the part of the metadata that does not
-/// change between its epochs.
-pub(crate) struct Snapshot {
-    /// Its first epoch; no two snapshots a server serves share one.
-    pub(crate) base: u64,
-    /// `/v1/meta` less what changes by epoch.
-    pub(crate) meta: Meta,
-    pub(crate) layout: Layout,
-    /// Diffs of its recent epochs; `None` for a table that takes no updates.
-    pub(crate) history: Option<History>,
-}
-
-impl Snapshot {
-    pub(crate) fn new(
-        table: &TableInfo,
-        engine: &str,
-        epochs: Option<&Epochs>,
-        max_batch: usize,
-    ) -> Snapshot {
-        let layout = &table.layout;
-        let history = epochs.map(|epochs| epochs.history().clone());
-        let base = epochs.map_or(0, Epochs::base);
-        let meta = Meta {
-            protocol_version: PROTOCOL_VERSION,
-            digest: hex::encode(table.digest),
-            epoch: base,
-            snapshot_digest: hex::encode(table.digest),
-            oldest_epoch: base,
-            epoch_window: history.as_ref().map_or(0, History::window),
-            page_size: layout.page_size(),
-            row_size: layout.row_size(),
-            value_size: layout.value_size(),
-            sub_tables: vec![layout.pages_per_table(); usize::from(layout.choices())],
-            hash_seed: hex::encode(layout.seed()),
-            records: table.records,
-            engine: engine.to_string(),
-            max_batch,
-            // The server's own, set where it publishes the metadata.
-            instance: String::new(),
-        };
-        Snapshot { base, meta, layout: layout.clone(), history }
     }
 }
 
@@ -155,7 +110,7 @@ impl Swaps {
         if latest.as_ref().is_some_and(|status| status.state == SwapState::Loading) {
             return Err(SwapRefused::InProgress);
         }
-        let expected = state.batcher.live().current.epoch.saturating_add(1);
+        let expected = state.batcher.published().epoch.saturating_add(1);
         if request.sequence != expected {
             return Err(SwapRefused::Sequence { expected });
         }

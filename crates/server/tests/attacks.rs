@@ -38,7 +38,7 @@ async fn start(config: Config) -> (String, oneshot::Sender<()>, tempfile::TempDi
 /// [`start`] with the engine that `engine` makes over the table.
 async fn start_with(
     config: Config,
-    engine: impl FnOnce(&Arc<Table>) -> Box<dyn Engine>,
+    engine: impl FnOnce(&Table) -> Box<dyn Engine>,
 ) -> (String, oneshot::Sender<()>, tempfile::TempDir) {
     start_bounded(config, Bounds::window(16), engine).await
 }
@@ -47,14 +47,14 @@ async fn start_with(
 async fn start_bounded(
     config: Config,
     bounds: Bounds,
-    engine: impl FnOnce(&Arc<Table>) -> Box<dyn Engine>,
+    engine: impl FnOnce(&Table) -> Box<dyn Engine>,
 ) -> (String, oneshot::Sender<()>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut table = table();
     let (epochs, _) =
         Epochs::open_with(&mut table, &dir.path().join("table.log"), bounds, Tail::Refuse).unwrap();
     let info = TableInfo::of(&table);
-    let engine = engine(&Arc::new(table));
+    let engine = engine(&table);
     let served = ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, engine) };
     let config = Config { admin_token: Some(TOKEN.to_string()), ..config };
     let (url, stop) = spawn(Server::new(vec![served], config).unwrap()).await;
@@ -319,7 +319,7 @@ async fn running_out_of_epochs_is_a_409_that_says_to_build_a_snapshot() {
     let table = table();
     let epochs = Epochs::create(&table, &dir.path().join("table.log"), u64::MAX, 16).unwrap();
     let info = TableInfo::of(&table);
-    let engine = Box::new(CpuEngine::new(Arc::new(table)));
+    let engine = Box::new(CpuEngine::new(table));
     let served = ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, engine) };
     let config = Config { admin_token: Some(TOKEN.to_string()), ..Config::default() };
     let (url, _stop) = spawn(Server::new(vec![served], config).unwrap()).await;
@@ -332,7 +332,7 @@ async fn running_out_of_epochs_is_a_409_that_says_to_build_a_snapshot() {
 fn rejects_an_admin_token_shorter_than_16_bytes() {
     for (token, accepted) in [("fifteen bytes..", false), ("   padded   ", false), ("sixteen bytes...", true)]
     {
-        let table = Arc::new(table());
+        let table = table();
         let engine = Box::new(CpuEngine::new(table.clone()));
         let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), engine);
         let config = Config { admin_token: Some(token.to_string()), ..Config::default() };
@@ -354,7 +354,7 @@ async fn metrics_can_be_kept_off_the_public_listener() {
     let url_of = |listener: &TcpListener| format!("http://{}", listener.local_addr().unwrap());
     let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
     for on_admin in [true, false] {
-        let table = Arc::new(table());
+        let table = table();
         let engine = Box::new(CpuEngine::new(table.clone()));
         let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), engine);
         let config = Config { admin_token: Some(TOKEN.to_string()), ..Config::default() };
@@ -380,7 +380,7 @@ async fn metrics_can_be_kept_off_the_public_listener() {
 async fn update_memory_is_bounded_by_the_batch_and_history_bounds() {
     // Room for 4 pages a batch, and for a few small epochs of history.
     let bounds = Bounds { window: 16, history_bytes: 2_000, batch_bytes: 4 * 512 };
-    let cpu = |table: &Arc<Table>| Box::new(CpuEngine::new(table.clone())) as Box<dyn Engine>;
+    let cpu = |table: &Table| Box::new(CpuEngine::new(table.clone())) as Box<dyn Engine>;
     let (url, _stop, _dir) = start_bounded(Config::default(), bounds, cpu).await;
     let (status, error) = update(&url, batch(1, 0..200, "01")).await;
     assert_eq!((status, &error["code"]), (413, &serde_json::json!("batch_too_large")), "{error}");
@@ -400,11 +400,11 @@ async fn update_memory_is_bounded_by_the_batch_and_history_bounds() {
 
 #[test]
 fn rejects_an_engine_over_another_table() {
-    let table = Arc::new(table());
+    let table = table();
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..50).map(|i: u32| (i.to_le_bytes().to_vec(), vec![1; 4])).collect();
     let options = BuildOptions { page_size: 1024, value_size: Some(4), choices: 3, seed: None };
-    let other = Arc::new(build(&records[..], &options, &NoProgress).unwrap());
+    let other = build(&records[..], &options, &NoProgress).unwrap();
     let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), Box::new(CpuEngine::new(other)));
     let error = Server::new(vec![served], Config::default()).err().expect("refused");
     assert!(error.to_string().contains("answers from another table"), "{error}");

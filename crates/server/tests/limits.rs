@@ -7,7 +7,6 @@ mod common;
 
 use common::{SlowEngine, spawn};
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use morphogen_dpf::generate;
@@ -20,16 +19,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-fn table() -> Arc<Table> {
+fn table() -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..500).map(|i| (format!("key-{i}").into_bytes(), format!("value-{i}").into_bytes())).collect();
     let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 2, seed: None };
-    Arc::new(build(&records[..], &options, &NoProgress).unwrap())
+    build(&records[..], &options, &NoProgress).unwrap()
 }
 
 /// A server whose passes take `pass_ms`, with `limits`; its address
 /// (host:port) and the sender that stops it.
-async fn start(table: &Arc<Table>, pass_ms: u64, limits: Limits) -> (String, oneshot::Sender<()>) {
+async fn start(table: &Table, pass_ms: u64, limits: Limits) -> (String, oneshot::Sender<()>) {
     let config = Config { limits, ..Config::default() };
     let engine = Box::new(SlowEngine::new(table, pass_ms));
     let server = Server::new(vec![ServedTable::new(DEFAULT_TABLE, TableInfo::of(table), engine)], config);

@@ -6,8 +6,6 @@ mod common;
 
 use common::{post_huge, spawn};
 
-use std::sync::Arc;
-
 use morphogen_epochs::Epochs;
 use morphogen_scan::CpuEngine;
 use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
@@ -31,7 +29,7 @@ async fn an_unauthenticated_admin_body_is_refused_unread() {
     let info = TableInfo::of(&table);
     let served = ServedTable {
         epochs: Some(epochs),
-        ..ServedTable::new(DEFAULT_TABLE, info, Box::new(CpuEngine::new(Arc::new(table))))
+        ..ServedTable::new(DEFAULT_TABLE, info, Box::new(CpuEngine::new(table)))
     };
     let config =
         Config { admin_token: Some("a test admin token of some length".to_string()), ..Config::default() };

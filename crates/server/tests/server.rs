@@ -23,9 +23,9 @@ fn records(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
     (0..n).map(|i| (format!("key-{}", 2 * i).into_bytes(), format!("value-{}", 2 * i).into_bytes())).collect()
 }
 
-fn small_table() -> Arc<Table> {
+fn small_table() -> Table {
     let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 3, seed: None };
-    Arc::new(build(&records(2_000)[..], &options, &NoProgress).unwrap())
+    build(&records(2_000)[..], &options, &NoProgress).unwrap()
 }
 
 /// A running server; stops when dropped.
@@ -34,11 +34,11 @@ struct Running {
     _stop: oneshot::Sender<()>,
 }
 
-async fn start(table: &Arc<Table>, config: Config) -> Running {
+async fn start(table: &Table, config: Config) -> Running {
     start_with(table, Box::new(CpuEngine::new(table.clone())), config).await
 }
 
-async fn start_with(table: &Arc<Table>, engine: Box<dyn Engine>, config: Config) -> Running {
+async fn start_with(table: &Table, engine: Box<dyn Engine>, config: Config) -> Running {
     let server =
         Server::new(vec![ServedTable::new(DEFAULT_TABLE, TableInfo::of(table), engine)], config).unwrap();
     let (url, stop) = spawn(server).await;
@@ -223,7 +223,7 @@ async fn meta_describes_the_table() {
     assert_eq!((meta.epoch, meta.max_batch, meta.engine.as_str()), (0, 9, "cpu"));
 }
 
-async fn start_slow(table: &Arc<Table>, pass_ms: u64, config: Config) -> Running {
+async fn start_slow(table: &Table, pass_ms: u64, config: Config) -> Running {
     start_with(table, Box::new(SlowEngine::new(table, pass_ms)), config).await
 }
 

@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 
 use morphogen_client::{Admin, Client};
 use morphogen_dpf::generate;
-use morphogen_epochs::{Bounds, Epochs, SnapshotDir, log_path};
+use morphogen_engines::Choice;
+use morphogen_epochs::{Bounds, SnapshotDir, Tail, log_path};
 use morphogen_protocol::{
     AdminStatus, CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, SnapshotRequest, SwapState,
     UpdateRequest,
 };
-use morphogen_scan::{CpuEngine, Engine};
+use morphogen_scan::{CpuEngine, Engine, EngineKind};
 use morphogen_server::{
-    Config, DEFAULT_TABLE, FileSnapshots, LoadedSnapshot, ServedTable, Server, SnapshotLoader, TableInfo,
+    Config, DEFAULT_TABLE, FileSnapshots, LoadedSnapshot, OpenOptions, ServedTable, Server, SnapshotLoader,
+    Start, open_single, open_table,
 };
-use morphogen_table::{BuildOptions, NoProgress, Table, Verify, build};
+use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::oneshot;
@@ -44,14 +46,12 @@ fn write_table(path: &Path, count: usize, prefix: &str, page_size: u32, choices:
 #[derive(Debug)]
 struct Gated {
     files: FileSnapshots,
-    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    gate: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl SnapshotLoader for Gated {
     fn load(&self, file: &str, epoch: u64) -> Result<LoadedSnapshot, String> {
-        if let Some(gate) = self.gate.lock().unwrap().as_ref() {
-            gate.recv().map_err(|_| "the test went away".to_string())?;
-        }
+        self.gate.lock().unwrap().recv().map_err(|_| "the test went away".to_string())?;
         self.files.load(file, epoch)
     }
 
@@ -90,31 +90,32 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
         }
     }
     let path = own.join(first);
-    let mut table = Table::open(&path, Verify::Digest, &NoProgress).unwrap();
-    let (epochs, _) = Epochs::open(&mut table, &log_path(&path), 1024).unwrap();
-    let info = TableInfo::of(&table);
-    let gate = match swaps {
-        Swaps::Disabled => None,
-        Swaps::Enabled => Some(None),
-        Swaps::Gated(gate) => Some(Some(gate)),
+    // The server's own opening of a table file and of a snapshot
+    // directory, guard included, with CPU engines.
+    let options = OpenOptions {
+        engine: Choice::Kind(EngineKind::Cpu),
+        max_batch: 8,
+        bounds: Bounds::window(1024),
+        tail: Tail::Refuse,
+        updates: true,
     };
-    // The server's own loader, guard included, opening CPU engines; a
-    // gated one holds each load until the test lets it go.
-    let snapshots = gate.map(|gate| {
-        let open_engine =
-            Box::new(|table: Arc<Table>| Ok(Box::new(CpuEngine::new(table)) as Box<dyn Engine>));
-        let files = FileSnapshots::new(
-            SnapshotDir::new(&own).unwrap(),
-            open_engine,
-            Bounds::window(1024),
-            Some(&path),
-        );
-        Arc::new(Gated { files, gate: Mutex::new(gate) }) as Arc<dyn SnapshotLoader>
-    });
+    let dir = SnapshotDir::new(&own).unwrap();
+    let served = match swaps {
+        Swaps::Disabled => {
+            let start = Start { log: log_path(&path), table: path, pointer: None };
+            open_table(DEFAULT_TABLE, &start, &options, &NoProgress).unwrap()
+        }
+        Swaps::Enabled => open_single(Some(dir), Some(&path), None, &options, &NoProgress).unwrap(),
+        Swaps::Gated(gate) => {
+            // The server's loader, held by a gate until the test lets each load go.
+            let served = open_single(None, Some(&path), None, &options, &NoProgress).unwrap();
+            let open_engine = Box::new(|table: Table| Ok(Box::new(CpuEngine::new(table)) as Box<dyn Engine>));
+            let files = FileSnapshots::new(dir, open_engine, options.bounds, Some(&path));
+            let gated = Arc::new(Gated { files, gate: Mutex::new(gate) }) as Arc<dyn SnapshotLoader>;
+            ServedTable { snapshots: Some(gated), ..served }
+        }
+    };
     let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
-    let engine = Box::new(CpuEngine::new(Arc::new(table)));
-    let served =
-        ServedTable { epochs: Some(epochs), snapshots, ..ServedTable::new(DEFAULT_TABLE, info, engine) };
     let server = Server::new(vec![served], config).unwrap();
     let (url, stop) = spawn(server).await;
     let admin = common::admin(&url, TOKEN);

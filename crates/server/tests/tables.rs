@@ -5,8 +5,6 @@ mod common;
 
 use common::{padded, spawn};
 
-use std::sync::Arc;
-
 use morphogen_client::{Client, Settings, fetch_catalog};
 use morphogen_protocol::{Catalog, ErrorBody};
 use morphogen_scan::CpuEngine;
@@ -15,20 +13,20 @@ use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use tokio::sync::oneshot;
 
 /// A table of `key-i` → `{prefix}-i` for i below `n`, with `page_size` pages.
-fn table(prefix: &str, n: usize, page_size: u32) -> Arc<Table> {
+fn table(prefix: &str, n: usize, page_size: u32) -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..n).map(|i| (format!("key-{i}").into_bytes(), format!("{prefix}-{i}").into_bytes())).collect();
     let options = BuildOptions { page_size, value_size: Some(16), choices: 2, seed: None };
-    Arc::new(build(&records[..], &options, &NoProgress).unwrap())
+    build(&records[..], &options, &NoProgress).unwrap()
 }
 
-fn served(name: &str, table: &Arc<Table>) -> ServedTable {
+fn served(name: &str, table: &Table) -> ServedTable {
     ServedTable::new(name, TableInfo::of(table), Box::new(CpuEngine::new(table.clone())))
 }
 
 /// A server of the tables `fruit` and `veg`, which hold the same keys with
 /// different values.
-async fn start(fruit: &Arc<Table>, veg: &Arc<Table>) -> (String, oneshot::Sender<()>) {
+async fn start(fruit: &Table, veg: &Table) -> (String, oneshot::Sender<()>) {
     let mut about = serde_json::Map::new();
     about.insert("chain_id".to_string(), serde_json::json!(7));
     let config = Config { about, admin_token: Some("a secret admin token".to_string()), ..Config::default() };

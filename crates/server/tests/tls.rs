@@ -7,7 +7,6 @@ mod common;
 use common::{padded, spawn};
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use morphogen_client::{Admin, Client, Settings, Trust};
 use morphogen_scan::CpuEngine;
@@ -53,15 +52,15 @@ impl Certificates {
     }
 }
 
-fn table() -> Arc<Table> {
+fn table() -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..300).map(|i| (format!("key-{i}").into_bytes(), format!("value-{i}").into_bytes())).collect();
     let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 2, seed: None };
-    Arc::new(build(&records[..], &options, &NoProgress).unwrap())
+    build(&records[..], &options, &NoProgress).unwrap()
 }
 
 /// A server with TLS from `certificates`; its https URL and its stopper.
-async fn start(table: &Arc<Table>, certificates: &Certificates) -> (String, oneshot::Sender<()>) {
+async fn start(table: &Table, certificates: &Certificates) -> (String, oneshot::Sender<()>) {
     let tls = tls_config(&certificates.path("server.pem"), &certificates.path("server.key")).unwrap();
     let config = Config { tls: Some(tls), admin_token: Some(TOKEN.to_string()), ..Config::default() };
     let engine = Box::new(CpuEngine::new(table.clone()));

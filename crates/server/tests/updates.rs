@@ -13,7 +13,7 @@ use morphogen_client::{Admin, Client};
 use morphogen_dpf::{Key, generate};
 use morphogen_epochs::{Batch, Change, Epochs};
 use morphogen_protocol::{CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, Response, UpdateRequest};
-use morphogen_scan::{CpuEngine, Engine, Query, ReferenceEngine};
+use morphogen_scan::{CpuEngine, Query, reference_pass};
 use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::rngs::StdRng;
@@ -44,7 +44,7 @@ async fn start(table: &Table, window: u64) -> Live {
     let mut table = table.clone();
     let (epochs, _) = Epochs::open(&mut table, &dir.path().join("table.log"), window).unwrap();
     let info = TableInfo::of(&table);
-    let engine = CpuEngine::new(Arc::new(table));
+    let engine = CpuEngine::new(table);
     let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
     let served =
         ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, Box::new(engine)) };
@@ -86,11 +86,11 @@ fn request(sequence: u64, changes: &[(String, Option<String>)]) -> UpdateRequest
 }
 
 /// The table and its digest at every epoch of `batches`, applied in memory.
-fn model(table: &Table, batches: &[Vec<(String, Option<String>)>]) -> Vec<(Arc<Table>, String)> {
+fn model(table: &Table, batches: &[Vec<(String, Option<String>)>]) -> Vec<(Table, String)> {
     let dir = tempfile::tempdir().unwrap();
     let mut table = table.clone();
     let (mut epochs, _) = Epochs::open(&mut table, &dir.path().join("model.log"), 1024).unwrap();
-    let mut states = vec![(Arc::new(table.clone()), hex::encode(epochs.digest()))];
+    let mut states = vec![(table.clone(), hex::encode(epochs.digest()))];
     for (i, changes) in batches.iter().enumerate() {
         let changes = changes
             .iter()
@@ -101,7 +101,7 @@ fn model(table: &Table, batches: &[Vec<(String, Option<String>)>]) -> Vec<(Arc<T
             .collect();
         let plan = epochs.plan(&table, Batch { sequence: i as u64 + 1, changes }).unwrap();
         table.apply(&epochs.commit(plan).unwrap()).unwrap();
-        states.push((Arc::new(table.clone()), hex::encode(epochs.digest())));
+        states.push((table.clone(), hex::encode(epochs.digest())));
     }
     states
 }
@@ -133,9 +133,9 @@ async fn query(url: &str, epoch: Epoch, queries: &[Vec<Key>]) -> Result<Response
 }
 
 /// What the reference engine answers to `queries` from `table`.
-fn reference(table: &Arc<Table>, queries: &[Vec<Key>]) -> Vec<u8> {
+fn reference(table: &Table, queries: &[Vec<Key>]) -> Vec<u8> {
     let queries: Vec<Query> = queries.iter().map(|keys| Query { keys: keys.clone() }).collect();
-    ReferenceEngine::new(table.clone()).pass(&queries).unwrap().as_bytes().to_vec()
+    reference_pass(table, &queries).unwrap().as_bytes().to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +291,7 @@ async fn the_admin_routes_refuse_bad_tokens_sequences_and_batches_and_change_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_exist_only_with_a_token_and_need_an_update_log() {
-    let table = Arc::new(table());
+    let table = table();
     let plain = |admin_token: Option<&str>| {
         let config = Config { admin_token: admin_token.map(str::to_string), ..Config::default() };
         let engine = CpuEngine::new(table.clone());

@@ -169,6 +169,17 @@ impl Table {
     /// long and within the table before any is applied. A mapped table
     /// copies the pages it writes into memory; its file is not changed.
     pub fn apply(&mut self, writes: &[PageWrite]) -> Result<(), Error> {
+        self.check_writes(writes)?;
+        for write in writes {
+            let span = self.page_span(write.index);
+            self.pages[span].copy_from_slice(&write.bytes);
+        }
+        Ok(())
+    }
+
+    /// Whether [`Table::apply`] would take `writes`: each one page long
+    /// and within the table.
+    pub fn check_writes(&self, writes: &[PageWrite]) -> Result<(), Error> {
         let size = self.layout.page_size() as usize;
         if let Some(bad) = writes.iter().find(|w| w.bytes.len() != size) {
             let (expected, actual) = (self.layout.page_size(), bad.bytes.len());
@@ -177,10 +188,6 @@ impl Table {
         let pages = self.layout.total_pages();
         if let Some(bad) = writes.iter().find(|w| w.index >= pages) {
             return Err(Error::PageIndex { index: bad.index, pages });
-        }
-        for write in writes {
-            let span = self.page_span(write.index);
-            self.pages[span].copy_from_slice(&write.bytes);
         }
         Ok(())
     }

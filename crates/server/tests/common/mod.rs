@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use morphogen_scan::{Answers, CpuEngine, Engine, Query};
+use morphogen_scan::{Answers, CpuEngine, Profile, Query, Scan, WritePages};
 use morphogen_server::Server;
 use morphogen_table::Table;
 use tokio::net::TcpListener;
@@ -51,12 +51,12 @@ impl Passes {
 }
 
 impl SlowEngine {
-    pub fn new(table: &Arc<Table>, pass_ms: u64) -> SlowEngine {
+    pub fn new(table: &Table, pass_ms: u64) -> SlowEngine {
         SlowEngine::with_writes(table, pass_ms, 0)
     }
 
     /// Page writes (updates) take at least `write_ms` too.
-    pub fn with_writes(table: &Arc<Table>, pass_ms: u64, write_ms: u64) -> SlowEngine {
+    pub fn with_writes(table: &Table, pass_ms: u64, write_ms: u64) -> SlowEngine {
         SlowEngine {
             inner: CpuEngine::new(table.clone()),
             pass_time: Duration::from_millis(pass_ms),
@@ -71,7 +71,7 @@ impl SlowEngine {
     }
 }
 
-impl Engine for SlowEngine {
+impl Scan for SlowEngine {
     fn kind(&self) -> morphogen_scan::EngineKind {
         self.inner.kind()
     }
@@ -91,6 +91,9 @@ impl Engine for SlowEngine {
         self.passes.ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         answers
     }
+}
+
+impl WritePages for SlowEngine {
     fn table(&self) -> Option<&Table> {
         self.inner.table()
     }
@@ -98,6 +101,9 @@ impl Engine for SlowEngine {
         std::thread::sleep(self.write_time);
         self.inner.write_pages(writes)
     }
+}
+
+impl Profile for SlowEngine {
     fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
         self.inner.plain_read_seconds()
     }
@@ -168,7 +174,7 @@ pub struct FaultyEngine {
 
 impl FaultyEngine {
     /// The engine over `table`, and the switch of its fault.
-    pub fn new(table: &Arc<Table>) -> (FaultyEngine, Arc<std::sync::Mutex<Fault>>) {
+    pub fn new(table: &Table) -> (FaultyEngine, Arc<std::sync::Mutex<Fault>>) {
         let fault = Arc::new(std::sync::Mutex::new(Fault::None));
         (FaultyEngine { inner: CpuEngine::new(table.clone()), fault: fault.clone() }, fault)
     }
@@ -178,7 +184,7 @@ impl FaultyEngine {
     }
 }
 
-impl Engine for FaultyEngine {
+impl Scan for FaultyEngine {
     fn kind(&self) -> morphogen_scan::EngineKind {
         self.inner.kind()
     }
@@ -198,6 +204,9 @@ impl Engine for FaultyEngine {
             Fault::None | Fault::PanicInWrite => self.inner.pass(queries),
         }
     }
+}
+
+impl WritePages for FaultyEngine {
     fn table(&self) -> Option<&Table> {
         self.inner.table()
     }
@@ -207,6 +216,9 @@ impl Engine for FaultyEngine {
         }
         self.inner.write_pages(writes)
     }
+}
+
+impl Profile for FaultyEngine {
     fn plain_read_seconds(&mut self) -> Result<f64, morphogen_scan::Error> {
         self.inner.plain_read_seconds()
     }

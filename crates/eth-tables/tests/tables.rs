@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use morphogen_eth::{
-    AccountValue, CODE_CHUNKS, EMPTY_CODE_HASH, Error, MAX_CODE_LEN, TableRecords, code_chunk_key,
-    code_from_chunks, code_hash, read_dump, read_genesis, storage_key,
+    AccountValue, CODE_CHUNKS, EMPTY_CODE_HASH, Error, MAX_CODE_LEN, TABLE_SHAPES, TableRecords, TableShape,
+    code_chunk_key, code_from_chunks, code_hash, read_dump, read_genesis, storage_key,
 };
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use serde_json::json;
@@ -49,14 +49,16 @@ struct Tables {
 }
 
 fn build_tables(records: &TableRecords) -> Tables {
-    let table = |records: &[(Vec<u8>, Vec<u8>)], page_size, value_size| {
-        let options = BuildOptions { page_size, value_size: Some(value_size), choices: 2, seed: None };
+    let table = |records: &[(Vec<u8>, Vec<u8>)], shape: TableShape| {
+        let value_size = Some(shape.value_size as u32);
+        let options = BuildOptions { page_size: shape.page_size, value_size, choices: 2, seed: None };
         build(records, &options, &NoProgress).unwrap()
     };
+    let [accounts, storage, code] = TABLE_SHAPES;
     Tables {
-        accounts: table(&records.accounts, 4096, 72),
-        storage: table(&records.storage, 4096, 32),
-        code: table(&records.code, 8192, 1028),
+        accounts: table(&records.accounts, accounts),
+        storage: table(&records.storage, storage),
+        code: table(&records.code, code),
     }
 }
 

@@ -1,17 +1,12 @@
-//! Writing a state's three tables and their manifest into a directory.
+//! Writing an Ethereum state's three tables (`morphogen-eth`'s records, in
+//! its [`TABLE_SHAPES`]) and their manifest into a directory.
 
 use std::path::Path;
 
+use morphogen_eth::{
+    Account, Chain, Error, MANIFEST_FILE, Manifest, TABLE_NAMES, TABLE_SHAPES, TableRecords,
+};
 use morphogen_table::{BuildOptions, Progress, build};
-
-use crate::records::{ACCOUNT_VALUE_LEN, CODE_VALUE_LEN, STORAGE_VALUE_LEN, TableRecords};
-use crate::state::{Account, Chain, Error};
-use crate::{MANIFEST_FILE, Manifest, TABLE_NAMES};
-
-/// Page size and value size of each table, in [`TABLE_NAMES`] order: rows
-/// of 80, 40 and 1,036 bytes, so 51, 102 and 7 to a page.
-const TABLE_SHAPES: [(u32, usize); 3] =
-    [(4096, ACCOUNT_VALUE_LEN), (4096, STORAGE_VALUE_LEN), (8192, CODE_VALUE_LEN)];
 
 /// Builds the tables of `accounts` at `chain` into `dir` (created if
 /// missing): `accounts.mgdb`, `storage.mgdb`, `code.mgdb` and the manifest
@@ -28,10 +23,9 @@ pub fn write_tables(
     std::fs::create_dir_all(dir).map_err(|e| written(&dir.display().to_string(), &e))?;
     let sets = [&records.accounts, &records.storage, &records.code];
     let mut counts = [0u64; 3];
-    for (((name, records), (page_size, value_size)), count) in
-        TABLE_NAMES.iter().zip(sets).zip(TABLE_SHAPES).zip(&mut counts)
-    {
-        let options = BuildOptions { page_size, value_size: Some(value_size as u32), choices: 2, seed: None };
+    for (((name, records), shape), count) in TABLE_NAMES.iter().zip(sets).zip(TABLE_SHAPES).zip(&mut counts) {
+        let value_size = Some(shape.value_size as u32);
+        let options = BuildOptions { page_size: shape.page_size, value_size, choices: 2, seed: None };
         let table = build(&records[..], &options, progress)
             .map_err(|e| written(&format!("building the {name} table"), &e))?;
         let path = dir.join(format!("{name}.mgdb"));

@@ -68,7 +68,7 @@ pub fn run(args: &UpdateArgs) -> anyhow::Result<()> {
             Some(sequence) => sequence,
             None => next_sequence(&admins).await?,
         };
-        let request = Arc::new(UpdateRequest { sequence, changes });
+        let request = Arc::new(UpdateRequest { sequence, changes, label: None });
         // Both servers at once: each acknowledges after its own log sync.
         let mut sends = tokio::task::JoinSet::new();
         for (index, admin) in admins.iter().cloned().enumerate() {

@@ -114,7 +114,7 @@ fn update_log(table: &Table, dir: &Path) -> Vec<u8> {
             Change::delete(&(sequence as u32 + 100).to_le_bytes()),
             Change::set(b"new key", &sequence.to_le_bytes()),
         ];
-        let plan = epochs.plan(&table, Batch { sequence, changes }).unwrap();
+        let plan = epochs.plan(&table, Batch { sequence, changes, label: None }).unwrap();
         table.apply(&epochs.commit(plan).unwrap()).unwrap();
     }
     std::fs::read(&path).unwrap()

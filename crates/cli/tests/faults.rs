@@ -78,9 +78,12 @@ fn a_full_disk_refuses_the_update_unacknowledged_and_the_server_keeps_serving() 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (acknowledged, small) = runtime.block_on(async {
         let admin = admin(&limited);
-        let first = admin.update(&UpdateRequest { sequence: 1, changes: changes(10, 0xa1) }).await.unwrap();
+        let first = admin
+            .update(&UpdateRequest { sequence: 1, changes: changes(10, 0xa1), label: None })
+            .await
+            .unwrap();
 
-        let large = UpdateRequest { sequence: 2, changes: changes(1_000, 0xb2) };
+        let large = UpdateRequest { sequence: 2, changes: changes(1_000, 0xb2), label: None };
         let error = admin.update(&large).await.unwrap_err();
         assert!(error.to_string().contains("log_write_failed"), "{error}");
         // Nothing changed, and the server still answers.
@@ -91,7 +94,10 @@ fn a_full_disk_refuses_the_update_unacknowledged_and_the_server_keeps_serving() 
 
         // The failed write left no partial record behind: the next batch
         // that fits is appended and acknowledged as epoch 2.
-        let small = admin.update(&UpdateRequest { sequence: 2, changes: changes(5, 0xc3) }).await.unwrap();
+        let small = admin
+            .update(&UpdateRequest { sequence: 2, changes: changes(5, 0xc3), label: None })
+            .await
+            .unwrap();
         assert_eq!(small.epoch, 2);
         (first, small)
     });
@@ -162,8 +168,10 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
         let mut server = serve_with(&options);
         let old_digest = runtime.block_on(async {
             let admin = admin(&server);
-            let updated =
-                admin.update(&UpdateRequest { sequence: 1, changes: changes(3, 0xd4) }).await.unwrap();
+            let updated = admin
+                .update(&UpdateRequest { sequence: 1, changes: changes(3, 0xd4), label: None })
+                .await
+                .unwrap();
             if kill != Kill::BeforeTheSwap {
                 let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 2 };
                 admin.swap(&request).await.unwrap();
@@ -210,7 +218,10 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
             let status = admin.status().await.unwrap().meta;
             assert_eq!((status.epoch, &status.snapshot_digest), (2, &new_digest), "round {round}");
             // And it takes the next batch on the new snapshot.
-            let next = admin.update(&UpdateRequest { sequence: 3, changes: changes(2, 0xe5) }).await.unwrap();
+            let next = admin
+                .update(&UpdateRequest { sequence: 3, changes: changes(2, 0xe5), label: None })
+                .await
+                .unwrap();
             assert_eq!(next.epoch, 3);
         });
     }

@@ -415,7 +415,7 @@ fn update_batches(count: usize) -> Vec<morphogen_protocol::UpdateRequest> {
                     value: rng.random_bool(0.8).then(|| format!("{:016x}", rng.random::<u64>())),
                 })
                 .collect();
-            morphogen_protocol::UpdateRequest { sequence, changes }
+            morphogen_protocol::UpdateRequest { sequence, changes, label: None }
         })
         .collect()
 }

@@ -77,6 +77,7 @@ pub(crate) mod tests {
             engine: "cpu".to_string(),
             max_batch: 32,
             instance: "aa".to_string(),
+            label: None,
         }
     }
 

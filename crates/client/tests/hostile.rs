@@ -106,6 +106,7 @@ fn meta_json(instance: &str) -> String {
         engine: "fake".to_string(),
         max_batch: 8,
         instance: instance.to_string(),
+        label: None,
     };
     serde_json::to_string(&meta).unwrap()
 }

@@ -45,6 +45,8 @@ pub struct EpochDiff {
     pub digest: [u8; 32],
     /// Records in the table as of the epoch.
     pub records: u64,
+    /// The batch's label ([`crate::Batch::label`]).
+    pub label: Option<Vec<u8>>,
 }
 
 /// The diffs of the last `window` epochs, shared between the thread that

@@ -89,7 +89,15 @@ pub struct Batch {
     pub sequence: u64,
     /// Applied in order; a later change of the same key wins.
     pub changes: Vec<Change>,
+    /// What the epoch is to whoever feeds the table (a block's number and
+    /// hash, say), at most [`MAX_LABEL_LEN`] bytes: logged with the batch,
+    /// part of the epoch's digest, and published with the epoch. Opaque
+    /// here.
+    pub label: Option<Vec<u8>>,
 }
+
+/// The longest label a batch may carry, in bytes.
+pub const MAX_LABEL_LEN: usize = 4096;
 
 /// A batch placed into the table, checked, not yet logged or applied.
 pub struct Plan {
@@ -172,16 +180,28 @@ impl Chain {
         if batch.sequence != expected {
             return Err(Error::Sequence { expected, actual: batch.sequence });
         }
+        if let Some(label) = &batch.label
+            && label.len() > MAX_LABEL_LEN
+        {
+            return Err(Error::LabelTooLong { len: label.len() });
+        }
         let max_pages = if bounded { self.batch_pages } else { usize::MAX };
         let placement = place(table, self.records, &batch.changes, max_pages)?;
-        let digest = self.next_digest(batch.sequence, &placement);
+        let digest = self.next_digest(batch.sequence, batch.label.as_deref(), &placement);
         Ok(Plan { batch, encoded, placement, digest })
     }
 
-    fn next_digest(&self, epoch: u64, placement: &Placement) -> [u8; 32] {
+    fn next_digest(&self, epoch: u64, label: Option<&[u8]>, placement: &Placement) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new_derive_key(EPOCH_DIGEST_CONTEXT);
         hasher.update(&self.digest);
         hasher.update(&epoch.to_le_bytes());
+        // A label's length first: no label and its bytes read as a row.
+        // Unlabelled epochs hash as they did before labels existed.
+        if let Some(label) = label {
+            hasher.update(b"label");
+            hasher.update(&(label.len() as u64).to_le_bytes());
+            hasher.update(label);
+        }
         // Rows and writes are both in page order.
         let mut writes = placement.writes.iter().peekable();
         for row in &placement.rows {
@@ -208,6 +228,7 @@ impl Chain {
             batch: *blake3::hash(&encoded).as_bytes(),
             digest,
             records: placement.records,
+            label: batch.label,
         });
         placement.writes
     }
@@ -400,6 +421,12 @@ pub enum Error {
     OtherBatchApplied {
         /// Its epoch.
         epoch: u64,
+    },
+    /// The batch's label is longer than [`MAX_LABEL_LEN`].
+    #[error("the batch's label is {len} bytes, more than the {MAX_LABEL_LEN} a label may be")]
+    LabelTooLong {
+        /// Bytes of the label.
+        len: usize,
     },
     /// The epoch is the largest number there is: no batch can follow.
     #[error("the epoch is at its largest possible value; no batch can follow (build a new snapshot)")]

@@ -15,6 +15,8 @@
 //! then records, each `len: u32 | !len: u32 | BLAKE3(payload)[..16] | payload`.
 //! A batch's payload is `1u8 | sequence: u64 | changes: u32`, then per
 //! change `key digest: 16 | 1u8 and value_len: u32 and the value, or 0u8`.
+//! A labelled batch's is `2u8 | sequence: u64 | label_len: u32 | label`,
+//! then the same `changes: u32` and changes.
 //!
 //! A crash while appending leaves at most one unfinished record at the end:
 //! fewer bytes than a record header, a record running past the end of the
@@ -44,6 +46,8 @@ const RECORD_HEADER_LEN: usize = 24;
 const MAX_PAYLOAD: u32 = 1 << 30;
 /// First byte of a batch's payload.
 const KIND_BATCH: u8 = 1;
+/// First byte of a labelled batch's payload.
+const KIND_LABELLED_BATCH: u8 = 2;
 
 /// What opening a log does with each record: `(base epoch, offset, payload)`.
 pub(crate) type Replay<'a> = dyn FnMut(u64, u64, &[u8]) -> Result<(), Error> + 'a;
@@ -317,9 +321,14 @@ fn rest_is_zero(reader: &mut impl Read) -> std::io::Result<bool> {
 /// The payload of a batch record.
 pub(crate) fn encode_batch(batch: &Batch) -> Vec<u8> {
     let values: usize = batch.changes.iter().map(|c| c.value.as_ref().map_or(0, Vec::len)).sum();
-    let mut out = Vec::with_capacity(13 + batch.changes.len() * 21 + values);
-    out.push(KIND_BATCH);
+    let label = batch.label.as_deref();
+    let mut out = Vec::with_capacity(17 + label.map_or(0, <[u8]>::len) + batch.changes.len() * 21 + values);
+    out.push(if label.is_some() { KIND_LABELLED_BATCH } else { KIND_BATCH });
     out.extend_from_slice(&batch.sequence.to_le_bytes());
+    if let Some(label) = label {
+        out.extend_from_slice(&(label.len() as u32).to_le_bytes());
+        out.extend_from_slice(label);
+    }
     out.extend_from_slice(&(batch.changes.len() as u32).to_le_bytes());
     for change in &batch.changes {
         out.extend_from_slice(&change.key.0);
@@ -339,10 +348,18 @@ pub(crate) fn encode_batch(batch: &Batch) -> Vec<u8> {
 pub(crate) fn decode_batch(payload: &[u8]) -> Result<Batch, &'static str> {
     let mut rest = payload;
     let mut take = |n: usize| take(&mut rest, n);
-    if take(1)? != [KIND_BATCH] {
-        return Err("a record is of an unknown kind");
-    }
+    let labelled = match take(1)? {
+        [KIND_BATCH] => false,
+        [KIND_LABELLED_BATCH] => true,
+        _ => return Err("a record is of an unknown kind"),
+    };
     let sequence = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+    let label = if labelled {
+        let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        Some(take(len as usize)?.to_vec())
+    } else {
+        None
+    };
     let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
     // Each change takes at least 17 bytes: bound the allocation by the payload.
     let mut changes = Vec::with_capacity((count as usize).min(payload.len() / 17));
@@ -361,7 +378,7 @@ pub(crate) fn decode_batch(payload: &[u8]) -> Result<Batch, &'static str> {
     if !rest.is_empty() {
         return Err("a record has bytes after its last change");
     }
-    Ok(Batch { sequence, changes })
+    Ok(Batch { sequence, changes, label })
 }
 
 /// The next `n` bytes of `rest`.

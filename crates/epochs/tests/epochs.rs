@@ -26,7 +26,7 @@ fn open(table: &mut Table, dir: &Path) -> Epochs {
 
 /// Plans, commits and applies `changes` as the next batch.
 fn update(epochs: &mut Epochs, table: &mut Table, changes: Vec<Change>) -> Result<(), Error> {
-    let plan = epochs.plan(table, Batch { sequence: epochs.epoch() + 1, changes })?;
+    let plan = epochs.plan(table, Batch { sequence: epochs.epoch() + 1, changes, label: None })?;
     let writes = epochs.commit(plan)?;
     table.apply(&writes)?;
     table.set_records(epochs.records());
@@ -85,7 +85,7 @@ fn sequence_numbers_must_follow_on() {
     let mut table = table(10);
     let epochs = open(&mut table, dir.path());
     for sequence in [0, 2] {
-        let error = epochs.plan(&table, Batch { sequence, changes: vec![] }).err().unwrap();
+        let error = epochs.plan(&table, Batch { sequence, changes: vec![], label: None }).err().unwrap();
         assert!(matches!(error, Error::Sequence { expected: 1, actual } if actual == sequence));
     }
 }
@@ -95,7 +95,11 @@ fn values_longer_than_the_value_size_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut table = table(10);
     let epochs = open(&mut table, dir.path());
-    let batch = Batch { sequence: 1, changes: vec![Change::set(b"k", b"ok"), Change::set(b"k", &[1; 25])] };
+    let batch = Batch {
+        sequence: 1,
+        changes: vec![Change::set(b"k", b"ok"), Change::set(b"k", &[1; 25])],
+        label: None,
+    };
     let error = epochs.plan(&table, batch).err().unwrap();
     assert!(matches!(error, Error::ValueTooLong { change: 1, len: 25, value_size: 24 }));
 }
@@ -323,15 +327,15 @@ fn a_swapped_in_snapshot_starts_at_its_sequence_number_with_a_fresh_log() {
     update(&mut swapped, &mut new, vec![Change::set(b"key1", b"new")]).unwrap();
     // Another batch 43 is not the one applied; batch 42 is the swap itself.
     assert!(matches!(
-        swapped.plan(&new, Batch { sequence: 43, changes: vec![] }),
+        swapped.plan(&new, Batch { sequence: 43, changes: vec![], label: None }),
         Err(Error::OtherBatchApplied { epoch: 43 })
     ));
     assert!(matches!(
-        swapped.plan(&new, Batch { sequence: 42, changes: vec![] }),
+        swapped.plan(&new, Batch { sequence: 42, changes: vec![], label: None }),
         Err(Error::Sequence { expected: 44, actual: 42 })
     ));
     // The same batch 43 again is known as applied.
-    let again = Batch { sequence: 43, changes: vec![Change::set(b"key1", b"new")] };
+    let again = Batch { sequence: 43, changes: vec![Change::set(b"key1", b"new")], label: None };
     assert!(matches!(swapped.plan(&new, again), Err(Error::AlreadyApplied { epoch: 43, .. })));
     let digest = swapped.digest();
     drop(swapped);
@@ -380,7 +384,7 @@ fn a_snapshot_at_the_last_epoch_there_is_takes_no_batch() {
     let dir = tempfile::tempdir().unwrap();
     let table = table(50);
     let epochs = Epochs::create(&table, &dir.path().join("table.log"), u64::MAX, DEFAULT_WINDOW).unwrap();
-    let batch = Batch { sequence: 0, changes: vec![Change::set(b"key1", b"x")] };
+    let batch = Batch { sequence: 0, changes: vec![Change::set(b"key1", b"x")], label: None };
     assert!(matches!(epochs.plan(&table, batch), Err(Error::EpochsExhausted)));
 }
 
@@ -450,4 +454,30 @@ fn the_history_forgets_its_oldest_epochs_at_its_byte_bound() {
     assert_eq!(epochs.history().oldest(), 5);
     assert_eq!(epochs.forgotten_for_bytes(), 5);
     assert!(matches!(epochs.history().between(4, 8), Err(Unavailable::TooOld { oldest: 5, .. })));
+}
+
+#[test]
+fn a_label_is_part_of_the_epoch_digest_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = |label: Option<&[u8]>| {
+        let mut table = table(10);
+        let mut epochs = Epochs::create(&table, &dir.path().join("digest.log"), 0, DEFAULT_WINDOW).unwrap();
+        let batch = Batch {
+            sequence: 1,
+            changes: vec![Change::set(b"key1", b"x")],
+            label: label.map(<[u8]>::to_vec),
+        };
+        let writes = epochs.commit(epochs.plan(&table, batch).unwrap()).unwrap();
+        table.apply(&writes).unwrap();
+        epochs.digest()
+    };
+    let (none, empty, one) = (digest(None), digest(Some(b"")), digest(Some(b"block 1")));
+    assert!(none != empty && empty != one && none != one, "each label makes another epoch");
+    assert_eq!(one, digest(Some(b"block 1")));
+
+    let mut table = table(10);
+    let epochs = open(&mut table, dir.path());
+    let long = vec![b'x'; morphogen_epochs::MAX_LABEL_LEN + 1];
+    let batch = Batch { sequence: 1, changes: vec![], label: Some(long) };
+    assert!(matches!(epochs.plan(&table, batch), Err(Error::LabelTooLong { len: 4097 })));
 }

@@ -46,3 +46,18 @@ fn the_frozen_log_replays_to_the_frozen_digests() {
     assert_eq!(value(3), Some(vec![0xc3; 8]));
     assert_eq!(epochs.records(), 12);
 }
+
+#[test]
+fn the_frozen_labelled_batch_replays_to_its_digest_and_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("labelled-batch.log");
+    std::fs::copy(path("tests/data/labelled-batch.log"), &log).unwrap();
+    let mut table = frozen_table();
+    let (epochs, replayed) = Epochs::open(&mut table, &log, DEFAULT_WINDOW).unwrap();
+    assert_eq!((replayed.batches, epochs.epoch()), (1, 1));
+    let frozen = std::fs::read_to_string(path("tests/data/labelled-batch.digests")).unwrap();
+    assert_eq!(frozen.trim(), format!("1 {}", hex::encode(epochs.digest())));
+    let diff = epochs.history().epoch(1).unwrap();
+    assert_eq!(diff.label.as_deref(), Some(&br#"{"block":"0x10","hash":"0xab"}"#[..]));
+    assert_eq!(table.get(&5u32.to_be_bytes()), Some(&[0xe5; 8][..]));
+}

@@ -41,6 +41,37 @@ pub struct Meta {
     /// than the field.
     #[serde(default)]
     pub instance: String,
+    /// The label of the batch that made the current epoch, as it was sent
+    /// (see [`UpdateRequest::label`]); absent when it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<serde_json::Value>,
+}
+
+/// What `GET /v1/tables/{name}/epochs?from=E` returns: the epochs the
+/// server can answer as of, from `E` (or its oldest) on, at most
+/// [`MAX_EPOCHS_LISTED`], oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochList {
+    /// The epochs, oldest first.
+    pub epochs: Vec<EpochEntry>,
+    /// The server's current epoch (the list may stop short of it).
+    pub current: u64,
+}
+
+/// The most epochs one `GET …/epochs` lists.
+pub const MAX_EPOCHS_LISTED: usize = 256;
+
+/// One epoch a server can answer as of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochEntry {
+    /// Its number.
+    pub epoch: u64,
+    /// Its digest, hex.
+    pub digest: String,
+    /// The label of the batch that made it; absent when it had none (and
+    /// for the snapshot's first epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<serde_json::Value>,
 }
 
 /// What `GET /v1/tables` returns: the names of the tables a server serves
@@ -87,6 +118,12 @@ pub struct UpdateRequest {
     pub sequence: u64,
     /// Applied in order.
     pub changes: Vec<ChangeBody>,
+    /// What the epoch is to whoever feeds the table (for Ethereum tables,
+    /// the block): any JSON, at most 4,096 bytes written compactly. The
+    /// server logs it with the batch, makes it part of the epoch's digest,
+    /// and publishes it with the epoch; it reads nothing in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<serde_json::Value>,
 }
 
 /// One change: set `key` to `value`, or delete `key` when `value` is null.

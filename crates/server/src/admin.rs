@@ -22,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use morphogen_epochs::{Batch, Change};
+use morphogen_epochs::{Batch, Change, MAX_LABEL_LEN};
 use morphogen_protocol::{
     AdminStatus, ChangeBody, ChangeError, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
 };
@@ -46,7 +46,8 @@ const CHANGE_OVERHEAD: usize = 64;
 /// whole.
 pub(crate) fn max_update_body(max_changes: usize, value_size: u32) -> usize {
     let change = 2 * MAX_KEY_LEN + 2 * value_size as usize + CHANGE_OVERHEAD;
-    max_changes.saturating_mul(change).saturating_add(1 << 10)
+    // And a label: its JSON may be written with room to spare.
+    max_changes.saturating_mul(change).saturating_add((1 << 10) + 4 * MAX_LABEL_LEN)
 }
 
 /// Each table's admin routes under `/admin/v1/tables/{name}`; `only`, the
@@ -295,7 +296,21 @@ fn decode_batch(body: &[u8], max_changes: usize) -> Result<Batch, ApiError> {
         .enumerate()
         .map(|(i, change)| decode_change(i, change))
         .collect::<Result<_, _>>()?;
-    Ok(Batch { sequence: request.sequence, changes })
+    let label = match &request.label {
+        Some(label) => {
+            let bytes = serde_json::to_vec(label).map_err(ApiError::internal)?;
+            if bytes.len() > MAX_LABEL_LEN {
+                return Err(ApiError::client(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "label_too_long",
+                    format!("the label is {} bytes as JSON; a label may be {MAX_LABEL_LEN}", bytes.len()),
+                ));
+            }
+            Some(bytes)
+        }
+        None => None,
+    };
+    Ok(Batch { sequence: request.sequence, changes, label })
 }
 
 /// A change of the request as the table takes it; the error names the
@@ -339,6 +354,9 @@ fn update_error(error: UpdateError) -> ApiError {
         }
         UpdateError::Refused(error @ E::BatchPages { .. }) => {
             ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", error.to_string())
+        }
+        UpdateError::Refused(error @ E::LabelTooLong { .. }) => {
+            ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "label_too_long", error.to_string())
         }
         UpdateError::Refused(error @ E::BatchTooLarge) => {
             ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.to_string())

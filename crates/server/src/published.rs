@@ -4,7 +4,7 @@
 //! arrives, so its checks and its metadata agree.
 
 use morphogen_epochs::{Epochs, History};
-use morphogen_protocol::{Meta, PROTOCOL_VERSION};
+use morphogen_protocol::{EpochEntry, EpochList, Meta, PROTOCOL_VERSION};
 
 use crate::TableInfo;
 
@@ -25,6 +25,8 @@ pub(crate) struct Published {
     pub(crate) engine: &'static str,
     /// Most queries one request may hold.
     pub(crate) max_batch: usize,
+    /// The label of the batch that made the current epoch.
+    pub(crate) label: Option<serde_json::Value>,
 }
 
 impl Published {
@@ -44,6 +46,7 @@ impl Published {
             history: epochs.map(|epochs| epochs.history().clone()),
             engine,
             max_batch,
+            label: None,
         };
         match epochs {
             Some(epochs) => Published { base: epochs.base(), ..snapshot.at(epochs) },
@@ -54,7 +57,9 @@ impl Published {
     /// The same snapshot at the epoch `epochs` (its own) stands at now.
     pub(crate) fn at(&self, epochs: &Epochs) -> Published {
         let table = TableInfo { digest: epochs.digest(), records: epochs.records(), ..self.table.clone() };
-        Published { table, epoch: epochs.epoch(), ..self.clone() }
+        let epoch = epochs.epoch();
+        let label = epochs.history().epoch(epoch).and_then(|diff| label_json(diff.label.as_deref()));
+        Published { table, epoch, label, ..self.clone() }
     }
 
     /// `/v1/meta` for the server `instance`, answering as of epochs within
@@ -77,7 +82,27 @@ impl Published {
             engine: self.engine.to_string(),
             max_batch: self.max_batch,
             instance: instance.to_string(),
+            label: self.label.clone(),
         }
+    }
+
+    /// The epochs a query may name, from `from` (or the oldest) on, at most
+    /// `most` of them, for a server answering within `rewind_rows`.
+    pub(crate) fn epochs(&self, from: u64, rewind_rows: usize, most: usize) -> EpochList {
+        let first = from.max(self.oldest_epoch(rewind_rows));
+        let entries = (first..=self.epoch).take(most).filter_map(|epoch| {
+            if epoch == self.base {
+                let digest = hex::encode(self.snapshot_digest);
+                return Some(EpochEntry { epoch, digest, label: None });
+            }
+            let diff = self.history.as_ref()?.epoch(epoch)?;
+            Some(EpochEntry {
+                epoch,
+                digest: hex::encode(diff.digest),
+                label: label_json(diff.label.as_deref()),
+            })
+        });
+        EpochList { epochs: entries.collect(), current: self.epoch }
     }
 
     /// The oldest epoch a query may name: within the window, and no more
@@ -88,4 +113,10 @@ impl Published {
             .as_ref()
             .map_or(current, |history| history.oldest_within(rewind_rows).max(history.oldest()).min(current))
     }
+}
+
+/// A label as the server publishes it: the JSON it was sent as (the update
+/// route takes JSON labels only).
+fn label_json(label: Option<&[u8]>) -> Option<serde_json::Value> {
+    label.and_then(|bytes| serde_json::from_slice(bytes).ok())
 }

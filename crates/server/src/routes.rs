@@ -4,15 +4,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State as Shared};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query as UrlQuery, State as Shared};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use morphogen_dpf::Key;
 use morphogen_epochs::{Unavailable, rewind};
-use morphogen_protocol::{CONTENT_TYPE, Catalog, Epoch, Request, Response};
+use morphogen_protocol::{CONTENT_TYPE, Catalog, Epoch, EpochList, MAX_EPOCHS_LISTED, Request, Response};
 use morphogen_scan::{Query, validate};
 
 use crate::batcher::{Answered, PassError, Refused};
@@ -46,6 +46,7 @@ fn table_routes(prefix: &str, state: Arc<State>) -> Router {
     let body_limit = state.max_body_bytes;
     Router::new()
         .route(&format!("{prefix}/meta"), get(meta))
+        .route(&format!("{prefix}/epochs"), get(epochs))
         .route(&format!("{prefix}/query"), post(query).layer(DefaultBodyLimit::max(body_limit)))
         .with_state(state)
 }
@@ -70,6 +71,30 @@ fn health(tables: &[Arc<State>]) -> HttpResponse {
 
 async fn meta(Shared(state): Shared<Arc<State>>) -> Json<morphogen_protocol::Meta> {
     Json(state.meta())
+}
+
+/// Where `GET …/epochs` starts.
+#[derive(serde::Deserialize)]
+struct EpochsFrom {
+    #[serde(default)]
+    from: u64,
+}
+
+/// `GET …/epochs?from=E`: the epochs the server can answer as of, from `E`
+/// (or the oldest) on, with their digests and labels, at most
+/// [`MAX_EPOCHS_LISTED`].
+async fn epochs(
+    Shared(state): Shared<Arc<State>>,
+    from: Result<UrlQuery<EpochsFrom>, QueryRejection>,
+) -> Result<Json<EpochList>, ApiError> {
+    let UrlQuery(EpochsFrom { from }) = from.map_err(|rejection| {
+        ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("{}: give ?from= and an epoch number", rejection.body_text()),
+        )
+    })?;
+    Ok(Json(state.batcher.published().epochs(from, state.max_rewind_rows, MAX_EPOCHS_LISTED)))
 }
 
 /// `GET /metrics`, on whichever listener the server puts it.

@@ -218,6 +218,7 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
     let update = UpdateRequest {
         sequence: 2,
         changes: vec![ChangeBody { key: hex::encode("key-3"), value: Some(hex::encode("updated")) }],
+        label: None,
     };
     for server in [&a, &b] {
         assert_eq!(server.admin.update(&update).await.unwrap().epoch, 2);

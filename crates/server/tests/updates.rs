@@ -12,7 +12,9 @@ use std::time::Duration;
 use morphogen_client::{Admin, Client};
 use morphogen_dpf::{Key, generate};
 use morphogen_epochs::{Batch, Change, Epochs};
-use morphogen_protocol::{CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, Response, UpdateRequest};
+use morphogen_protocol::{
+    CONTENT_TYPE, ChangeBody, Epoch, EpochList, ErrorBody, Meta, Request, Response, UpdateRequest,
+};
 use morphogen_scan::{CpuEngine, Query, reference_pass};
 use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
@@ -82,7 +84,7 @@ fn request(sequence: u64, changes: &[(String, Option<String>)]) -> UpdateRequest
         .iter()
         .map(|(key, value)| ChangeBody { key: hex::encode(key), value: value.as_ref().map(hex::encode) })
         .collect();
-    UpdateRequest { sequence, changes }
+    UpdateRequest { sequence, changes, label: None }
 }
 
 /// The table and its digest at every epoch of `batches`, applied in memory.
@@ -99,7 +101,7 @@ fn model(table: &Table, batches: &[Vec<(String, Option<String>)>]) -> Vec<(Table
                 None => Change::delete(key.as_bytes()),
             })
             .collect();
-        let plan = epochs.plan(&table, Batch { sequence: i as u64 + 1, changes }).unwrap();
+        let plan = epochs.plan(&table, Batch { sequence: i as u64 + 1, changes, label: None }).unwrap();
         table.apply(&epochs.commit(plan).unwrap()).unwrap();
         states.push((table.clone(), hex::encode(epochs.digest())));
     }
@@ -304,4 +306,66 @@ async fn admin_routes_exist_only_with_a_token_and_need_an_update_log() {
     let read_only = serve(plain(Some(TOKEN)), tempfile::tempdir().unwrap()).await;
     let (status, error) = post_update(&read_only.url, Some(TOKEN), body).await;
     assert_eq!((status, error.code.as_str()), (409, "read_only"));
+}
+
+/// GET `{url}{route}` as JSON of type `T`.
+async fn get_json<T: serde::de::DeserializeOwned>(url: &str, route: &str) -> T {
+    reqwest::get(format!("{url}{route}")).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_are_logged_hashed_and_published_with_their_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |table: &Table, log: &std::path::Path| {
+        let mut table = table.clone();
+        let (epochs, _) = Epochs::open(&mut table, log, 64).unwrap();
+        let info = TableInfo::of(&table);
+        let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
+        let engine = Box::new(CpuEngine::new(table));
+        let served = ServedTable { epochs: Some(epochs), ..ServedTable::new(DEFAULT_TABLE, info, engine) };
+        Server::new(vec![served], config).unwrap()
+    };
+    let label = |block: u64| serde_json::json!({"number": block, "hash": format!("0x{block:064x}")});
+    let batch = |sequence: u64, label: Option<serde_json::Value>| UpdateRequest {
+        label,
+        ..request(sequence, &[(format!("key-{sequence}"), Some("labelled".to_string()))])
+    };
+    let log = dir.path().join("table.log");
+    let (url, _stop) = spawn(open(&table(), &log)).await;
+    let admin = common::admin(&url, TOKEN);
+    let mut digests = Vec::new();
+    for sequence in 1..=3 {
+        // Epoch 2 has no label: labels are optional, epoch by epoch.
+        let labelled = (sequence != 2).then(|| label(100 + sequence));
+        digests.push(admin.update(&batch(sequence, labelled)).await.unwrap().digest);
+    }
+    // The same batch again is applied already; another label makes it another batch.
+    assert!(admin.update(&batch(3, Some(label(103)))).await.unwrap().already_applied);
+    let other = admin.update(&batch(3, Some(label(999)))).await.unwrap_err();
+    assert!(other.to_string().contains("other changes"), "{other}");
+    let too_long = serde_json::json!({"padding": "x".repeat(5000)});
+    let (status, error) =
+        post_update(&url, Some(TOKEN), serde_json::to_value(batch(4, Some(too_long))).unwrap()).await;
+    assert_eq!((status, error.code.as_str()), (413, "label_too_long"));
+
+    let check = |meta: Meta, list: EpochList| {
+        assert_eq!((meta.epoch, meta.label), (3, Some(label(103))));
+        let listed: Vec<(u64, Option<serde_json::Value>)> =
+            list.epochs.iter().map(|entry| (entry.epoch, entry.label.clone())).collect();
+        assert_eq!(listed, [(0, None), (1, Some(label(101))), (2, None), (3, Some(label(103)))]);
+        let listed_digests: Vec<&str> = list.epochs[1..].iter().map(|entry| entry.digest.as_str()).collect();
+        assert_eq!(listed_digests, digests.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(list.current, 3);
+    };
+    check(get_json(&url, "/v1/meta").await, get_json(&url, "/v1/epochs").await);
+    let from_two: EpochList = get_json(&url, "/v1/epochs?from=2").await;
+    assert_eq!(from_two.epochs.iter().map(|entry| entry.epoch).collect::<Vec<_>>(), [2, 3]);
+    let bad = reqwest::get(format!("{url}/v1/epochs?from=soon")).await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // A server started on (a copy of) the log replays the labels.
+    let copy = dir.path().join("copy.log");
+    std::fs::copy(&log, &copy).unwrap();
+    let (url, _stop) = spawn(open(&table(), &copy)).await;
+    check(get_json(&url, "/v1/meta").await, get_json(&url, "/v1/epochs").await);
 }

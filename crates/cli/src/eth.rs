@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use clap::{Args, Subcommand};
 use morphogen_eth::{Chain, TABLE_NAMES, read_dump, read_genesis};
+use morphogen_eth_follow::{Follower, Node, Settings as FollowSettings};
 use morphogen_eth_rpc::{Endpoint, StateReader, Upstream};
 use morphogen_eth_tables::write_tables;
 use tokio::net::TcpListener;
@@ -34,6 +35,42 @@ enum EthCommand {
     /// DIR/eth.json`), eth_chainId, net_version and eth_blockNumber from
     /// their manifest; other methods forwarded to --upstream, if given.
     Rpc(RpcArgs),
+    /// Follow a node block by block: send each block's state changes to
+    /// every table of every server (their admin routes) as one batch per
+    /// table, labelled with the block, so that each epoch is one block.
+    /// Keeps no state of its own: restarted, it goes on from the servers'
+    /// labels. The node must answer debug_traceBlockByHash with the
+    /// prestateTracer (geth: --http.api eth,debug; reth: --http.api
+    /// eth,debug; anvil does).
+    Follow(FollowArgs),
+}
+
+#[derive(Args)]
+struct FollowArgs {
+    /// The node's JSON-RPC URL.
+    #[arg(long, value_name = "URL")]
+    node: String,
+    /// Admin base URL of a server of the tables (`serve --tables` with an
+    /// admin token): its --admin-listen address, or its public one. Give
+    /// each server; all get the same batches with the same sequence numbers.
+    #[arg(long = "admin", value_name = "URL", required = true)]
+    admins: Vec<String>,
+    /// File holding the admin token; MORPHOGEN_ADMIN_TOKEN in the
+    /// environment otherwise.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Blocks to stay behind the node's newest: a block is applied once
+    /// this many more are built on it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    confirmations: u64,
+    /// Seconds between asking the node for a new block while it has none.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = crate::positive_seconds)]
+    poll_interval: f64,
+    /// Seconds to wait for each node and server request.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args)]
@@ -81,7 +118,7 @@ struct BuildArgs {
 impl EthArgs {
     /// Whether the command serves until stopped (and so logs what it does).
     pub fn serves(&self) -> bool {
-        matches!(self.command, EthCommand::Rpc(_))
+        matches!(self.command, EthCommand::Rpc(_) | EthCommand::Follow(_))
     }
 }
 
@@ -89,7 +126,29 @@ pub fn run(args: &EthArgs) -> anyhow::Result<()> {
     match &args.command {
         EthCommand::Build(build) => build_tables(build),
         EthCommand::Rpc(rpc) => serve_rpc(rpc),
+        EthCommand::Follow(follow) => follow_node(follow),
     }
+}
+
+fn follow_node(args: &FollowArgs) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.timeout);
+    let client = args.trust.settings(timeout)?;
+    let token = crate::serve::admin_token(args.token_file.as_deref())?.context(
+        "give --token-file or MORPHOGEN_ADMIN_TOKEN: the follower sends batches to the admin routes",
+    )?;
+    let node = Node::new(&args.node, timeout)?;
+    let settings = FollowSettings {
+        confirmations: args.confirmations,
+        poll_interval: Duration::from_secs_f64(args.poll_interval),
+    };
+    let follower = Follower::new(node, &args.admins, &token, &client, settings)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        tracing::info!(node = %args.node, servers = args.admins.len(), "following");
+        follower.run(crate::serve::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
 }
 
 fn serve_rpc(args: &RpcArgs) -> anyhow::Result<()> {

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use morphogen_protocol::{AdminStatus, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest};
+use morphogen_protocol::{
+    AdminStatus, Catalog, EpochList, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
+};
 use reqwest::Url;
 
 use crate::connection::{
@@ -67,6 +69,25 @@ impl Admin {
         let request = self.http.get(url).bearer_auth(&self.token);
         let bytes = self.send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable status: {e}")))
+    }
+
+    /// The epochs the table can answer as of, from `from` (or its oldest)
+    /// on, with their digests and labels: at most
+    /// [`morphogen_protocol::MAX_EPOCHS_LISTED`] a call.
+    pub async fn epochs(&self, from: u64) -> Result<EpochList, Error> {
+        let mut url = self.routes.join("epochs").expect("a fixed relative path");
+        url.set_query(Some(&format!("from={from}")));
+        let request = self.http.get(url).bearer_auth(&self.token);
+        let bytes = self.send(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable epoch list: {e}")))
+    }
+
+    /// What the server says about its tables (`GET /admin/v1/tables`, as
+    /// `GET /v1/tables`): their names and its operator's manifest.
+    pub async fn catalog(&self) -> Result<Catalog, Error> {
+        let url = self.url.join("admin/v1/tables").expect("a fixed relative path");
+        let bytes = self.send(self.http.get(url).bearer_auth(&self.token)).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable catalog: {e}")))
     }
 
     /// Sends one update batch; it is answered once the server has it in its

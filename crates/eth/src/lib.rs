@@ -23,6 +23,7 @@ pub mod state;
 pub use manifest::{MANIFEST_FILE, Manifest, TABLE_NAMES, TABLE_SHAPES, TableShape};
 pub use records::{
     ACCOUNT_VALUE_LEN, AccountValue, CODE_CHUNK_LEN, CODE_CHUNKS, CODE_VALUE_LEN, EMPTY_CODE_HASH,
-    MAX_CODE_LEN, STORAGE_VALUE_LEN, TableRecords, code_chunk_key, code_from_chunks, code_hash, storage_key,
+    MAX_CODE_LEN, STORAGE_VALUE_LEN, TableRecords, code_chunk_key, code_from_chunks, code_hash, code_records,
+    storage_key,
 };
 pub use state::{Account, Chain, Error, read_dump, read_genesis};

@@ -100,6 +100,17 @@ fn code_values(code: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The `code` table's records of `code` (at most [`MAX_CODE_LEN`] bytes,
+/// not empty): chunk key and value, one per started chunk.
+pub fn code_records(code: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let hash = code_hash(code);
+    code_values(code)
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| (code_chunk_key(&hash, index).to_vec(), value))
+        .collect()
+}
+
 /// Code back from the looked-up values of all [`CODE_CHUNKS`] chunk keys
 /// of `hash` (`None` where not found), checked against the hash.
 pub fn code_from_chunks(hash: &[u8; 32], chunks: &[Option<Vec<u8>>]) -> Result<Vec<u8>, String> {
@@ -162,10 +173,8 @@ impl TableRecords {
             }
         }
         // Contracts with the same code share its chunks.
-        for (hash, code) in codes {
-            for (index, value) in code_values(code).into_iter().enumerate() {
-                records.code.push((code_chunk_key(&hash, index).to_vec(), value));
-            }
+        for code in codes.into_values() {
+            records.code.extend(code_records(code));
         }
         Ok(records)
     }

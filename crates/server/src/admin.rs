@@ -24,7 +24,7 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change, MAX_LABEL_LEN};
 use morphogen_protocol::{
-    AdminStatus, ChangeBody, ChangeError, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
+    AdminStatus, Catalog, ChangeBody, ChangeError, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
 };
 use morphogen_table::{KeyDigest, MAX_KEY_LEN};
 
@@ -51,16 +51,24 @@ pub(crate) fn max_update_body(max_changes: usize, value_size: u32) -> usize {
 }
 
 /// Each table's admin routes under `/admin/v1/tables/{name}`; `only`, the
-/// table of a server of one, also under `/admin/v1`.
-pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>, deadline: &Arc<Deadline>) -> Router {
-    let mut router = Router::new();
+/// table of a server of one, also under `/admin/v1`. `GET /admin/v1/tables`
+/// answers what `GET /v1/tables` does, for a feeder that reaches the admin
+/// listener only.
+pub(crate) fn router(
+    tables: &[Arc<State>],
+    only: Option<Arc<State>>,
+    catalog: Arc<Catalog>,
+    deadline: &Arc<Deadline>,
+) -> Router {
+    let mut router =
+        Router::new().route("/admin/v1/tables", get(move || async move { Json(catalog.as_ref().clone()) }));
     for table in tables {
         let prefix = format!("/admin/v1/tables/{}", table.name);
         router = router.merge(table_routes(&prefix, table.clone(), deadline));
     }
     match only {
         Some(table) => router.merge(table_routes("/admin/v1", table, deadline)),
-        None => ["status", "updates", "snapshot"].into_iter().fold(router, |router, route| {
+        None => ["status", "updates", "snapshot", "epochs"].into_iter().fold(router, |router, route| {
             router.route(&format!("/admin/v1/{route}"), any(crate::routes::several_tables))
         }),
     }
@@ -71,6 +79,7 @@ pub(crate) fn router(tables: &[Arc<State>], only: Option<Arc<State>>, deadline: 
 fn table_routes(prefix: &str, state: Arc<State>, deadline: &Arc<Deadline>) -> Router {
     let quick = Router::new()
         .route(&format!("{prefix}/status"), get(status))
+        .route(&format!("{prefix}/epochs"), get(crate::routes::epochs))
         .route(&format!("{prefix}/snapshot"), post(snapshot).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY)));
     // The update route reads its body itself, with a limit sized by the
     // table, and keeps its own deadline (see `apply_updates`).

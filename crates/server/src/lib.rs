@@ -339,7 +339,7 @@ impl Server {
         let tables: Vec<Arc<State>> = self.tables.values().cloned().collect();
         let metrics_routes = routes::metrics_router(self.metrics.clone());
         let mut public = routes::router(&tables, only.clone(), self.catalog.clone());
-        let mut admin = self.admin.then(|| admin::router(&tables, only, &deadline));
+        let mut admin = self.admin.then(|| admin::router(&tables, only, self.catalog.clone(), &deadline));
         let mut own_metrics = None;
         match metrics_at {
             MetricsAt::Public => public = public.merge(metrics_routes),

@@ -75,7 +75,7 @@ async fn meta(Shared(state): Shared<Arc<State>>) -> Json<morphogen_protocol::Met
 
 /// Where `GET …/epochs` starts.
 #[derive(serde::Deserialize)]
-struct EpochsFrom {
+pub(crate) struct EpochsFrom {
     #[serde(default)]
     from: u64,
 }
@@ -83,7 +83,7 @@ struct EpochsFrom {
 /// `GET …/epochs?from=E`: the epochs the server can answer as of, from `E`
 /// (or the oldest) on, with their digests and labels, at most
 /// [`MAX_EPOCHS_LISTED`].
-async fn epochs(
+pub(crate) async fn epochs(
     Shared(state): Shared<Arc<State>>,
     from: Result<UrlQuery<EpochsFrom>, QueryRejection>,
 ) -> Result<Json<EpochList>, ApiError> {

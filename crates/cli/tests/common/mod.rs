@@ -53,6 +53,13 @@ const STARTUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Drop for Serving {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Serving {
+    /// Kills the process (SIGKILL) and waits for it to be gone.
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -72,6 +79,14 @@ pub fn admin(url: &str, token: &str) -> morphogen_client::Admin {
     let settings =
         morphogen_client::Settings { timeout: std::time::Duration::from_secs(10), ..Default::default() };
     morphogen_client::Admin::new(url, token, &settings).unwrap()
+}
+
+/// `morphogen serve` on `listen` (an address and port) with `options`:
+/// for a server restarted where its clients know it.
+pub fn serve_at(listen: &str, options: &[&str]) -> Serving {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_morphogen"));
+    command.args(["serve", "--listen", listen]).args(options);
+    Serving::start(command)
 }
 
 /// `morphogen serve` with `options` and the environment variables `env`.
@@ -107,7 +122,7 @@ impl Serving {
 
     /// Starts `command` and waits, at most [`STARTUP_LIMIT`], for the log
     /// line that ends in `marker` and the address it listens on.
-    fn start_until(mut command: Command, marker: &str) -> Serving {
+    pub fn start_until(mut command: Command, marker: &str) -> Serving {
         let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

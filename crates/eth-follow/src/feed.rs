@@ -1,0 +1,356 @@
+//! The follower's loop: where the servers stand (from their labels alone),
+//! bringing a table that is behind up to the others, and sending each new
+//! block to every table of every server as one batch per table, with the
+//! same sequence number, so that epoch `e` is the same block everywhere.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
+use morphogen_client::Admin;
+use morphogen_eth::TABLE_NAMES;
+use morphogen_protocol::{ChangeBody, UpdateRequest};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::changes::{TableChanges, table_changes, touched};
+use crate::node::{Block, Node, hex32, parse_hex};
+
+/// How the follower follows.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Blocks behind the node's newest one to stay: a block is applied once
+    /// this many more are built on it.
+    pub confirmations: u64,
+    /// How long to wait before asking the node again when it has no new block.
+    pub poll_interval: Duration,
+}
+
+/// A block as a label names it: what an epoch holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Its number.
+    pub number: u64,
+    /// Its hash.
+    pub hash: [u8; 32],
+}
+
+impl BlockRef {
+    /// The block a label names, if it names one.
+    pub fn of_label(label: &Value) -> Option<BlockRef> {
+        let number = label.get("number")?.as_u64()?;
+        let hash = parse_hex::<32>(label.get("hash")?.as_str()?)?;
+        Some(BlockRef { number, hash })
+    }
+}
+
+impl Block {
+    /// The label of the epoch that holds this block: its number and hash,
+    /// and the header fields a reader of the epoch may want.
+    pub fn label(&self) -> Value {
+        json!({
+            "number": self.number,
+            "hash": hex32(&self.hash),
+            "parent_hash": hex32(&self.parent_hash),
+            "timestamp": self.timestamp,
+            "base_fee": self.base_fee,
+            "gas_limit": self.gas_limit,
+            "coinbase": format!("0x{}", hex::encode(self.coinbase)),
+            "prevrandao": hex32(&self.prevrandao),
+        })
+    }
+
+    fn reference(&self) -> BlockRef {
+        BlockRef { number: self.number, hash: self.hash }
+    }
+}
+
+/// The longest wait between tries while the node or a server is unreachable.
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// One server's three tables, in [`TABLE_NAMES`] order.
+struct Server {
+    url: String,
+    tables: Vec<Admin>,
+}
+
+/// Where one table of one server stands.
+struct Standing {
+    epoch: u64,
+    label: Option<Value>,
+}
+
+/// Feeds the tables of several servers from one node.
+pub struct Follower {
+    node: Node,
+    servers: Vec<Server>,
+    settings: Settings,
+}
+
+/// What one [`Follower::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// It applied this block, at this epoch.
+    Applied {
+        /// The block.
+        block: BlockRef,
+        /// The epoch it made.
+        epoch: u64,
+    },
+    /// The node has no block to apply yet; the servers hold this one.
+    Waiting {
+        /// The newest block the servers hold.
+        block: BlockRef,
+    },
+}
+
+impl Follower {
+    /// A follower of `node` feeding the tables of the servers whose admin
+    /// routes are at `admin_urls`, with `token`; `client` bounds each
+    /// server request.
+    pub fn new(
+        node: Node,
+        admin_urls: &[String],
+        token: &str,
+        client: &morphogen_client::Settings,
+        settings: Settings,
+    ) -> Result<Follower, Error> {
+        let servers = admin_urls
+            .iter()
+            .map(|url| {
+                let tables = TABLE_NAMES
+                    .iter()
+                    .map(|table| Admin::for_table(url, table, token, client))
+                    .collect::<Result<_, _>>()
+                    .map_err(|error| Error::Config(error.to_string()))?;
+                Ok(Server { url: url.clone(), tables })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Follower { node, servers, settings })
+    }
+
+    /// Follows until `stop` completes, or until an error it cannot go on
+    /// from. Each block is logged as it is applied. While the node or a
+    /// server cannot be reached (a restart, a network fault), it says so
+    /// and tries again, waiting longer each time up to a minute.
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        tokio::pin!(stop);
+        let mut last_block = Instant::now();
+        let mut retry = self.settings.poll_interval;
+        loop {
+            let step = tokio::select! {
+                () = &mut stop => return Ok(()),
+                step = self.step() => step,
+            };
+            let step = match step {
+                Ok(step) => {
+                    retry = self.settings.poll_interval;
+                    step
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, retry_seconds = retry.as_secs_f64(), "cannot go on yet; trying again");
+                    tokio::select! {
+                        () = &mut stop => return Ok(()),
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(MAX_RETRY);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match step {
+                Step::Applied { .. } => last_block = Instant::now(),
+                Step::Waiting { block } => {
+                    tracing::debug!(
+                        block = block.number,
+                        idle_seconds = last_block.elapsed().as_secs(),
+                        "no new block yet"
+                    );
+                    tokio::select! {
+                        () = &mut stop => return Ok(()),
+                        () = tokio::time::sleep(self.settings.poll_interval) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings every table of every server up to the newest epoch any of
+    /// them holds, then applies the node's next block, if it has one with
+    /// enough confirmations. Keeps no state between calls: where to go on
+    /// from is read from the servers each time.
+    pub async fn step(&self) -> Result<Step, Error> {
+        let standings = self.standings().await?;
+        let newest = standings.values().map(|standing| standing.epoch).max().expect("at least one table");
+        self.level(&standings, newest).await?;
+        let held = self.held_block(&standings, newest).await?;
+        let next = held.number + 1;
+        if self.node.block_number().await? < next.saturating_add(self.settings.confirmations) {
+            return Ok(Step::Waiting { block: held });
+        }
+        let block = self.node.block_by_number(next).await?.ok_or_else(|| {
+            Error::Chain(format!("the node has no block {next} though its head is past it"))
+        })?;
+        if block.parent_hash != held.hash {
+            return Err(Error::Reorg {
+                held: held.number,
+                hash: hex32(&held.hash),
+                parent: hex32(&block.parent_hash),
+            });
+        }
+        let epoch = newest + 1;
+        let started = Instant::now();
+        let changes = self.changes(&block).await?;
+        let read = started.elapsed();
+        let pairs: Vec<(usize, usize)> = self.pairs().collect();
+        self.send(&pairs, epoch, &block, &changes).await?;
+        tracing::info!(
+            block = block.number,
+            epoch,
+            accounts = changes.accounts.len(),
+            slots = changes.storage.len(),
+            code_chunks = changes.code.len(),
+            read_ms = read.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "block applied"
+        );
+        Ok(Step::Applied { block: block.reference(), epoch })
+    }
+
+    /// Every (server, table) pair, by index.
+    fn pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.servers.iter().enumerate().flat_map(|(s, server)| (0..server.tables.len()).map(move |t| (s, t)))
+    }
+
+    /// Where every table of every server stands.
+    async fn standings(&self) -> Result<BTreeMap<(usize, usize), Standing>, Error> {
+        let statuses = try_join_all(self.pairs().map(|(s, t)| async move {
+            let status = self.servers[s].tables[t].status().await.map_err(|e| self.server_error(s, t, e))?;
+            Ok::<_, Error>(((s, t), Standing { epoch: status.meta.epoch, label: status.meta.label }))
+        }))
+        .await?;
+        Ok(statuses.into_iter().collect())
+    }
+
+    /// The block the tables at epoch `epoch` hold: their label's, or, at the
+    /// tables' first epoch, the block their manifest was built at.
+    async fn held_block(
+        &self,
+        standings: &BTreeMap<(usize, usize), Standing>,
+        epoch: u64,
+    ) -> Result<BlockRef, Error> {
+        let label =
+            standings.values().find(|standing| standing.epoch == epoch).and_then(|s| s.label.as_ref());
+        if let Some(label) = label {
+            return BlockRef::of_label(label).ok_or_else(|| {
+                Error::Chain(format!(
+                    "the label of epoch {epoch} names no block: was it made by another feeder?"
+                ))
+            });
+        }
+        let catalog = self.servers[0].tables[0].catalog().await.map_err(|e| self.server_error(0, 0, e))?;
+        let number = catalog.about.get("block_number").and_then(Value::as_u64).ok_or_else(|| {
+            Error::Chain(format!(
+                "epoch {epoch} has no label, and the server's manifest names no block_number: \
+                 were these tables built by `morphogen eth build`?"
+            ))
+        })?;
+        let block = self.node.block_by_number(number).await?.ok_or_else(|| {
+            Error::Chain(format!("the tables were built at block {number}, which the node lacks"))
+        })?;
+        Ok(block.reference())
+    }
+
+    /// Brings every table behind epoch `newest` up to it, block by block,
+    /// with the batches the tables ahead were given: rebuilt from the
+    /// blocks their labels name, they are the same batches.
+    async fn level(&self, standings: &BTreeMap<(usize, usize), Standing>, newest: u64) -> Result<(), Error> {
+        let behind: Vec<((usize, usize), u64)> = standings
+            .iter()
+            .filter(|(_, standing)| standing.epoch < newest)
+            .map(|(pair, standing)| (*pair, standing.epoch))
+            .collect();
+        let Some(oldest) = behind.iter().map(|(_, epoch)| *epoch).min() else {
+            return Ok(());
+        };
+        let (&(s, t), _) =
+            standings.iter().find(|(_, standing)| standing.epoch == newest).expect("a table is ahead");
+        let mut labels = BTreeMap::new();
+        let mut from = oldest + 1;
+        while from <= newest {
+            let list =
+                self.servers[s].tables[t].epochs(from).await.map_err(|e| self.server_error(s, t, e))?;
+            let Some(last) = list.epochs.last().map(|entry| entry.epoch) else { break };
+            labels.extend(list.epochs.into_iter().map(|entry| (entry.epoch, entry.label)));
+            from = last + 1;
+        }
+        for epoch in oldest + 1..=newest {
+            let label = labels.get(&epoch).cloned().flatten().ok_or_else(|| {
+                Error::Chain(format!(
+                    "a table is behind at epoch {}, and the epoch {epoch} that it lacks is no longer \
+                     listed with its block by the tables ahead (out of their window)",
+                    epoch - 1
+                ))
+            })?;
+            let reference = BlockRef::of_label(&label)
+                .ok_or_else(|| Error::Chain(format!("the label of epoch {epoch} names no block")))?;
+            let block = self.node.block_by_hash(&reference.hash).await?.ok_or_else(|| {
+                Error::Chain(format!("the node does not know block {} of epoch {epoch}", reference.number))
+            })?;
+            let pairs: Vec<(usize, usize)> =
+                behind.iter().filter(|(_, at)| *at < epoch).map(|(pair, _)| *pair).collect();
+            tracing::warn!(
+                epoch,
+                block = block.number,
+                tables = pairs.len(),
+                "bringing tables that are behind up"
+            );
+            let changes = self.changes(&block).await?;
+            self.send(&pairs, epoch, &block, &changes).await?;
+        }
+        Ok(())
+    }
+
+    /// What `block` changes in the three tables, read from the node.
+    async fn changes(&self, block: &Block) -> Result<TableChanges, Error> {
+        let txs = self.node.trace(&block.hash).await?;
+        let touched = touched(block, &txs);
+        let accounts: Vec<[u8; 20]> = touched.accounts.keys().copied().collect();
+        let unknown_code: Vec<[u8; 20]> =
+            touched.accounts.iter().filter(|(_, code)| code.is_none()).map(|(address, _)| *address).collect();
+        let slots: Vec<([u8; 20], [u8; 32])> = touched.slots.iter().copied().collect();
+        let (funds, codes, words) = tokio::try_join!(
+            self.node.funds(&block.hash, &accounts),
+            self.node.codes(&block.hash, &unknown_code),
+            self.node.words(&block.hash, &slots),
+        )?;
+        let codes = unknown_code.into_iter().zip(codes).collect();
+        table_changes(&touched, &funds, &codes, &words)
+    }
+
+    /// Sends the block's batches, as epoch `epoch`, to the tables `pairs`.
+    async fn send(
+        &self,
+        pairs: &[(usize, usize)],
+        epoch: u64,
+        block: &Block,
+        changes: &TableChanges,
+    ) -> Result<(), Error> {
+        let label = block.label();
+        let per_table: [&Vec<ChangeBody>; 3] = [&changes.accounts, &changes.storage, &changes.code];
+        try_join_all(pairs.iter().map(|&(s, t)| {
+            let request =
+                UpdateRequest { sequence: epoch, changes: per_table[t].clone(), label: Some(label.clone()) };
+            async move {
+                self.servers[s].tables[t].update(&request).await.map_err(|e| self.server_error(s, t, e))?;
+                Ok::<_, Error>(())
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    fn server_error(&self, server: usize, table: usize, error: morphogen_client::Error) -> Error {
+        Error::Server { server: self.servers[server].url.clone(), table: TABLE_NAMES[table], source: error }
+    }
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Serving, morphogen, serve_at, serve_with, text};
+use common::{Serving, eth_rpc, morphogen, serve_at, serve_with, text};
 use morphogen_eth::{AccountValue, EMPTY_CODE_HASH, TABLE_NAMES, code_hash};
 use morphogen_eth_rpc::StateReader;
 use rand::rngs::StdRng;
@@ -371,6 +371,48 @@ fn the_tables_follow_a_node_block_by_block() {
         listed_a.as_array().unwrap().iter().map(|e| e["label"]["number"].clone()).collect();
     let expected: Vec<Value> = std::iter::once(Value::Null).chain((1..=BLOCKS).map(|n| json!(n))).collect();
     assert_eq!(numbers, expected);
+
+    // `eth rpc` speaks in block numbers: the newest block held, and every
+    // account and slot as of each older block of the window, by number and
+    // by hash, as the node answers them.
+    let rpc_endpoint = eth_rpc(&a.url, &b_url);
+    runtime.block_on(async {
+        let number = rpc(&http, &rpc_endpoint.url, "eth_blockNumber", json!([])).await;
+        assert_eq!(number, json!(format!("{BLOCKS:#x}")));
+        let state = dump(&http, &anvil.url).await;
+        let setter = state.iter().find(|(_, account)| account["code"] == json!(format!("0x{SETTER}"))).unwrap().0;
+        let mut compared = 0;
+        for block in 1..=BLOCKS {
+            let header = rpc(&http, &anvil.url, "eth_getBlockByNumber", json!([format!("{block:#x}"), false])).await;
+            let by_number = json!(format!("{block:#x}"));
+            let by_hash = json!({"blockHash": header["hash"]});
+            // A sample of the accounts at each block, a different one each time.
+            let sample = state.keys().filter(|_| rng.random_bool(0.3));
+            for address in sample {
+                let at = if block % 2 == 0 { &by_number } else { &by_hash };
+                for method in ["eth_getBalance", "eth_getTransactionCount"] {
+                    let expected = rpc(&http, &anvil.url, method, json!([address, by_number])).await;
+                    let got = rpc(&http, &rpc_endpoint.url, method, json!([address, at])).await;
+                    assert_eq!(got, expected, "{method} {address} at block {block}");
+                    compared += 1;
+                }
+            }
+            for slot in 0..6u64 {
+                let slot = format!("{slot:#x}");
+                let expected = rpc(&http, &anvil.url, "eth_getStorageAt", json!([setter, slot, by_number])).await;
+                let got = rpc(&http, &rpc_endpoint.url, "eth_getStorageAt", json!([setter, slot, by_number])).await;
+                assert_eq!(got, expected, "slot {slot} at block {block}");
+            }
+        }
+        assert!(compared > BLOCKS as usize * FUNDED / 2, "{compared}");
+        // A block not yet held is refused, naming the blocks held.
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance", "params": [address(0), format!("{:#x}", BLOCKS + 1)]});
+        let answer = http.post(&rpc_endpoint.url).header("content-type", "application/json").body(body.to_string()).send();
+        let answer: Value = serde_json::from_slice(&answer.await.unwrap().bytes().await.unwrap()).unwrap();
+        assert_eq!(answer["error"]["code"], json!(-32000), "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("hold blocks 0 to {BLOCKS}")), "{message}");
+    });
     drop(b);
     drop(a);
 }

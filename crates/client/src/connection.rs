@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use morphogen_layout::Layout;
 use morphogen_protocol::{
-    CONTENT_TYPE, Catalog, ErrorBody, HEADER_LEN, Meta, PROTOCOL_VERSION, Response, is_table_name,
+    CONTENT_TYPE, Catalog, EpochList, ErrorBody, HEADER_LEN, Meta, PROTOCOL_VERSION, Response, is_table_name,
 };
 use rand::RngExt;
 use reqwest::Url;
@@ -75,6 +75,17 @@ impl Connection {
     /// Reads the server's metadata now.
     pub async fn fetch_meta(&self, deadline: Instant) -> Result<Meta, Error> {
         fetch_meta(&self.http, &self.url, &self.routes, deadline).await
+    }
+
+    /// One page of the epochs the server can answer as of, from `from` on
+    /// (`GET …/epochs`), with their digests and labels.
+    pub async fn fetch_epochs(&self, from: u64, deadline: Instant) -> Result<EpochList, Error> {
+        let path = format!("epochs?from={from}");
+        let bytes = fetch(&self.http, &self.url, &self.routes, &path, MAX_JSON_BODY, deadline).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+            server: self.url.to_string(),
+            message: format!("unreadable epoch list: {e}"),
+        })
     }
 
     /// The layout of the server's table when it was connected to.

@@ -31,7 +31,7 @@ use connection::{FIRST_BACKOFF, MAX_BACKOFF, layout_of, parse_url, warn_if_plain
 use http::http_client;
 use morphogen_dpf::{Key, generate};
 use morphogen_layout::{KeyDigest, Layout, MAX_KEY_LEN};
-use morphogen_protocol::{Epoch, Meta, Request};
+use morphogen_protocol::{Epoch, EpochEntry, MAX_EPOCHS_LISTED, Meta, Request};
 use rand::RngExt;
 use view::{View, check_two_servers};
 
@@ -155,26 +155,96 @@ impl Client {
     /// Looks keys up, in one request per server for every `max_batch` keys;
     /// results are in the order of `keys`.
     pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.get_many_as_of(keys, None).await
+    }
+
+    /// Like [`Client::get_many`], as of epoch `epoch`: both servers must be
+    /// able to answer as of it (410 `epoch_unavailable` otherwise, which is
+    /// returned, not retried).
+    pub async fn get_many_at<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        epoch: u64,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.get_many_as_of(keys, Some(epoch)).await
+    }
+
+    async fn get_many_as_of<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        epoch: Option<u64>,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let mut values = Vec::with_capacity(keys.len());
         for batch in keys.chunks(self.meta().max_batch.max(1)) {
-            values.extend(self.lookup_batch(batch).await?);
+            values.extend(self.lookup_batch(batch, epoch).await?);
         }
         Ok(values)
     }
 
-    async fn lookup_batch<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    /// The epoch both servers answer from now, the older of their current
+    /// ones (the metadata read again if older than
+    /// [`Settings::meta_refresh`]).
+    pub async fn epoch(&self) -> Result<u64, Error> {
+        let deadline = Instant::now() + self.servers[0].timeout;
+        Ok(self.view(false, deadline).await?.meta.epoch)
+    }
+
+    /// The epochs both servers can answer as of, from `from` on, oldest
+    /// first, with their digests and labels. An epoch both list must have
+    /// the same digest on both (and so the same label): otherwise
+    /// [`Error::Mismatch`].
+    pub async fn epochs(&self, from: u64) -> Result<Vec<EpochEntry>, Error> {
+        let deadline = Instant::now() + self.servers[0].timeout;
+        let mut entries = Vec::new();
+        let mut from = from;
+        loop {
+            let (a, b) = tokio::try_join!(
+                self.servers[0].fetch_epochs(from, deadline),
+                self.servers[1].fetch_epochs(from, deadline)
+            )?;
+            let theirs: std::collections::BTreeMap<u64, &EpochEntry> =
+                b.epochs.iter().map(|entry| (entry.epoch, entry)).collect();
+            for entry in &a.epochs {
+                if let Some(other) = theirs.get(&entry.epoch) {
+                    if other.digest != entry.digest || other.label != entry.label {
+                        return Err(Error::Mismatch("digest of an epoch both hold"));
+                    }
+                    entries.push(entry.clone());
+                }
+            }
+            let last = match (a.epochs.last(), b.epochs.last()) {
+                (Some(x), Some(y)) => x.epoch.min(y.epoch),
+                _ => break,
+            };
+            let full = a.epochs.len() == MAX_EPOCHS_LISTED || b.epochs.len() == MAX_EPOCHS_LISTED;
+            if !full || last >= a.current.min(b.current) {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(entries)
+    }
+
+    async fn lookup_batch<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        at: Option<u64>,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let deadline = Instant::now() + self.servers[0].timeout;
         let mut retries = 0;
         let mut fresh = false;
         loop {
             let view = self.view(fresh, deadline).await?;
-            match self.lookup_at(&view, keys, deadline).await {
+            let epoch = at.unwrap_or(view.meta.epoch);
+            match self.lookup_at(&view, epoch, keys, deadline).await {
                 // The epoch fell out of a window, a server restarted behind
                 // it, or a server swapped to another snapshot: read where
-                // both servers are, and ask again.
+                // both servers are, and ask again (an epoch asked for is
+                // the caller's to change).
                 Err(Error::Server { status: 410, ref code, .. })
                     if (code == "epoch_unavailable" || code == "snapshot_changed")
-                        && retries < EPOCH_RETRIES =>
+                        && retries < EPOCH_RETRIES
+                        && at.is_none() =>
                 {
                     retries += 1;
                     fresh = true;
@@ -184,10 +254,11 @@ impl Client {
         }
     }
 
-    /// Looks `keys` up as of the view's epoch.
+    /// Looks `keys` up as of `epoch`, with the view's layout.
     async fn lookup_at<K: AsRef<[u8]>>(
         &self,
         view: &View,
+        epoch: u64,
         keys: &[K],
         deadline: Instant,
     ) -> Result<Vec<Option<Vec<u8>>>, Error> {
@@ -205,13 +276,15 @@ impl Client {
             queries_b.push(keys_b);
             digests.push(digest);
         }
-        let epoch = Epoch::Exact(view.meta.epoch);
-        let (body_a, body_b) = (encode_request(epoch, queries_a)?, encode_request(epoch, queries_b)?);
+        let (body_a, body_b) = (
+            encode_request(Epoch::Exact(epoch), queries_a)?,
+            encode_request(Epoch::Exact(epoch), queries_b)?,
+        );
         let (answer_a, answer_b) = tokio::try_join!(
             self.servers[0].query(&body_a, keys.len(), layout, deadline),
             self.servers[1].query(&body_b, keys.len(), layout, deadline)
         )?;
-        if answer_a.epoch != view.meta.epoch || answer_b.epoch != view.meta.epoch {
+        if answer_a.epoch != epoch || answer_b.epoch != epoch {
             return Err(Error::Mismatch("epoch of the answers"));
         }
 

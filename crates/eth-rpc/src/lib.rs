@@ -36,8 +36,8 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use jsonrpc::{Body, Call, INTERNAL_ERROR, METHOD_NOT_FOUND, RpcError};
-pub use reader::{Chain, Error, StateReader};
+use jsonrpc::{Body, Call, INTERNAL_ERROR, METHOD_NOT_FOUND, RpcError, STATE_UNAVAILABLE};
+pub use reader::{At, Chain, Error, Held, StateReader};
 
 /// Largest request body: a full batch of calls with their parameters.
 const MAX_BODY: usize = 1 << 20;
@@ -151,39 +151,48 @@ impl Endpoint {
         match local {
             Local::ChainId => no_params(call).map(|()| json!(format!("{:#x}", chain.chain_id))),
             Local::NetVersion => no_params(call).map(|()| json!(chain.chain_id.to_string())),
-            Local::BlockNumber => no_params(call).map(|()| json!(format!("{:#x}", chain.block_number))),
+            Local::BlockNumber => {
+                no_params(call)?;
+                let latest = self.reader.resolve(At::Latest).await.map_err(lookup_failed)?;
+                Ok(json!(format!("{:#x}", latest.number)))
+            }
             Local::Balance => {
-                let account =
-                    self.reader.account(&self.address_at_block(call)?).await.map_err(lookup_failed)?;
+                let (address, at) = self.address_at_block(call).await?;
+                let account = self.reader.account_at(&address, at).await.map_err(lookup_failed)?;
                 Ok(json!(params::format_quantity(&account.balance)))
             }
             Local::TransactionCount => {
-                let account =
-                    self.reader.account(&self.address_at_block(call)?).await.map_err(lookup_failed)?;
+                let (address, at) = self.address_at_block(call).await?;
+                let account = self.reader.account_at(&address, at).await.map_err(lookup_failed)?;
                 Ok(json!(params::format_quantity(&account.nonce.to_be_bytes())))
             }
             Local::Code => {
-                let code = self.reader.code(&self.address_at_block(call)?).await.map_err(lookup_failed)?;
+                let (address, at) = self.address_at_block(call).await?;
+                let code = self.reader.code_at(&address, at).await.map_err(lookup_failed)?;
                 Ok(json!(params::format_data(&code)))
             }
             Local::StorageAt => {
                 let given = params::positional(&call.params, &["address", "slot", "block"], 1)?;
                 let address = params::address(given[0])?;
                 let slot = params::slot(given[1])?;
-                params::block(given.get(2).copied(), chain.block_number)?;
-                let word = self.reader.storage(&address, &slot).await.map_err(lookup_failed)?;
+                let at = self.held(params::block(given.get(2).copied())?).await?;
+                let word = self.reader.storage_at(&address, &slot, at).await.map_err(lookup_failed)?;
                 Ok(json!(params::format_data(&word)))
             }
         }
     }
 
-    /// The address of `[address, block]` parameters, whose block must be
-    /// the one the tables hold.
-    fn address_at_block(&self, call: &Call) -> Result<[u8; 20], RpcError> {
+    /// The address and block of `[address, block]` parameters.
+    async fn address_at_block(&self, call: &Call) -> Result<([u8; 20], Held), RpcError> {
         let given = params::positional(&call.params, &["address", "block"], 1)?;
         let address = params::address(given[0])?;
-        params::block(given.get(1).copied(), self.reader.chain().block_number)?;
-        Ok(address)
+        let at = self.held(params::block(given.get(1).copied())?).await?;
+        Ok((address, at))
+    }
+
+    /// The block the tables hold that `at` names.
+    async fn held(&self, at: At) -> Result<Held, RpcError> {
+        self.reader.resolve(at).await.map_err(lookup_failed)
     }
 
     /// A method not answered here: to the upstream node, or -32601.
@@ -249,6 +258,9 @@ fn no_params(call: &Call) -> Result<(), RpcError> {
 
 /// -32603 for a failed private lookup; the error names servers, never keys.
 fn lookup_failed(error: Error) -> RpcError {
+    if let Error::BlockUnavailable(message) = &error {
+        return RpcError::new(STATE_UNAVAILABLE, message.clone());
+    }
     tracing::warn!(%error, "a private lookup failed");
     RpcError::new(INTERNAL_ERROR, format!("private lookup failed: {error}"))
 }

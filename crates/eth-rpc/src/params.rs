@@ -1,10 +1,11 @@
 //! Parameters of the state methods, read as strictly as a node reads them:
 //! `0x`-prefixed hex everywhere, addresses of exactly 20 bytes, slots of 1
-//! to 32 bytes, and a block that must be the one the tables hold.
+//! to 32 bytes, and blocks by tag, number or hash.
 
 use serde_json::Value;
 
 use crate::jsonrpc::{RpcError, STATE_UNAVAILABLE};
+use crate::reader::At;
 
 /// The positional parameters of a call: `names` gives each one's name for
 /// messages; the last `optional` of them may be left out.
@@ -53,40 +54,45 @@ pub fn slot(value: &Value) -> Result<[u8; 32], RpcError> {
     Ok(slot)
 }
 
-/// Checks that a block parameter names the state the tables hold: the tag
-/// `latest`, the tables' block number, or an EIP-1898 object naming that
-/// number. Absent means `latest`.
-pub fn block(value: Option<&Value>, held: u64) -> Result<(), RpcError> {
-    let number = match value {
-        None | Some(Value::Null) => return Ok(()),
-        Some(Value::String(tag)) if tag == "latest" => return Ok(()),
-        Some(Value::String(text)) if text.starts_with("0x") => quantity(text, "block")?,
-        Some(Value::String(tag)) if ["earliest", "pending", "safe", "finalized"].contains(&tag.as_str()) => {
-            return Err(unavailable(&format!("the block tag {tag:?}"), held));
-        }
+/// The block a block parameter names: the tag `latest` (or none), a
+/// number, or an EIP-1898 object naming a number or a hash. The tags of
+/// state the tables never hold are refused, each with why.
+pub fn block(value: Option<&Value>) -> Result<At, RpcError> {
+    match value {
+        None | Some(Value::Null) => Ok(At::Latest),
+        Some(Value::String(tag)) if tag == "latest" => Ok(At::Latest),
+        Some(Value::String(text)) if text.starts_with("0x") => Ok(At::Number(quantity(text, "block")?)),
+        Some(Value::String(tag)) if tag == "earliest" => Err(unavailable(
+            "the block tag \"earliest\": these tables hold the recent blocks of their epoch window only",
+        )),
+        Some(Value::String(tag)) if tag == "pending" => Err(unavailable(
+            "the block tag \"pending\": these tables hold mined blocks only; ask for \"latest\"",
+        )),
+        Some(Value::String(tag)) if tag == "safe" || tag == "finalized" => Err(unavailable(&format!(
+            "the block tag {tag:?}: these tables do not know which block the node calls {tag}; \
+             ask for a block number"
+        ))),
         Some(Value::Object(object)) => match (object.get("blockNumber"), object.get("blockHash")) {
-            (Some(Value::String(text)), None) => quantity(text, "blockNumber")?,
-            (None, Some(_)) => return Err(unavailable("a block by hash", held)),
-            _ => return Err(RpcError::params("block: an object names either blockNumber or blockHash")),
+            (Some(Value::String(text)), None) => Ok(At::Number(quantity(text, "blockNumber")?)),
+            (None, Some(Value::String(text))) => Ok(At::Hash(hash(text)?)),
+            _ => Err(RpcError::params("block: an object names either blockNumber or blockHash")),
         },
-        Some(_) => {
-            return Err(RpcError::params("block: expected a tag (\"latest\") or a 0x-hex block number"));
-        }
-    };
-    if number != held {
-        return Err(unavailable(&format!("block {number}"), held));
+        Some(_) => Err(RpcError::params("block: expected a tag (\"latest\") or a 0x-hex block number")),
     }
-    Ok(())
 }
 
-fn unavailable(what: &str, held: u64) -> RpcError {
-    RpcError::new(
-        STATE_UNAVAILABLE,
-        format!(
-            "{what} is not available: this endpoint holds the state at block {held} only; \
-             ask for \"latest\" or {held:#x}"
-        ),
-    )
+/// A block hash: `0x` and 64 hex digits.
+fn hash(text: &str) -> Result<[u8; 32], RpcError> {
+    let mut hash = [0u8; 32];
+    let digits = text.strip_prefix("0x").filter(|d| d.len() == 64);
+    match digits.map(|d| hex::decode_to_slice(d, &mut hash)) {
+        Some(Ok(())) => Ok(hash),
+        _ => Err(RpcError::params("blockHash: expected 0x and 64 hex digits")),
+    }
+}
+
+fn unavailable(what: &str) -> RpcError {
+    RpcError::new(STATE_UNAVAILABLE, format!("{what} is not available"))
 }
 
 /// A quantity: `0x` and 1 to 16 hex digits without leading zeros (`0x0`
@@ -150,23 +156,34 @@ mod tests {
     }
 
     #[test]
-    fn only_the_held_block_is_answered() {
-        for ok in [
-            None,
-            Some(json!(null)),
-            Some(json!("latest")),
-            Some(json!("0x2a")),
-            Some(json!({"blockNumber": "0x2a"})),
+    fn blocks_are_named_by_tag_number_or_hash() {
+        for latest in [None, Some(json!(null)), Some(json!("latest"))] {
+            assert_eq!(block(latest.as_ref()), Ok(At::Latest), "{latest:?}");
+        }
+        assert_eq!(block(Some(&json!("0x2a"))), Ok(At::Number(42)));
+        assert_eq!(block(Some(&json!({"blockNumber": "0x2a"}))), Ok(At::Number(42)));
+        let hash = format!("0x{}", "ab".repeat(32));
+        assert_eq!(block(Some(&json!({"blockHash": hash}))), Ok(At::Hash([0xab; 32])));
+        for (never, why) in [
+            ("earliest", "epoch window"),
+            ("pending", "mined blocks only"),
+            ("safe", "calls safe"),
+            ("finalized", "calls finalized"),
         ] {
-            assert_eq!(block(ok.as_ref(), 42), Ok(()), "{ok:?}");
+            let error = block(Some(&json!(never))).unwrap_err();
+            assert_eq!(error.code, STATE_UNAVAILABLE, "{never}");
+            assert!(error.message.contains(why), "{}", error.message);
         }
-        for gone in [json!("0x2b"), json!("earliest"), json!("pending"), json!({"blockHash": "0x00"})] {
-            let error = block(Some(&gone), 42).unwrap_err();
-            assert_eq!(error.code, STATE_UNAVAILABLE, "{gone}");
-            assert!(error.message.contains("block 42 only"), "{}", error.message);
-        }
-        for bad in [json!("0x02a"), json!("0x"), json!("42"), json!(42), json!("newest"), json!({})] {
-            assert_eq!(block(Some(&bad), 42).unwrap_err().code, INVALID_PARAMS, "{bad}");
+        for bad in [
+            json!("0x02a"),
+            json!("0x"),
+            json!("42"),
+            json!(42),
+            json!("newest"),
+            json!({}),
+            json!({"blockHash": "0x00"}),
+        ] {
+            assert_eq!(block(Some(&bad)).unwrap_err().code, INVALID_PARAMS, "{bad}");
         }
     }
 

@@ -1,6 +1,8 @@
 //! Reading Ethereum state through private lookups in the three tables of
 //! two servers (`serve --tables eth.json`).
 
+use std::sync::Arc;
+
 use morphogen_client::{Client, Settings, fetch_catalog};
 use morphogen_eth::{
     AccountValue, CODE_CHUNKS, EMPTY_CODE_HASH, TABLE_NAMES, code_chunk_key, code_from_chunks, storage_key,
@@ -21,6 +23,30 @@ pub enum Error {
     /// A value read back is not what `morphogen eth build` writes.
     #[error("the tables hold a malformed {0}")]
     Malformed(String),
+    /// The block asked for is not one the tables hold (too new, too old,
+    /// or not on the chain they follow); the message says which they hold.
+    #[error("{0}")]
+    BlockUnavailable(String),
+}
+
+/// Which block's state to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// The newest block all three tables hold on both servers.
+    Latest,
+    /// The block of this number.
+    Number(u64),
+    /// The block of this hash (EIP-1898).
+    Hash([u8; 32]),
+}
+
+/// A block the tables hold, and the epoch that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The block's number.
+    pub number: u64,
+    /// The epoch of every table that holds its state.
+    pub epoch: u64,
 }
 
 /// Which chain and block the servers' tables hold (the manifest's fields,
@@ -40,7 +66,14 @@ pub struct StateReader {
     accounts: Client,
     storage: Client,
     code: Client,
+    /// The blocks held as of the newest epoch they were listed at: the
+    /// list changes only when that epoch does.
+    blocks: std::sync::Mutex<Option<(u64, Arc<Blocks>)>>,
 }
+
+/// The blocks the tables hold, oldest first, each with its hash if its
+/// label names one.
+type Blocks = Vec<(Held, Option<[u8; 32]>)>;
 
 impl StateReader {
     /// Connects to the `accounts`, `storage` and `code` tables of both
@@ -72,7 +105,7 @@ impl StateReader {
             Client::for_table(url_a, url_b, storage, settings),
             Client::for_table(url_a, url_b, code, settings),
         )?;
-        Ok(StateReader { chain, accounts, storage, code })
+        Ok(StateReader { chain, accounts, storage, code, blocks: std::sync::Mutex::new(None) })
     }
 
     /// The chain and block the tables hold.
@@ -80,18 +113,97 @@ impl StateReader {
         self.chain
     }
 
-    /// The account at `address`; one that does not exist reads as a node
-    /// reads it: zero balance, zero nonce, no code.
-    pub async fn account(&self, address: &[u8; 20]) -> Result<AccountValue, Error> {
-        match self.accounts.get(address).await? {
+    /// The block `at` names, if the tables hold it. Each epoch of the
+    /// tables is one block, named by its label (`morphogen eth follow`);
+    /// epoch 0 without a label is the block the tables were built at.
+    pub async fn resolve(&self, at: At) -> Result<Held, Error> {
+        // The newest epoch every table has reached on both servers; each
+        // table's epoch `e` is the same block.
+        let (accounts, storage, code) =
+            tokio::try_join!(self.accounts.epoch(), self.storage.epoch(), self.code.epoch())?;
+        let latest = accounts.min(storage).min(code);
+        let blocks = self.blocks(latest).await?;
+        let newest = blocks.last().map(|(block, _)| *block);
+        let oldest = blocks.first().map(|(block, _)| *block);
+        let Some((newest, oldest)) = newest.zip(oldest) else {
+            return Err(Error::BlockUnavailable("the tables name no block they hold".to_string()));
+        };
+        let holding = || format!("these tables hold blocks {} to {}", oldest.number, newest.number);
+        match at {
+            At::Latest => Ok(newest),
+            // The newest epoch of that number: the one on the chain followed.
+            At::Number(number) => {
+                blocks.iter().rev().find(|(block, _)| block.number == number).map(|(b, _)| *b).ok_or_else(
+                    || {
+                        let when = if number > newest.number { "not yet held" } else { "no longer held" };
+                        Error::BlockUnavailable(format!("block {number} is {when}: {}", holding()))
+                    },
+                )
+            }
+            At::Hash(hash) => {
+                blocks.iter().rev().find(|(_, h)| *h == Some(hash)).map(|(b, _)| *b).ok_or_else(|| {
+                    Error::BlockUnavailable(format!(
+                        "block 0x{} is not held: {}",
+                        hex::encode(hash),
+                        holding()
+                    ))
+                })
+            }
+        }
+    }
+
+    /// The blocks held up to epoch `latest`, from the labels both servers
+    /// list (every table's epoch `e` is one block).
+    async fn blocks(&self, latest: u64) -> Result<Arc<Blocks>, Error> {
+        if let Some((at, blocks)) =
+            self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()
+            && *at == latest
+        {
+            return Ok(blocks.clone());
+        }
+        let held = |epoch: u64, label: Option<&serde_json::Value>| match label {
+            Some(label) => {
+                label.get("number").and_then(serde_json::Value::as_u64).map(|number| Held { number, epoch })
+            }
+            None => (epoch == 0).then_some(Held { number: self.chain.block_number, epoch }),
+        };
+        // An epoch is held where every table can answer as of it (each
+        // keeps its own window and rewind budget).
+        let (entries, storage, code) =
+            tokio::try_join!(self.accounts.epochs(0), self.storage.epochs(0), self.code.epochs(0))?;
+        let in_all = |epoch: u64| {
+            [&storage, &code]
+                .iter()
+                .all(|list| list.binary_search_by_key(&epoch, |entry| entry.epoch).is_ok())
+        };
+        let blocks: Blocks = entries
+            .iter()
+            .filter(|entry| entry.epoch <= latest && in_all(entry.epoch))
+            .filter_map(|entry| {
+                let block = held(entry.epoch, entry.label.as_ref())?;
+                let hash =
+                    entry.label.as_ref().and_then(|label| label.get("hash")?.as_str().and_then(parse_hash));
+                Some((block, hash))
+            })
+            .collect();
+        let blocks = Arc::new(blocks);
+        *self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((latest, blocks.clone()));
+        Ok(blocks)
+    }
+
+    /// The account at `address` as of `at`; one that does not exist reads
+    /// as a node reads it: zero balance, zero nonce, no code.
+    pub async fn account_at(&self, address: &[u8; 20], at: Held) -> Result<AccountValue, Error> {
+        match self.accounts.get_many_at(&[address], at.epoch).await?.pop().flatten() {
             Some(value) => AccountValue::decode(&value).map_err(|_| Error::Malformed("account".to_string())),
             None => Ok(AccountValue { balance: [0; 32], nonce: 0, code_hash: EMPTY_CODE_HASH }),
         }
     }
 
-    /// The word in `slot` of `address` (zero if never written).
-    pub async fn storage(&self, address: &[u8; 20], slot: &[u8; 32]) -> Result<[u8; 32], Error> {
-        match self.storage.get(&storage_key(address, slot)).await? {
+    /// The word in `slot` of `address` as of `at` (zero if never written).
+    pub async fn storage_at(&self, address: &[u8; 20], slot: &[u8; 32], at: Held) -> Result<[u8; 32], Error> {
+        match self.storage.get_many_at(&[storage_key(address, slot)], at.epoch).await?.pop().flatten() {
             Some(value) => value
                 .get(..32)
                 .and_then(|word| word.try_into().ok())
@@ -100,19 +212,41 @@ impl StateReader {
         }
     }
 
-    /// The code of `address`: its account, then all [`CODE_CHUNKS`] chunk
-    /// keys of its code hash in one request, whatever the code's length
-    /// (an account without code asks for the chunks of the empty code,
-    /// which no table holds), so that the lookups are the same for every
-    /// account.
-    pub async fn code(&self, address: &[u8; 20]) -> Result<Vec<u8>, Error> {
-        let account = self.account(address).await?;
+    /// The code of `address` as of `at`: its account, then all
+    /// [`CODE_CHUNKS`] chunk keys of its code hash in one request, whatever
+    /// the code's length (an account without code asks for the chunks of
+    /// the empty code, which no table holds), so that the lookups are the
+    /// same for every account.
+    pub async fn code_at(&self, address: &[u8; 20], at: Held) -> Result<Vec<u8>, Error> {
+        let account = self.account_at(address, at).await?;
         let keys: Vec<[u8; 34]> =
             (0..CODE_CHUNKS).map(|index| code_chunk_key(&account.code_hash, index)).collect();
-        let chunks = self.code.get_many(&keys).await?;
+        let chunks = self.code.get_many_at(&keys, at.epoch).await?;
         if account.code_hash == EMPTY_CODE_HASH {
             return Ok(Vec::new());
         }
         code_from_chunks(&account.code_hash, &chunks).map_err(Error::Malformed)
     }
+
+    /// The account at `address` in the newest block held.
+    pub async fn account(&self, address: &[u8; 20]) -> Result<AccountValue, Error> {
+        self.account_at(address, self.resolve(At::Latest).await?).await
+    }
+
+    /// The word in `slot` of `address` in the newest block held.
+    pub async fn storage(&self, address: &[u8; 20], slot: &[u8; 32]) -> Result<[u8; 32], Error> {
+        self.storage_at(address, slot, self.resolve(At::Latest).await?).await
+    }
+
+    /// The code of `address` in the newest block held.
+    pub async fn code(&self, address: &[u8; 20]) -> Result<Vec<u8>, Error> {
+        self.code_at(address, self.resolve(At::Latest).await?).await
+    }
+}
+
+/// A block hash: `0x` and 64 hex digits.
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(text.strip_prefix("0x")?, &mut hash).ok()?;
+    Some(hash)
 }

@@ -213,16 +213,20 @@ async fn malformed_calls_get_the_standard_codes() {
     for (body, code) in cases {
         assert_eq!(error_code(endpoint, &body).await, code, "{body}");
     }
-    // Another block: a clear error naming the block held.
-    for block in [
-        json!("0x2b"),
-        json!("earliest"),
-        json!("pending"),
-        json!({"blockHash": format!("0x{}", "0".repeat(64))}),
+    // Another block: a clear error naming the blocks held.
+    for (block, says) in [
+        (json!("0x2b"), "block 43 is not yet held: these tables hold blocks 42 to 42"),
+        (json!("0x29"), "block 41 is no longer held: these tables hold blocks 42 to 42"),
+        (
+            json!({"blockHash": format!("0x{}", "0".repeat(64))}),
+            "is not held: these tables hold blocks 42 to 42",
+        ),
+        (json!("earliest"), "epoch window only"),
+        (json!("pending"), "mined blocks only"),
     ] {
         let answer = endpoint.answer(call("eth_getBalance", json!([who, block])).as_bytes()).await.unwrap();
         assert_eq!(answer["error"]["code"], -32000, "{block}");
-        assert!(answer["error"]["message"].as_str().unwrap().contains("block 42 only"), "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(says), "{answer}");
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use morphogen_protocol::{
-    AdminStatus, Catalog, EpochList, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
+    AdminStatus, Catalog, EpochList, RevertRequest, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
 };
 use reqwest::Url;
 
@@ -97,6 +97,14 @@ impl Admin {
         let request = self.http.post(url).bearer_auth(&self.token).json(batch);
         let bytes = self.send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable update reply: {e}")))
+    }
+
+    /// Takes the table's records back to an earlier epoch, as the next
+    /// sequenced step; answered like an update batch, and as safe to send again.
+    pub async fn revert(&self, request: &RevertRequest) -> Result<UpdateReply, Error> {
+        let url = self.routes.join("revert").expect("a fixed relative path");
+        let bytes = self.send(self.http.post(url).bearer_auth(&self.token).json(request)).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable revert reply: {e}")))
     }
 
     /// Asks the server to swap to a snapshot file of its snapshot

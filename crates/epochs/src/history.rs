@@ -47,6 +47,9 @@ pub struct EpochDiff {
     pub records: u64,
     /// The batch's label ([`crate::Batch::label`]).
     pub label: Option<Vec<u8>>,
+    /// What undoes the epoch: each key it changed set back to its value
+    /// before (or deleted), in the order of the keys' first changes.
+    pub undo: Vec<crate::Change>,
 }
 
 /// The diffs of the last `window` epochs, shared between the thread that
@@ -72,8 +75,11 @@ impl EpochDiff {
     /// The memory it takes, about.
     pub fn bytes(&self) -> u64 {
         let row = std::mem::size_of::<RowDiff>() as u64;
+        let change = std::mem::size_of::<crate::Change>() as u64;
         std::mem::size_of::<EpochDiff>() as u64
             + self.rows.iter().map(|r| row + r.xor.len() as u64).sum::<u64>()
+            + self.undo.iter().map(|c| change + c.value.as_ref().map_or(0, |v| v.len() as u64)).sum::<u64>()
+            + self.label.as_ref().map_or(0, |label| label.len() as u64)
     }
 }
 

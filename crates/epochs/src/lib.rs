@@ -29,6 +29,7 @@ mod log;
 mod plan;
 mod snapshots;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use morphogen_table::{Layout, PageWrite, Table};
@@ -229,6 +230,7 @@ impl Chain {
             digest,
             records: placement.records,
             label: batch.label,
+            undo: placement.undo,
         });
         placement.writes
     }
@@ -293,6 +295,37 @@ impl Epochs {
     pub fn plan(&self, table: &Table, batch: Batch) -> Result<Plan, Error> {
         let encoded = encode_batch(&batch);
         self.chain.plan(table, batch, encoded, true)
+    }
+
+    /// The batch that, as epoch `sequence`, takes the table's records back
+    /// to what they were at epoch `to`: every key the epochs `to + 1 ..
+    /// sequence` changed, set back to its value at `to` or deleted, in key
+    /// order. It is an ordinary batch (logged, replayed and resent like
+    /// any), made from the epochs before `sequence` only, so that the same
+    /// request makes the same batch again after it was applied. The rows a
+    /// key comes back to may differ from those it had at `to`; its value
+    /// does not. Every epoch after `to` must still be in the history.
+    pub fn revert_batch(&self, to: u64, sequence: u64, label: Option<Vec<u8>>) -> Result<Batch, Error> {
+        let last = sequence.checked_sub(1).filter(|&last| last >= to && last <= self.epoch());
+        let Some(last) = last else {
+            return Err(Error::RevertRange { to, sequence, current: self.epoch() });
+        };
+        let mut values: BTreeMap<[u8; 16], Option<Vec<u8>>> = BTreeMap::new();
+        for epoch in to + 1..=last {
+            let diff = self
+                .history()
+                .epoch(epoch)
+                .ok_or(Error::RevertTooOld { to, oldest: self.history().oldest() })?;
+            for change in &diff.undo {
+                // The earliest epoch's undo holds the value at `to`.
+                values.entry(change.key.0).or_insert_with(|| change.value.clone());
+            }
+        }
+        let changes = values
+            .into_iter()
+            .map(|(key, value)| Change { key: morphogen_table::KeyDigest(key), value })
+            .collect();
+        Ok(Batch { sequence, changes, label })
     }
 
     /// Appends the plan's batch to the log and syncs it, then moves to its
@@ -421,6 +454,25 @@ pub enum Error {
     OtherBatchApplied {
         /// Its epoch.
         epoch: u64,
+    },
+    /// A revert names an epoch outside the history, or a sequence number
+    /// that is not after it.
+    #[error("a revert to epoch {to} as epoch {sequence} is not possible at epoch {current}")]
+    RevertRange {
+        /// The epoch to go back to.
+        to: u64,
+        /// The revert's sequence number.
+        sequence: u64,
+        /// The current epoch.
+        current: u64,
+    },
+    /// A revert to an epoch older than the history keeps.
+    #[error("epoch {to} is older than the oldest epoch kept ({oldest}): it cannot be reverted to")]
+    RevertTooOld {
+        /// The epoch to go back to.
+        to: u64,
+        /// The oldest epoch kept.
+        oldest: u64,
     },
     /// The batch's label is longer than [`MAX_LABEL_LEN`].
     #[error("the batch's label is {len} bytes, more than the {MAX_LABEL_LEN} a label may be")]

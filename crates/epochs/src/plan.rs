@@ -50,6 +50,10 @@ pub(crate) struct Placement {
     pub(crate) rows: Vec<RowDiff>,
     /// Records in the table afterwards.
     pub(crate) records: u64,
+    /// What undoes the batch: each key it changes, once, set back to its
+    /// value before the batch (zero-padded, as stored) or deleted if it
+    /// was absent, in the order of the keys' first changes.
+    pub(crate) undo: Vec<Change>,
 }
 
 /// Places `changes` into `table` (which holds `records` records), in order.
@@ -70,6 +74,8 @@ pub(crate) fn place(
     // Pages touched so far, as they will be after the batch.
     let mut images: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut records = records;
+    let mut undo = Vec::new();
+    let mut undone = std::collections::BTreeSet::new();
     for (position, change) in changes.iter().enumerate() {
         if let Some(value) = &change.value
             && value.len() > value_size
@@ -91,6 +97,13 @@ pub(crate) fn place(
             })
         };
         let existing = first_row(tag);
+        if undone.insert(change.key.0) {
+            let before = existing.map(|(index, row)| {
+                let page = images.get(&index).map_or_else(|| table.page_at(index), Vec::as_slice);
+                page[layout.row_range(row)][TAG_LEN as usize..].to_vec()
+            });
+            undo.push(Change { key: change.key, value: before });
+        }
         let (index, row) = match (existing, &change.value) {
             (Some(found), _) => found,
             (None, None) => continue,
@@ -117,7 +130,7 @@ pub(crate) fn place(
             }
         }
     }
-    Ok(diff(table, images, records))
+    Ok(Placement { undo, ..diff(table, images, records) })
 }
 
 /// The key's candidate pages as indices into the whole table.
@@ -153,5 +166,5 @@ fn diff(table: &Table, images: BTreeMap<u64, Vec<u8>>, records: u64) -> Placemen
             writes.push(PageWrite { index, bytes: image });
         }
     }
-    Placement { writes, rows, records }
+    Placement { writes, rows, records, undo: Vec::new() }
 }

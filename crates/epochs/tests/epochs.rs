@@ -481,3 +481,50 @@ fn a_label_is_part_of_the_epoch_digest_and_bounded() {
     let batch = Batch { sequence: 1, changes: vec![], label: Some(long) };
     assert!(matches!(epochs.plan(&table, batch), Err(Error::LabelTooLong { len: 4097 })));
 }
+
+#[test]
+fn a_revert_takes_every_record_back_to_its_epoch_and_is_the_same_batch_when_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = table(200);
+    let mut epochs = open(&mut table, dir.path());
+    let keys: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("key{i}").into_bytes())
+        .chain((0..6).map(|i| format!("new{i}").into_bytes()))
+        .collect();
+    let values = |table: &Table| -> Vec<Option<Vec<u8>>> {
+        keys.iter().map(|key| table.get(key).map(<[u8]>::to_vec)).collect()
+    };
+    let mut at = vec![values(&table)];
+    for changes in random_batches(12, 9) {
+        update(&mut epochs, &mut table, changes).unwrap();
+        at.push(values(&table));
+    }
+    // Back to epoch 4, as epoch 13.
+    let revert = epochs.revert_batch(4, 13, Some(b"back".to_vec())).unwrap();
+    let plan = epochs.plan(&table, revert.clone()).unwrap();
+    let writes = epochs.commit(plan).unwrap();
+    table.apply(&writes).unwrap();
+    table.set_records(epochs.records());
+    assert_eq!(values(&table), at[4]);
+    assert_eq!(epochs.records(), at[4].iter().filter(|value| value.is_some()).count() as u64);
+    // The same revert asked for again is the batch applied.
+    let again = epochs.revert_batch(4, 13, Some(b"back".to_vec())).unwrap();
+    assert_eq!(again, revert);
+    assert!(matches!(epochs.plan(&table, again), Err(Error::AlreadyApplied { epoch: 13, .. })));
+    // And a revert of a revert goes forward again.
+    update(&mut epochs, &mut table, Vec::new()).unwrap();
+    let forward = epochs.revert_batch(12, 15, None).unwrap();
+    let plan = epochs.plan(&table, forward).unwrap();
+    table.apply(&epochs.commit(plan).unwrap()).unwrap();
+    assert_eq!(values(&table), at[12]);
+
+    assert!(matches!(epochs.revert_batch(4, 17, None), Err(Error::RevertRange { .. })));
+    assert!(matches!(epochs.revert_batch(16, 16, None), Err(Error::RevertRange { .. })));
+    let mut short = table.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut windowed, _) = Epochs::open(&mut short, &dir.path().join("short.log"), 2).unwrap();
+    for changes in random_batches(4, 3) {
+        update(&mut windowed, &mut short, changes).unwrap();
+    }
+    assert!(matches!(windowed.revert_batch(1, 5, None), Err(Error::RevertTooOld { to: 1, oldest: 2 })));
+}

@@ -196,6 +196,20 @@ pub struct UpdateReply {
     pub already_applied: bool,
 }
 
+/// `POST /admin/v1/revert`: take the table's records back to what they
+/// were at an earlier epoch, as the next sequenced step (a new epoch: the
+/// log only grows). Answered as an update batch is ([`UpdateReply`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevertRequest {
+    /// One more than the last batch applied.
+    pub sequence: u64,
+    /// The epoch whose records to go back to, within the epoch window.
+    pub to: u64,
+    /// The new epoch's label, as an update batch's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<serde_json::Value>,
+}
+
 /// `POST /admin/v1/snapshot`: swap to another table file as the next
 /// sequenced step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

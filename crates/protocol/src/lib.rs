@@ -19,7 +19,7 @@ mod json;
 
 pub use json::{
     AdminStatus, Catalog, ChangeBody, ChangeError, EpochEntry, EpochList, ErrorBody, MAX_EPOCHS_LISTED, Meta,
-    SnapshotRequest, SwapState, SwapStatus, UpdateReply, UpdateRequest, is_table_name,
+    RevertRequest, SnapshotRequest, SwapState, SwapStatus, UpdateReply, UpdateRequest, is_table_name,
 };
 use morphogen_dpf::Key;
 

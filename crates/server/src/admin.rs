@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, Request, State as Shared};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -24,11 +24,12 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change, MAX_LABEL_LEN};
 use morphogen_protocol::{
-    AdminStatus, Catalog, ChangeBody, ChangeError, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
+    AdminStatus, Catalog, ChangeBody, ChangeError, RevertRequest, SnapshotRequest, SwapStatus, UpdateReply,
+    UpdateRequest,
 };
 use morphogen_table::{KeyDigest, MAX_KEY_LEN};
 
-use crate::batcher::UpdateError;
+use crate::batcher::{Update, UpdateError};
 use crate::limits::Deadline;
 use crate::snapshot::SwapRefused;
 use crate::{ApiError, State};
@@ -68,9 +69,11 @@ pub(crate) fn router(
     }
     match only {
         Some(table) => router.merge(table_routes("/admin/v1", table, deadline)),
-        None => ["status", "updates", "snapshot", "epochs"].into_iter().fold(router, |router, route| {
-            router.route(&format!("/admin/v1/{route}"), any(crate::routes::several_tables))
-        }),
+        None => {
+            ["status", "updates", "snapshot", "epochs", "revert"].into_iter().fold(router, |router, route| {
+                router.route(&format!("/admin/v1/{route}"), any(crate::routes::several_tables))
+            })
+        }
     }
 }
 
@@ -79,6 +82,7 @@ pub(crate) fn router(
 fn table_routes(prefix: &str, state: Arc<State>, deadline: &Arc<Deadline>) -> Router {
     let quick = Router::new()
         .route(&format!("{prefix}/status"), get(status))
+        .route(&format!("{prefix}/revert"), post(revert).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY)))
         .route(&format!("{prefix}/epochs"), get(crate::routes::epochs))
         .route(&format!("{prefix}/snapshot"), post(snapshot).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY)));
     // The update route reads its body itself, with a limit sized by the
@@ -244,7 +248,69 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
         .map_err(|_| not_applied())?
         .map_err(ApiError::internal)??;
     let count = batch.changes.len();
-    let (mut outcome, ticket) = state.batcher.update(batch);
+    let applied = submit(state, Update::Batch(batch), deadline).await?;
+    tracing::info!(
+        epoch = applied.epoch,
+        changes = count,
+        rows = applied.changed_rows,
+        records = applied.records,
+        already_applied = applied.already_applied,
+        "applied an update batch"
+    );
+    Ok(applied)
+}
+
+async fn revert(
+    Shared(state): Shared<Arc<State>>,
+    request: Result<Json<RevertRequest>, JsonRejection>,
+) -> Response {
+    let reverted = async {
+        let Json(request) = request.map_err(|rejection| {
+            ApiError::unreadable_body(rejection.status(), rejection.body_text(), &rejection)
+        })?;
+        if state.swaps.loading() {
+            return Err(swap_in_progress());
+        }
+        let label = label_bytes(request.label.as_ref())?;
+        let update = Update::Revert { to: request.to, sequence: request.sequence, label };
+        let deadline = tokio::time::Instant::now() + state.request_timeout;
+        let applied = submit(&state, update, deadline).await?;
+        tracing::info!(
+            epoch = applied.epoch,
+            to = request.to,
+            rows = applied.changed_rows,
+            "reverted to an earlier epoch"
+        );
+        Ok::<_, ApiError>(applied)
+    };
+    match reverted.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(error) => {
+            state.metrics.update_refused(error.code);
+            tracing::warn!(code = error.code, message = %error.message, "revert refused");
+            error.into_response()
+        }
+    }
+}
+
+/// Queues `update` for the scan thread and waits for its outcome until
+/// `deadline`: a change still queued then is withdrawn (503
+/// `deadline_exceeded`, not applied), one the scan thread has begun is
+/// waited for.
+async fn submit(
+    state: &State,
+    update: Update,
+    deadline: tokio::time::Instant,
+) -> Result<UpdateReply, ApiError> {
+    let not_applied = || {
+        state.metrics.deadline_exceeded();
+        ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deadline_exceeded",
+            "the batch was not applied within the request timeout, and it will not be: send it again",
+        )
+    };
+    let (mut outcome, ticket) = state.batcher.update(update);
     let outcome = match tokio::time::timeout_at(deadline, &mut outcome).await {
         Ok(outcome) => outcome,
         Err(_) if ticket.cancel() => return Err(not_applied()),
@@ -270,13 +336,6 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
         }
         outcome => outcome.map_err(update_error)?,
     };
-    tracing::info!(
-        epoch = applied.published.epoch,
-        changes = count,
-        rows = applied.changed_rows,
-        records = applied.published.table.records,
-        "applied an update batch"
-    );
     Ok(UpdateReply {
         epoch: applied.published.epoch,
         digest: hex::encode(applied.published.table.digest),
@@ -305,21 +364,22 @@ fn decode_batch(body: &[u8], max_changes: usize) -> Result<Batch, ApiError> {
         .enumerate()
         .map(|(i, change)| decode_change(i, change))
         .collect::<Result<_, _>>()?;
-    let label = match &request.label {
-        Some(label) => {
-            let bytes = serde_json::to_vec(label).map_err(ApiError::internal)?;
-            if bytes.len() > MAX_LABEL_LEN {
-                return Err(ApiError::client(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "label_too_long",
-                    format!("the label is {} bytes as JSON; a label may be {MAX_LABEL_LEN}", bytes.len()),
-                ));
-            }
-            Some(bytes)
-        }
-        None => None,
-    };
+    let label = label_bytes(request.label.as_ref())?;
     Ok(Batch { sequence: request.sequence, changes, label })
+}
+
+/// A label as the log holds it: its compact JSON, at most [`MAX_LABEL_LEN`] bytes.
+fn label_bytes(label: Option<&serde_json::Value>) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(label) = label else { return Ok(None) };
+    let bytes = serde_json::to_vec(label).map_err(ApiError::internal)?;
+    if bytes.len() > MAX_LABEL_LEN {
+        return Err(ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "label_too_long",
+            format!("the label is {} bytes as JSON; a label may be {MAX_LABEL_LEN}", bytes.len()),
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 /// A change of the request as the table takes it; the error names the
@@ -363,6 +423,9 @@ fn update_error(error: UpdateError) -> ApiError {
         }
         UpdateError::Refused(error @ E::BatchPages { .. }) => {
             ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", error.to_string())
+        }
+        UpdateError::Refused(error @ (E::RevertRange { .. } | E::RevertTooOld { .. })) => {
+            ApiError::client(StatusCode::CONFLICT, "revert_unavailable", error.to_string())
         }
         UpdateError::Refused(error @ E::LabelTooLong { .. }) => {
             ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, "label_too_long", error.to_string())
@@ -434,7 +497,12 @@ mod tests {
     #[test]
     fn the_update_body_limit_covers_the_longest_changes() {
         let change = serde_json::json!({"key": "ab".repeat(64), "value": "cd".repeat(32)}).to_string();
-        let body = format!("{{\"sequence\": 1, \"changes\": [{}]}}", vec![change; 10].join(", "));
+        // And the longest label: a string of 4,094 characters is 4,096 bytes of JSON.
+        let label = serde_json::json!("x".repeat(MAX_LABEL_LEN - 2)).to_string();
+        let body = format!(
+            "{{\"sequence\": 1, \"changes\": [{}], \"label\": {label}}}",
+            vec![change; 10].join(", ")
+        );
         assert!(body.len() <= max_update_body(10, 32), "{} > {}", body.len(), max_update_body(10, 32));
         assert!(max_update_body(10, 32) < 4 * body.len(), "the limit is not far beyond what is needed");
     }

@@ -13,7 +13,8 @@ use morphogen_client::{Admin, Client};
 use morphogen_dpf::{Key, generate};
 use morphogen_epochs::{Batch, Change, Epochs};
 use morphogen_protocol::{
-    CONTENT_TYPE, ChangeBody, Epoch, EpochList, ErrorBody, Meta, Request, Response, UpdateRequest,
+    CONTENT_TYPE, ChangeBody, Epoch, EpochList, ErrorBody, Meta, Request, Response, RevertRequest,
+    UpdateRequest,
 };
 use morphogen_scan::{CpuEngine, Query, reference_pass};
 use morphogen_server::{Config, DEFAULT_TABLE, ServedTable, Server, TableInfo};
@@ -368,4 +369,49 @@ async fn labels_are_logged_hashed_and_published_with_their_epochs() {
     std::fs::copy(&log, &copy).unwrap();
     let (url, _stop) = spawn(open(&table(), &copy)).await;
     check(get_json(&url, "/v1/meta").await, get_json(&url, "/v1/epochs").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_is_a_new_epoch_with_the_records_of_an_earlier_one() {
+    let table = table();
+    let live = start(&table, 16).await;
+    let settings = morphogen_client::Settings { meta_refresh: Duration::ZERO, ..Default::default() };
+    let other = start(&table, 16).await;
+    let client = Client::with_settings(&live.url, &other.url, &settings).await.unwrap();
+    let batches = [
+        vec![("key-1".to_string(), Some("one".to_string())), ("added".to_string(), Some("new".to_string()))],
+        vec![("key-2".to_string(), None), ("key-1".to_string(), Some("uno".to_string()))],
+        vec![("added".to_string(), None), ("later".to_string(), Some("late".to_string()))],
+    ];
+    for (i, changes) in batches.iter().enumerate() {
+        for server in [&live, &other] {
+            server.admin.update(&request(i as u64 + 1, changes)).await.unwrap();
+        }
+    }
+    let keys = ["key-1", "key-2", "added", "later", "key-3"];
+    let read = || async { client.get_many(&keys).await.unwrap() };
+    let at_one = client.get_many_at(&keys, 1).await.unwrap();
+    let revert = RevertRequest { sequence: 4, to: 1, label: Some(serde_json::json!({"back": 1})) };
+    let mut digests = Vec::new();
+    for server in [&live, &other] {
+        let reply = server.admin.revert(&revert).await.unwrap();
+        assert_eq!((reply.epoch, reply.already_applied), (4, false));
+        digests.push(reply.digest);
+        // Sent again, it is the revert applied.
+        assert!(server.admin.revert(&revert).await.unwrap().already_applied);
+    }
+    assert_eq!(digests[0], digests[1], "both servers make the same epoch");
+    assert_eq!(read().await, at_one);
+    assert_eq!(at_one[..3], [Some(padded("one")), Some(padded("value-2")), Some(padded("new"))]);
+    // Outside the window, or out of sequence: refused, nothing changed.
+    let (status, error) =
+        post_admin(&live.url, "/admin/v1/revert", Some(TOKEN), serde_json::json!({"sequence": 5, "to": 5}))
+            .await;
+    assert_eq!((status, error.code.as_str()), (409, "revert_unavailable"));
+    let (status, error) =
+        post_admin(&live.url, "/admin/v1/revert", Some(TOKEN), serde_json::json!({"sequence": 9, "to": 1}))
+            .await;
+    assert_eq!((status, error.code.as_str()), (409, "revert_unavailable"));
+    let meta: Meta = get_json(&live.url, "/v1/meta").await;
+    assert_eq!((meta.epoch, meta.label), (4, Some(serde_json::json!({"back": 1}))));
 }

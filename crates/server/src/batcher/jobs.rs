@@ -10,6 +10,15 @@ use tokio::sync::oneshot;
 use crate::published::Published;
 use crate::snapshot::{LoadedSnapshot, SnapshotLoader};
 
+/// A sequenced change of the table's records.
+pub(crate) enum Update {
+    /// A batch of changes.
+    Batch(Batch),
+    /// Back to the records of epoch `to`, as epoch `sequence`: the batch
+    /// [`morphogen_epochs::Epochs::revert_batch`] makes, with `label`.
+    Revert { to: u64, sequence: u64, label: Option<Vec<u8>> },
+}
+
 /// An update batch applied.
 #[derive(Clone, Debug)]
 pub(crate) struct Applied {
@@ -46,7 +55,7 @@ pub(crate) type SwapOutcome = Result<(), String>;
 
 /// A change of the table waiting for the scan thread, applied in arrival order.
 pub(super) enum Job {
-    Update { batch: Batch, ticket: UpdateTicket, reply: oneshot::Sender<UpdateOutcome> },
+    Update { update: Update, ticket: UpdateTicket, reply: oneshot::Sender<UpdateOutcome> },
     Swap { loaded: Box<LoadedSnapshot>, loader: Arc<dyn SnapshotLoader>, reply: oneshot::Sender<SwapOutcome> },
 }
 

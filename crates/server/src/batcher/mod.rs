@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use morphogen_epochs::{Batch, Epochs};
+use morphogen_epochs::Epochs;
 use morphogen_scan::{Engine, Query};
 use tokio::sync::oneshot;
 
@@ -42,7 +42,7 @@ use crate::published::Published;
 use crate::snapshot::{LoadedSnapshot, SnapshotLoader};
 pub(crate) use faults::Faults;
 use jobs::Job;
-pub(crate) use jobs::{Applied, SwapOutcome, UpdateError, UpdateOutcome, UpdateTicket};
+pub(crate) use jobs::{Applied, SwapOutcome, Update, UpdateError, UpdateOutcome, UpdateTicket};
 
 /// A request's answers: its queries' answers in order (each `choices`
 /// pages), all from one epoch.
@@ -183,10 +183,10 @@ impl Batcher {
     /// once the batch is in the log and the engine's pages. The ticket
     /// withdraws it if the scan thread has not taken it yet; a batch whose
     /// channel is dropped while it waits is withdrawn too.
-    pub(crate) fn update(&self, batch: Batch) -> (oneshot::Receiver<UpdateOutcome>, UpdateTicket) {
+    pub(crate) fn update(&self, update: Update) -> (oneshot::Receiver<UpdateOutcome>, UpdateTicket) {
         let (reply, outcome) = oneshot::channel();
         let ticket = UpdateTicket::new();
-        self.queue_job(Job::Update { batch, ticket: ticket.clone(), reply });
+        self.queue_job(Job::Update { update, ticket: ticket.clone(), reply });
         (outcome, ticket)
     }
 

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use morphogen_epochs::{Batch, Epochs};
+use morphogen_epochs::Epochs;
 use morphogen_scan::Engine;
 use morphogen_scan::schedule::Scheduler;
 
 use super::{
-    Answered, Applied, Faults, Job, PassError, Pending, Shared, SwapOutcome, UpdateError, UpdateOutcome,
+    Answered, Applied, Faults, Job, PassError, Pending, Shared, SwapOutcome, Update, UpdateError,
+    UpdateOutcome,
 };
 use crate::published::Published;
 use crate::snapshot::{LoadedSnapshot, SnapshotLoader};
@@ -55,10 +56,10 @@ fn scan_loop(engine: Box<dyn Engine>, epochs: Option<Epochs>, shared: &Shared) {
             Work::Jobs(jobs) => {
                 for job in jobs {
                     match job {
-                        Job::Update { batch, ticket, reply } => {
+                        Job::Update { update, ticket, reply } => {
                             // Withdrawn, or its request is gone: not applied.
                             if !reply.is_closed() && ticket.take() {
-                                let _ = reply.send(scanner.apply(batch, shared));
+                                let _ = reply.send(scanner.apply(update, shared));
                             }
                         }
                         Job::Swap { loaded, loader, reply } => {
@@ -159,7 +160,7 @@ impl Scanner {
     }
 
     /// Places, logs and applies one update batch, and publishes its epoch.
-    fn apply(&mut self, batch: Batch, shared: &Shared) -> UpdateOutcome {
+    fn apply(&mut self, update: Update, shared: &Shared) -> UpdateOutcome {
         if self.broken.is_some() {
             return Err(UpdateError::EngineDown);
         }
@@ -167,6 +168,12 @@ impl Scanner {
             return Err(UpdateError::ReadOnly);
         };
         let started = Instant::now();
+        let batch = match update {
+            Update::Batch(batch) => batch,
+            Update::Revert { to, sequence, label } => {
+                epochs.revert_batch(to, sequence, label).map_err(UpdateError::Refused)?
+            }
+        };
         let plan = epochs.plan(table, batch).map_err(UpdateError::Refused)?;
         let changed_rows = plan.changed_rows();
         // In the log and synced before anything changes: nothing acknowledged is lost.

@@ -188,7 +188,8 @@ fn an_update_waits_for_the_round_and_new_requests_wait_for_the_update() {
     let mut h = Harness::with_parts(8, 64, 2);
     let (first, first_answer) = h.submit(1);
     assert_eq!(h.next_part(), (1, 0));
-    let (mut update, _ticket) = h.batcher.update(Batch { sequence: 1, changes: Vec::new(), label: None });
+    let batch = morphogen_epochs::Batch { sequence: 1, changes: Vec::new(), label: None };
+    let (mut update, _ticket) = h.batcher.update(Update::Batch(batch));
     let (later, later_answer) = h.submit(1);
     h.release(Ok(()));
     assert_eq!(h.next_part(), (1, 1), "the later request waits behind the update");

@@ -412,7 +412,57 @@ fn the_tables_follow_a_node_block_by_block() {
         assert_eq!(answer["error"]["code"], json!(-32000), "{answer}");
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(&format!("hold blocks 0 to {BLOCKS}")), "{message}");
+
+        // Reorganisations: the node replaces its newest block, then its
+        // newest five, then goes back to a snapshot and builds a longer
+        // branch. Each time the tables go back to the newest block both
+        // branches share (one epoch) and follow the new branch.
+        let transfer = |to: u64| {
+            json!({"from": address(3), "to": format!("0x{:040x}", 0xfeed_0000u64 + to), "value": "0x77"})
+        };
+        let mut epoch = BLOCKS;
+        rpc(&http, &anvil.url, "anvil_reorg", json!([1, [[transfer(1), 0]]])).await;
+        epoch += 2;
+        wait_for_epoch(&http, [&a.url, &b_url], epoch, &follower).await;
+        compare(&http, &anvil.url, &reader, &mut rng).await;
+        rpc(&http, &anvil.url, "anvil_reorg", json!([5, [[transfer(2), 0], [transfer(3), 4]]])).await;
+        epoch += 1 + 5;
+        wait_for_epoch(&http, [&a.url, &b_url], epoch, &follower).await;
+        compare(&http, &anvil.url, &reader, &mut rng).await;
+        let snapshot = rpc(&http, &anvil.url, "evm_snapshot", json!([])).await;
+        for to in 4..6 {
+            rpc(&http, &anvil.url, "eth_sendTransaction", json!([transfer(to)])).await;
+            rpc(&http, &anvil.url, "evm_mine", json!([])).await;
+        }
+        epoch += 2;
+        wait_for_epoch(&http, [&a.url, &b_url], epoch, &follower).await;
+        assert_eq!(rpc(&http, &anvil.url, "evm_revert", json!([snapshot])).await, json!(true));
+        for to in 6..9 {
+            rpc(&http, &anvil.url, "eth_sendTransaction", json!([transfer(to)])).await;
+            rpc(&http, &anvil.url, "evm_mine", json!([])).await;
+        }
+        epoch += 1 + 3;
+        wait_for_epoch(&http, [&a.url, &b_url], epoch, &follower).await;
+        compare(&http, &anvil.url, &reader, &mut rng).await;
+        let log = follower.log.lock().unwrap().clone();
+        assert_eq!(log.matches("reorganisation").count(), 3, "{log}");
+
+        // Answers by number follow the branch the node is on now.
+        let height = BLOCKS + 3;
+        let number = rpc(&http, &rpc_endpoint.url, "eth_blockNumber", json!([])).await;
+        assert_eq!(number, json!(format!("{height:#x}")));
+        let state = dump(&http, &anvil.url).await;
+        for block in 1..=height {
+            let at = json!(format!("{block:#x}"));
+            for address in state.keys().filter(|_| rng.random_bool(0.2)) {
+                let expected = rpc(&http, &anvil.url, "eth_getBalance", json!([address, at])).await;
+                let got = rpc(&http, &rpc_endpoint.url, "eth_getBalance", json!([address, at])).await;
+                assert_eq!(got, expected, "balance of {address} at block {block} after the reorganisations");
+            }
+        }
     });
+    let (listed_a, listed_b) = (epochs(&a.url), epochs(&b_url));
+    assert_eq!(listed_a, listed_b, "the same digests and labels at every epoch, reverts included");
     drop(b);
     drop(a);
 }

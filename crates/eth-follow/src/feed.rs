@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use morphogen_client::Admin;
-use morphogen_eth::TABLE_NAMES;
-use morphogen_protocol::{ChangeBody, UpdateRequest};
+use morphogen_eth::{BlockRef, REVERT_TO, TABLE_NAMES, followed_chain};
+use morphogen_protocol::{ChangeBody, EpochEntry, RevertRequest, UpdateRequest};
 use serde_json::{Value, json};
 
 use crate::Error;
 use crate::changes::{TableChanges, table_changes, touched};
-use crate::node::{Block, Node, hex32, parse_hex};
+use crate::node::{Block, Node, hex32};
 
 /// How the follower follows.
 #[derive(Clone, Copy, Debug)]
@@ -24,24 +24,6 @@ pub struct Settings {
     pub confirmations: u64,
     /// How long to wait before asking the node again when it has no new block.
     pub poll_interval: Duration,
-}
-
-/// A block as a label names it: what an epoch holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockRef {
-    /// Its number.
-    pub number: u64,
-    /// Its hash.
-    pub hash: [u8; 32],
-}
-
-impl BlockRef {
-    /// The block a label names, if it names one.
-    pub fn of_label(label: &Value) -> Option<BlockRef> {
-        let number = label.get("number")?.as_u64()?;
-        let hash = parse_hex::<32>(label.get("hash")?.as_str()?)?;
-        Some(BlockRef { number, hash })
-    }
 }
 
 impl Block {
@@ -90,6 +72,16 @@ pub struct Follower {
 /// What one [`Follower::step`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// The node's chain left the block the servers held: the tables were
+    /// taken back to this block, the newest both chains share, at this epoch.
+    Reorganised {
+        /// The block gone back to.
+        to: BlockRef,
+        /// The epoch that holds it again.
+        epoch: u64,
+        /// Blocks taken back.
+        depth: u64,
+    },
     /// It applied this block, at this epoch.
     Applied {
         /// The block.
@@ -159,7 +151,7 @@ impl Follower {
                 Err(error) => return Err(error),
             };
             match step {
-                Step::Applied { .. } => last_block = Instant::now(),
+                Step::Applied { .. } | Step::Reorganised { .. } => last_block = Instant::now(),
                 Step::Waiting { block } => {
                     tracing::debug!(
                         block = block.number,
@@ -184,19 +176,26 @@ impl Follower {
         let newest = standings.values().map(|standing| standing.epoch).max().expect("at least one table");
         self.level(&standings, newest).await?;
         let held = self.held_block(&standings, newest).await?;
+        // Is the block held still the node's, at the depth followed?
+        let head = self.node.block_number().await?;
+        let canonical = self.node.block_by_number(held.number).await?;
+        if canonical.is_none_or(|block| block.hash != held.hash) {
+            if head < held.number.saturating_add(self.settings.confirmations) {
+                // A shorter chain for now: wait until it is confirmed past the block held.
+                return Ok(Step::Waiting { block: held });
+            }
+            return self.reorganise(newest, held).await;
+        }
         let next = held.number + 1;
-        if self.node.block_number().await? < next.saturating_add(self.settings.confirmations) {
+        if head < next.saturating_add(self.settings.confirmations) {
             return Ok(Step::Waiting { block: held });
         }
         let block = self.node.block_by_number(next).await?.ok_or_else(|| {
             Error::Chain(format!("the node has no block {next} though its head is past it"))
         })?;
         if block.parent_hash != held.hash {
-            return Err(Error::Reorg {
-                held: held.number,
-                hash: hex32(&held.hash),
-                parent: hex32(&block.parent_hash),
-            });
+            // The node's chain changed between the two reads: look again.
+            return Ok(Step::Waiting { block: held });
         }
         let epoch = newest + 1;
         let started = Instant::now();
@@ -215,6 +214,105 @@ impl Follower {
             "block applied"
         );
         Ok(Step::Applied { block: block.reference(), epoch })
+    }
+
+    /// Takes every table back to the newest block of the chain followed
+    /// that is still the node's, as epoch `newest + 1`, labelled with that
+    /// block and the epoch gone back to. The abandoned blocks' epochs stay
+    /// in the log; the labels tell them apart.
+    async fn reorganise(&self, newest: u64, held: BlockRef) -> Result<Step, Error> {
+        let entries = self.all_epochs(0, 0, 0).await?;
+        let labels: Vec<(u64, Option<&Value>)> =
+            entries.iter().map(|entry| (entry.epoch, entry.label.as_ref())).collect();
+        let base = self.base_block().await.ok();
+        let chain = followed_chain(&labels, base);
+        let mut ancestor = None;
+        for (epoch, block) in &chain {
+            if self.node.block_by_number(block.number).await?.is_some_and(|node| node.hash == block.hash) {
+                ancestor = Some((*epoch, *block));
+                break;
+            }
+        }
+        let Some((to, block)) = ancestor else {
+            return Err(Error::Chain(format!(
+                "the node's chain shares no block the tables hold (they hold {} epochs back to block {}): \
+                 rebuild the tables from the node's state",
+                chain.len(),
+                chain.last().map_or(held.number, |(_, block)| block.number)
+            )));
+        };
+        let node_block =
+            self.node.block_by_hash(&block.hash).await?.ok_or_else(|| {
+                Error::Chain(format!("the node does not know block {} any more", block.number))
+            })?;
+        let mut label = node_block.label();
+        label[REVERT_TO] = json!(to);
+        let epoch = newest + 1;
+        let pairs: Vec<(usize, usize)> = self.pairs().collect();
+        self.revert(&pairs, epoch, to, &label).await?;
+        let depth = held.number.saturating_sub(block.number);
+        tracing::warn!(
+            from_block = held.number,
+            to_block = block.number,
+            depth,
+            epoch,
+            "reorganisation: the tables went back to the newest block both chains share"
+        );
+        Ok(Step::Reorganised { to: block, epoch, depth })
+    }
+
+    /// Sends the revert to epoch `to`, as epoch `epoch` with `label`, to
+    /// the tables `pairs`.
+    async fn revert(
+        &self,
+        pairs: &[(usize, usize)],
+        epoch: u64,
+        to: u64,
+        label: &Value,
+    ) -> Result<(), Error> {
+        let request = RevertRequest { sequence: epoch, to, label: Some(label.clone()) };
+        try_join_all(pairs.iter().map(|&(s, t)| {
+            let request = &request;
+            async move {
+                self.servers[s].tables[t].revert(request).await.map_err(|e| self.server_error(s, t, e))?;
+                Ok::<_, Error>(())
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Every epoch table `t` of server `s` lists from `from` on.
+    async fn all_epochs(&self, s: usize, t: usize, from: u64) -> Result<Vec<EpochEntry>, Error> {
+        let mut entries = Vec::new();
+        let mut from = from;
+        loop {
+            let list =
+                self.servers[s].tables[t].epochs(from).await.map_err(|e| self.server_error(s, t, e))?;
+            let Some(last) = list.epochs.last().map(|entry| entry.epoch) else { break };
+            entries.extend(list.epochs);
+            if last >= list.current {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(entries)
+    }
+
+    /// The block the tables were built at, from their manifest.
+    async fn base_block(&self) -> Result<BlockRef, Error> {
+        let catalog = self.servers[0].tables[0].catalog().await.map_err(|e| self.server_error(0, 0, e))?;
+        let number = catalog.about.get("block_number").and_then(Value::as_u64).ok_or_else(|| {
+            Error::Chain(
+                "the first epoch has no label, and the server's manifest names no block_number: \
+                 were these tables built by `morphogen eth build`?"
+                    .to_string(),
+            )
+        })?;
+        let block = self.node.block_by_number(number).await?.ok_or_else(|| {
+            Error::Chain(format!("the tables were built at block {number}, which the node lacks"))
+        })?;
+        Ok(block.reference())
     }
 
     /// Every (server, table) pair, by index.
@@ -241,24 +339,14 @@ impl Follower {
     ) -> Result<BlockRef, Error> {
         let label =
             standings.values().find(|standing| standing.epoch == epoch).and_then(|s| s.label.as_ref());
-        if let Some(label) = label {
-            return BlockRef::of_label(label).ok_or_else(|| {
+        match label {
+            Some(label) => BlockRef::of_label(label).ok_or_else(|| {
                 Error::Chain(format!(
                     "the label of epoch {epoch} names no block: was it made by another feeder?"
                 ))
-            });
+            }),
+            None => self.base_block().await,
         }
-        let catalog = self.servers[0].tables[0].catalog().await.map_err(|e| self.server_error(0, 0, e))?;
-        let number = catalog.about.get("block_number").and_then(Value::as_u64).ok_or_else(|| {
-            Error::Chain(format!(
-                "epoch {epoch} has no label, and the server's manifest names no block_number: \
-                 were these tables built by `morphogen eth build`?"
-            ))
-        })?;
-        let block = self.node.block_by_number(number).await?.ok_or_else(|| {
-            Error::Chain(format!("the tables were built at block {number}, which the node lacks"))
-        })?;
-        Ok(block.reference())
     }
 
     /// Brings every table behind epoch `newest` up to it, block by block,
@@ -275,15 +363,12 @@ impl Follower {
         };
         let (&(s, t), _) =
             standings.iter().find(|(_, standing)| standing.epoch == newest).expect("a table is ahead");
-        let mut labels = BTreeMap::new();
-        let mut from = oldest + 1;
-        while from <= newest {
-            let list =
-                self.servers[s].tables[t].epochs(from).await.map_err(|e| self.server_error(s, t, e))?;
-            let Some(last) = list.epochs.last().map(|entry| entry.epoch) else { break };
-            labels.extend(list.epochs.into_iter().map(|entry| (entry.epoch, entry.label)));
-            from = last + 1;
-        }
+        let labels: BTreeMap<u64, Option<Value>> = self
+            .all_epochs(s, t, oldest + 1)
+            .await?
+            .into_iter()
+            .map(|entry| (entry.epoch, entry.label))
+            .collect();
         for epoch in oldest + 1..=newest {
             let label = labels.get(&epoch).cloned().flatten().ok_or_else(|| {
                 Error::Chain(format!(
@@ -292,13 +377,23 @@ impl Follower {
                     epoch - 1
                 ))
             })?;
+            let pairs: Vec<(usize, usize)> =
+                behind.iter().filter(|(_, at)| *at < epoch).map(|(pair, _)| *pair).collect();
+            if let Some(to) = label.get(REVERT_TO).and_then(Value::as_u64) {
+                tracing::warn!(
+                    epoch,
+                    to,
+                    tables = pairs.len(),
+                    "bringing tables that are behind up (a revert)"
+                );
+                self.revert(&pairs, epoch, to, &label).await?;
+                continue;
+            }
             let reference = BlockRef::of_label(&label)
                 .ok_or_else(|| Error::Chain(format!("the label of epoch {epoch} names no block")))?;
             let block = self.node.block_by_hash(&reference.hash).await?.ok_or_else(|| {
                 Error::Chain(format!("the node does not know block {} of epoch {epoch}", reference.number))
             })?;
-            let pairs: Vec<(usize, usize)> =
-                behind.iter().filter(|(_, at)| *at < epoch).map(|(pair, _)| *pair).collect();
             tracing::warn!(
                 epoch,
                 block = block.number,

@@ -12,7 +12,8 @@ mod changes;
 mod feed;
 mod node;
 
-pub use feed::{BlockRef, Follower, Settings, Step};
+pub use feed::{Follower, Settings, Step};
+pub use morphogen_eth::BlockRef;
 pub use node::{Block, Node};
 
 /// Why the follower stopped.
@@ -48,20 +49,6 @@ pub enum Error {
     /// The chain or the tables are not as the follower needs them.
     #[error("{0}")]
     Chain(String),
-    /// The node's next block does not extend the block the servers hold.
-    #[error(
-        "the node's block {} does not extend the block the servers hold ({held}, {hash}): its parent is {parent}; \
-         a reorganisation, which this follower does not take back yet",
-        held + 1
-    )]
-    Reorg {
-        /// The number of the block held.
-        held: u64,
-        /// Its hash.
-        hash: String,
-        /// The parent hash of the node's next block.
-        parent: String,
-    },
     /// A server refused or failed a request.
     #[error("server {server}, table {table}: {source}")]
     Server {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use morphogen_client::{Client, Settings, fetch_catalog};
 use morphogen_eth::{
-    AccountValue, CODE_CHUNKS, EMPTY_CODE_HASH, TABLE_NAMES, code_chunk_key, code_from_chunks, storage_key,
+    AccountValue, CODE_CHUNKS, EMPTY_CODE_HASH, TABLE_NAMES, code_chunk_key, code_from_chunks,
+    followed_chain, storage_key,
 };
 use morphogen_protocol::Catalog;
 use serde::Deserialize;
@@ -161,12 +162,6 @@ impl StateReader {
         {
             return Ok(blocks.clone());
         }
-        let held = |epoch: u64, label: Option<&serde_json::Value>| match label {
-            Some(label) => {
-                label.get("number").and_then(serde_json::Value::as_u64).map(|number| Held { number, epoch })
-            }
-            None => (epoch == 0).then_some(Held { number: self.chain.block_number, epoch }),
-        };
         // An epoch is held where every table can answer as of it (each
         // keeps its own window and rewind budget).
         let (entries, storage, code) =
@@ -176,16 +171,26 @@ impl StateReader {
                 .iter()
                 .all(|list| list.binary_search_by_key(&epoch, |entry| entry.epoch).is_ok())
         };
-        let blocks: Blocks = entries
+        let labels: Vec<(u64, Option<&serde_json::Value>)> = entries
             .iter()
             .filter(|entry| entry.epoch <= latest && in_all(entry.epoch))
-            .filter_map(|entry| {
-                let block = held(entry.epoch, entry.label.as_ref())?;
-                let hash =
-                    entry.label.as_ref().and_then(|label| label.get("hash")?.as_str().and_then(parse_hash));
-                Some((block, hash))
-            })
+            .map(|entry| (entry.epoch, entry.label.as_ref()))
             .collect();
+        // The chain the labels follow, abandoned blocks left out; and the
+        // tables' first epoch, unlabelled, holds the block they were built
+        // at (whose hash the manifest does not say).
+        let mut chain: Vec<(Held, Option<[u8; 32]>)> = followed_chain(&labels, None)
+            .into_iter()
+            .map(|(epoch, block)| (Held { number: block.number, epoch }, Some(block.hash)))
+            .collect();
+        let built = self.chain.block_number;
+        if labels.first().is_some_and(|&(epoch, label)| epoch == 0 && label.is_none())
+            && chain.last().is_none_or(|(held, _)| held.number == built + 1)
+        {
+            chain.push((Held { number: built, epoch: 0 }, None));
+        }
+        chain.reverse();
+        let blocks: Blocks = chain;
         let blocks = Arc::new(blocks);
         *self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((latest, blocks.clone()));
@@ -242,11 +247,4 @@ impl StateReader {
     pub async fn code(&self, address: &[u8; 20]) -> Result<Vec<u8>, Error> {
         self.code_at(address, self.resolve(At::Latest).await?).await
     }
-}
-
-/// A block hash: `0x` and 64 hex digits.
-fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    let mut hash = [0u8; 32];
-    hex::decode_to_slice(text.strip_prefix("0x")?, &mut hash).ok()?;
-    Some(hash)
 }

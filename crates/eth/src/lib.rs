@@ -16,10 +16,12 @@
 //! Building the tables is `morphogen-eth-tables`': this crate needs neither
 //! the table builder nor its files, so a reader depends on it alone.
 
+pub mod blocks;
 pub mod manifest;
 pub mod records;
 pub mod state;
 
+pub use blocks::{BlockRef, REVERT_TO, followed_chain};
 pub use manifest::{MANIFEST_FILE, Manifest, TABLE_NAMES, TABLE_SHAPES, TableShape};
 pub use records::{
     ACCOUNT_VALUE_LEN, AccountValue, CODE_CHUNK_LEN, CODE_CHUNKS, CODE_VALUE_LEN, EMPTY_CODE_HASH,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use clap::{Args, Subcommand};
 use morphogen_eth::{Chain, TABLE_NAMES, read_dump, read_genesis};
-use morphogen_eth_follow::{Follower, Node, Settings as FollowSettings};
+use morphogen_eth_follow::{Follower, Node, Settings as FollowSettings, serve_metrics};
 use morphogen_eth_rpc::{Endpoint, StateReader, Upstream};
 use morphogen_eth_tables::write_tables;
 use tokio::net::TcpListener;
@@ -69,6 +69,11 @@ struct FollowArgs {
     /// Seconds to wait for each node and server request.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
+    /// Serve Prometheus metrics at GET /metrics on this address: the block
+    /// held, the node's head, blocks behind, seconds since the last block,
+    /// blocks applied, reorganisations and retries.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     trust: TrustArgs,
 }
@@ -144,6 +149,12 @@ fn follow_node(args: &FollowArgs) -> anyhow::Result<()> {
     let follower = Follower::new(node, &args.admins, &token, &client, settings)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        if let Some(address) = args.metrics_listen {
+            let listener =
+                TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics");
+            tokio::spawn(serve_metrics(listener, follower.metrics().clone(), std::future::pending()));
+        }
         tracing::info!(node = %args.node, servers = args.admins.len(), "following");
         follower.run(crate::serve::shutdown_signal()).await?;
         tracing::info!("stopped");

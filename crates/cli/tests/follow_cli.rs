@@ -225,6 +225,15 @@ async fn compare(http: &reqwest::Client, node: &str, reader: &StateReader, rng: 
     checks
 }
 
+/// The follower's metrics, from the address it logged.
+async fn scrape(http: &reqwest::Client, follower: &Serving) -> String {
+    let log = follower.log.lock().unwrap().clone();
+    let address = log.split("metrics address=").nth(1).and_then(|rest| rest.split_whitespace().next());
+    let address = address.unwrap_or_else(|| panic!("no metrics address in\n{log}"));
+    let body = http.get(format!("http://{address}/metrics")).send().await.unwrap();
+    String::from_utf8(body.bytes().await.unwrap().to_vec()).unwrap()
+}
+
 /// A JSON-RPC quantity or data of up to 32 bytes, as 32 big-endian bytes.
 fn word(value: &Value) -> [u8; 32] {
     let digits = value.as_str().unwrap().trim_start_matches("0x");
@@ -293,6 +302,7 @@ fn the_tables_follow_a_node_block_by_block() {
             command.args(["--admin", server]);
         }
         command.args(["--token-file", token.to_str().unwrap(), "--poll-interval", "0.02"]);
+        command.args(["--metrics-listen", "127.0.0.1:0"]);
         Serving::start_until(command, "following")
     };
     let start_follower = || follow(&[&a.url, &b_url]);
@@ -446,6 +456,15 @@ fn the_tables_follow_a_node_block_by_block() {
         compare(&http, &anvil.url, &reader, &mut rng).await;
         let log = follower.log.lock().unwrap().clone();
         assert_eq!(log.matches("reorganisation").count(), 3, "{log}");
+        // What an operator scrapes says as much.
+        let metrics = scrape(&http, &follower).await;
+        for line in [
+            "morphogen_follow_reorgs_total 3".to_string(),
+            format!("morphogen_follow_block {}", BLOCKS + 3),
+            "morphogen_follow_blocks_behind 0".to_string(),
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
 
         // Answers by number follow the branch the node is on now.
         let height = BLOCKS + 3;

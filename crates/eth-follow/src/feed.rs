@@ -13,6 +13,7 @@ use morphogen_protocol::{ChangeBody, EpochEntry, RevertRequest, UpdateRequest};
 use serde_json::{Value, json};
 
 use crate::Error;
+use crate::Metrics;
 use crate::changes::{TableChanges, table_changes, touched};
 use crate::node::{Block, Node, hex32};
 
@@ -67,6 +68,7 @@ pub struct Follower {
     node: Node,
     servers: Vec<Server>,
     settings: Settings,
+    metrics: Metrics,
 }
 
 /// What one [`Follower::step`] did.
@@ -118,7 +120,12 @@ impl Follower {
                 Ok(Server { url: url.clone(), tables })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Follower { node, servers, settings })
+        Ok(Follower { node, servers, settings, metrics: Metrics::new() })
+    }
+
+    /// What it counts, for an operator to scrape.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Follows until `stop` completes, or until an error it cannot go on
@@ -140,6 +147,8 @@ impl Follower {
                     step
                 }
                 Err(error) if error.is_transient() => {
+                    self.metrics.retry();
+                    self.metrics.since_block(last_block.elapsed());
                     tracing::warn!(%error, retry_seconds = retry.as_secs_f64(), "cannot go on yet; trying again");
                     tokio::select! {
                         () = &mut stop => return Ok(()),
@@ -151,8 +160,12 @@ impl Follower {
                 Err(error) => return Err(error),
             };
             match step {
-                Step::Applied { .. } | Step::Reorganised { .. } => last_block = Instant::now(),
+                Step::Applied { .. } | Step::Reorganised { .. } => {
+                    last_block = Instant::now();
+                    self.metrics.since_block(Duration::ZERO);
+                }
                 Step::Waiting { block } => {
+                    self.metrics.since_block(last_block.elapsed());
                     tracing::debug!(
                         block = block.number,
                         idle_seconds = last_block.elapsed().as_secs(),
@@ -178,6 +191,7 @@ impl Follower {
         let held = self.held_block(&standings, newest).await?;
         // Is the block held still the node's, at the depth followed?
         let head = self.node.block_number().await?;
+        self.metrics.position(held.number, head);
         let canonical = self.node.block_by_number(held.number).await?;
         if canonical.is_none_or(|block| block.hash != held.hash) {
             if head < held.number.saturating_add(self.settings.confirmations) {
@@ -203,6 +217,8 @@ impl Follower {
         let read = started.elapsed();
         let pairs: Vec<(usize, usize)> = self.pairs().collect();
         self.send(&pairs, epoch, &block, &changes).await?;
+        self.metrics.block_applied(started.elapsed());
+        self.metrics.position(block.number, head);
         tracing::info!(
             block = block.number,
             epoch,
@@ -251,6 +267,7 @@ impl Follower {
         let pairs: Vec<(usize, usize)> = self.pairs().collect();
         self.revert(&pairs, epoch, to, &label).await?;
         let depth = held.number.saturating_sub(block.number);
+        self.metrics.reorg();
         tracing::warn!(
             from_block = held.number,
             to_block = block.number,

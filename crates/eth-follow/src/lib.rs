@@ -10,9 +10,11 @@
 
 mod changes;
 mod feed;
+mod metrics;
 mod node;
 
 pub use feed::{Follower, Settings, Step};
+pub use metrics::{Metrics, serve_metrics};
 pub use morphogen_eth::BlockRef;
 pub use node::{Block, Node};
 

@@ -118,6 +118,13 @@ struct BuildArgs {
     /// eth.json into; created if missing.
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
+    /// Room for the chain to grow, as a percentage of the records of each
+    /// table: a followed chain adds accounts, slots and code, and a table
+    /// without a free row for a new key refuses the block (409 table_full).
+    /// Each table's free rows are published (/v1/meta free_rows) and
+    /// exported (morphogen_free_rows).
+    #[arg(long, value_name = "PERCENT", default_value_t = 25)]
+    headroom: u32,
 }
 
 impl EthArgs {
@@ -205,7 +212,7 @@ fn build_tables(args: &BuildArgs) -> anyhow::Result<()> {
         }
         _ => genesis_accounts,
     };
-    let manifest = write_tables(&accounts, chain, &args.output, &Bar::new())?;
+    let manifest = write_tables(&accounts, chain, args.headroom, &args.output, &Bar::new())?;
     let counts: Vec<u64> = TABLE_NAMES.iter().map(|name| manifest.counts[*name]).collect();
     eprintln!(
         "chain {} at block {}: {} accounts, {} storage words, {} code chunks into {} in {:.1?}",

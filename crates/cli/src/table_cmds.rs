@@ -59,6 +59,7 @@ pub fn build_command(args: &BuildArgs) -> anyhow::Result<()> {
         value_size: args.value_size,
         choices: args.choices,
         seed: args.seed,
+        headroom_percent: 0,
     };
     let bar = Bar::new();
     let table = match (&args.input, args.synthetic) {

@@ -307,6 +307,20 @@ fn the_tables_follow_a_node_block_by_block() {
     };
     let start_follower = || follow(&[&a.url, &b_url]);
     let mut follower = start_follower();
+    // `eth build` left each table room to grow (25% by default), published
+    // and exported as free rows.
+    runtime.block_on(async {
+        for table in TABLE_NAMES {
+            let url = format!("{}/v1/tables/{table}/meta", a.url);
+            let meta: Value =
+                serde_json::from_slice(&http.get(url).send().await.unwrap().bytes().await.unwrap()).unwrap();
+            let (records, free) = (meta["records"].as_u64().unwrap(), meta["free_rows"].as_u64().unwrap());
+            assert!(free * 4 >= records, "{table}: {free} free rows for {records} records");
+            let metrics = http.get(format!("{}/metrics", a.url)).send().await.unwrap().bytes().await.unwrap();
+            let line = format!("morphogen_free_rows{{table=\"{table}\"}} {free}");
+            assert!(String::from_utf8_lossy(&metrics).lines().any(|l| l == line), "{line}");
+        }
+    });
     let settings = morphogen_client::Settings { meta_refresh: Duration::ZERO, ..Default::default() };
     let reader = runtime.block_on(StateReader::connect(&a.url, &b.url, &settings)).unwrap();
     let mut rng = StdRng::seed_from_u64(25);

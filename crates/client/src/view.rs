@@ -74,6 +74,7 @@ pub(crate) mod tests {
             sub_tables: vec![8, 8],
             hash_seed: "33".repeat(16),
             records: 10,
+            free_rows: 6,
             engine: "cpu".to_string(),
             max_batch: 32,
             instance: "aa".to_string(),

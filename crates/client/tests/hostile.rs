@@ -103,6 +103,7 @@ fn meta_json(instance: &str) -> String {
         sub_tables: vec![8, 8],
         hash_seed: "00".repeat(16),
         records: 0,
+        free_rows: 0,
         engine: "fake".to_string(),
         max_batch: 8,
         instance: instance.to_string(),

@@ -74,7 +74,7 @@ async fn main() {
             Account { address: address(i), balance, nonce: i % 100, ..Account::default() }
         })
         .collect();
-    write_tables(&state, chain, dir.path(), &NoProgress).unwrap();
+    write_tables(&state, chain, 0, dir.path(), &NoProgress).unwrap();
     let accounts_bytes = std::fs::metadata(dir.path().join("accounts.mgdb")).unwrap().len();
     eprintln!("{accounts} accounts ({} MiB table) built in {:.1?}", accounts_bytes >> 20, started.elapsed());
 

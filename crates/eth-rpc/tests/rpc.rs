@@ -103,7 +103,7 @@ struct Setup {
 
 async fn setup(upstream: Option<Upstream>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    write_tables(&accounts(), CHAIN, dir.path(), &NoProgress).unwrap();
+    write_tables(&accounts(), CHAIN, 0, dir.path(), &NoProgress).unwrap();
     let (a, stop_a) = serve(dir.path()).await;
     let (b, stop_b) = serve(dir.path()).await;
     let reader = StateReader::connect(&a, &b, &Settings::default()).await.unwrap();
@@ -294,8 +294,8 @@ async fn the_endpoint_answers_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_of_other_states_are_refused() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write_tables(&accounts(), CHAIN, dir_a.path(), &NoProgress).unwrap();
-    write_tables(&accounts(), Chain { block_number: 43, ..CHAIN }, dir_b.path(), &NoProgress).unwrap();
+    write_tables(&accounts(), CHAIN, 0, dir_a.path(), &NoProgress).unwrap();
+    write_tables(&accounts(), Chain { block_number: 43, ..CHAIN }, 0, dir_b.path(), &NoProgress).unwrap();
     let ((a, _stop_a), (b, _stop_b)) = (serve(dir_a.path()).await, serve(dir_b.path()).await);
     let error = StateReader::connect(&a, &b, &Settings::default()).await.unwrap_err();
     assert!(error.to_string().contains("different states"), "{error}");

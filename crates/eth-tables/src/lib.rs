@@ -10,11 +10,14 @@ use morphogen_table::{BuildOptions, Progress, build};
 
 /// Builds the tables of `accounts` at `chain` into `dir` (created if
 /// missing): `accounts.mgdb`, `storage.mgdb`, `code.mgdb` and the manifest
-/// `eth.json`, which `morphogen serve --tables` reads. Deterministic: the
-/// same state gives byte-identical files.
+/// `eth.json`, which `morphogen serve --tables` reads. Each table has room
+/// for `headroom_percent` percent more records than it holds (the chain
+/// grows as it is followed). Deterministic: the same state gives
+/// byte-identical files.
 pub fn write_tables(
     accounts: &[Account],
     chain: Chain,
+    headroom_percent: u32,
     dir: &Path,
     progress: &dyn Progress,
 ) -> Result<Manifest, Error> {
@@ -25,7 +28,8 @@ pub fn write_tables(
     let mut counts = [0u64; 3];
     for (((name, records), shape), count) in TABLE_NAMES.iter().zip(sets).zip(TABLE_SHAPES).zip(&mut counts) {
         let value_size = Some(shape.value_size as u32);
-        let options = BuildOptions { page_size: shape.page_size, value_size, choices: 2, seed: None };
+        let options =
+            BuildOptions { page_size: shape.page_size, value_size, choices: 2, seed: None, headroom_percent };
         let table = build(&records[..], &options, progress)
             .map_err(|e| written(&format!("building the {name} table"), &e))?;
         let path = dir.join(format!("{name}.mgdb"));

@@ -31,6 +31,11 @@ pub struct Meta {
     pub hash_seed: String,
     /// Records in the table.
     pub records: u64,
+    /// Rows no record holds: room for new keys (each needs a free row in
+    /// one of its candidate pages, so a table can refuse a key before this
+    /// reaches zero). Zero from servers older than the field.
+    #[serde(default)]
+    pub free_rows: u64,
     /// The engine answering queries.
     pub engine: String,
     /// Most queries the server takes in one request.

@@ -654,8 +654,13 @@ mod tests {
     fn rejects_a_batch_limit_whose_passes_do_not_fit_in_memory() {
         let records: Vec<(Vec<u8>, Vec<u8>)> =
             (0..100u32).map(|i| (i.to_le_bytes().to_vec(), vec![1; 8])).collect();
-        let options =
-            morphogen_table::BuildOptions { page_size: 4096, value_size: Some(8), choices: 2, seed: None };
+        let options = morphogen_table::BuildOptions {
+            page_size: 4096,
+            value_size: Some(8),
+            choices: 2,
+            seed: None,
+            headroom_percent: 0,
+        };
         let table = morphogen_table::build(&records[..], &options, &morphogen_table::NoProgress).unwrap();
         let engine = CpuEngine::new(table);
         // A 4-KiB page's group of 8 queries has 256 buckets of a page each.

@@ -80,6 +80,10 @@ impl Metrics {
                 "Queries by outcome: answered, rejected (queue full), abandoned (client gone before its first pass), failed (engine fault), snapshot_changed (queued when the snapshot was swapped)."
             );
             metrics::describe_gauge!("morphogen_epoch", "The epoch passes answer from now.");
+            metrics::describe_gauge!(
+                "morphogen_free_rows",
+                "Rows no record holds: room for new keys (a key needs one in its candidate pages)."
+            );
             metrics::describe_counter!(
                 "morphogen_updates_total",
                 "Update batches by outcome: applied, or the error code they were refused with."
@@ -224,8 +228,12 @@ impl Metrics {
     }
 
     /// Sets the epoch passes answer from.
-    pub(crate) fn epoch(&self, epoch: u64) {
-        self.with(|| gauge!("morphogen_epoch", "table" => self.table.clone()).set(epoch as f64));
+    /// What the table publishes now: its epoch and free rows.
+    pub(crate) fn published(&self, published: &crate::published::Published) {
+        self.with(|| {
+            gauge!("morphogen_epoch", "table" => self.table.clone()).set(published.epoch as f64);
+            gauge!("morphogen_free_rows", "table" => self.table.clone()).set(published.free_rows() as f64);
+        });
     }
 
     /// Records an applied update batch.

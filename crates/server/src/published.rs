@@ -62,6 +62,12 @@ impl Published {
         Published { table, epoch, label, ..self.clone() }
     }
 
+    /// Rows no record holds, as of the current epoch.
+    pub(crate) fn free_rows(&self) -> u64 {
+        let layout = &self.table.layout;
+        (layout.total_pages() * u64::from(layout.rows_per_page())).saturating_sub(self.table.records)
+    }
+
     /// `/v1/meta` for the server `instance`, answering as of epochs within
     /// `rewind_rows` changed rows.
     pub(crate) fn meta(&self, rewind_rows: usize, instance: &str) -> Meta {
@@ -79,6 +85,7 @@ impl Published {
             sub_tables: vec![layout.pages_per_table(); usize::from(layout.choices())],
             hash_seed: hex::encode(layout.seed()),
             records: self.table.records,
+            free_rows: self.free_rows(),
             engine: self.engine.to_string(),
             max_batch: self.max_batch,
             instance: instance.to_string(),

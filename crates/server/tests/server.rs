@@ -24,7 +24,8 @@ fn records(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 fn small_table() -> Table {
-    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 3, seed: None };
+    let options =
+        BuildOptions { page_size: 512, value_size: Some(16), choices: 3, seed: None, headroom_percent: 0 };
     build(&records(2_000)[..], &options, &NoProgress).unwrap()
 }
 
@@ -70,7 +71,13 @@ async fn client_refuses_servers_of_different_tables() {
     let other = Arc::new(
         build(
             &records(100)[..],
-            &BuildOptions { page_size: 512, value_size: Some(16), choices: 3, seed: None },
+            &BuildOptions {
+                page_size: 512,
+                value_size: Some(16),
+                choices: 3,
+                seed: None,
+                headroom_percent: 0,
+            },
             &NoProgress,
         )
         .unwrap(),

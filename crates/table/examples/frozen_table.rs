@@ -10,7 +10,13 @@ use morphogen_table::{BuildOptions, CsvFile, NoProgress, build};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let options = BuildOptions { page_size: 512, value_size: Some(8), choices: 2, seed: Some([7; 16]) };
+    let options = BuildOptions {
+        page_size: 512,
+        value_size: Some(8),
+        choices: 2,
+        seed: Some([7; 16]),
+        headroom_percent: 0,
+    };
     let table = build(&CsvFile::new(&data.join("two-pages.csv")), &options, &NoProgress)?;
     table.write(&data.join("two-pages.mgdb"))?;
     println!("wrote {} pages, digest {}", table.layout().total_pages(), hex::encode(table.digest()));

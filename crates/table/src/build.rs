@@ -52,11 +52,15 @@ pub struct BuildOptions {
     /// Seed of the hash keys; `None` derives it from the input's keys, so
     /// that separate builds of the same data give the same table.
     pub seed: Option<[u8; 16]>,
+    /// Room for records added later, as a percentage of the records given:
+    /// the table is sized for that many more (0: as small as placement
+    /// allows, a few percent of free rows).
+    pub headroom_percent: u32,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { page_size: 4096, value_size: None, choices: 2, seed: None }
+        BuildOptions { page_size: 4096, value_size: None, choices: 2, seed: None, headroom_percent: 0 }
     }
 }
 
@@ -102,7 +106,8 @@ pub fn build<S: RecordSource + ?Sized>(
 
     let probe = Layout::new(options.page_size, value_size, options.choices, 1, seed)?;
     let rows_per_table = f64::from(probe.rows_per_page()) * f64::from(options.choices) * TARGET_LOAD;
-    let mut pages_per_table = ((digests.len() as f64 / rows_per_table).ceil() as u64).max(1);
+    let sized_for = digests.len() as f64 * (1.0 + f64::from(options.headroom_percent) / 100.0);
+    let mut pages_per_table = ((sized_for / rows_per_table).ceil() as u64).max(1);
     let mut attempt: u128 = 0;
     let (layout, mut pages) = loop {
         if pages_per_table > MAX_PAGES_PER_TABLE {

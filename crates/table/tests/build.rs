@@ -203,3 +203,18 @@ fn rejects_page_writes_past_the_table_or_of_the_wrong_length_before_writing_any(
     ));
     assert_eq!(table.pages(), &before[..], "nothing was written");
 }
+
+#[test]
+fn headroom_leaves_room_for_that_many_more_records() {
+    let input = records(3_000, 24);
+    let rows = |table: &Table| table.layout().total_pages() * u64::from(table.layout().rows_per_page());
+    let tight = build(&input[..], &options(512, 2), &NoProgress).unwrap();
+    let roomy = BuildOptions { headroom_percent: 100, ..options(512, 2) };
+    let roomy = build(&input[..], &roomy, &NoProgress).unwrap();
+    assert!(rows(&tight) < 3_000 * 11 / 10, "without headroom the table is tight: {} rows", rows(&tight));
+    assert!(rows(&roomy) >= 2 * 3_000, "100% headroom: room for as many again: {} rows", rows(&roomy));
+    // The records are all there either way.
+    for (key, _) in &input {
+        assert!(roomy.get(key).is_some());
+    }
+}

@@ -12,7 +12,13 @@ fn data(name: &str) -> PathBuf {
 
 #[test]
 fn the_frozen_csv_builds_into_the_frozen_file_byte_for_byte() {
-    let options = BuildOptions { page_size: 512, value_size: Some(8), choices: 2, seed: Some([7; 16]) };
+    let options = BuildOptions {
+        page_size: 512,
+        value_size: Some(8),
+        choices: 2,
+        seed: Some([7; 16]),
+        headroom_percent: 0,
+    };
     let table = build(&CsvFile::new(&data("two-pages.csv")), &options, &NoProgress).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let written = dir.path().join("two-pages.mgdb");

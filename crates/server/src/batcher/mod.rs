@@ -143,7 +143,7 @@ impl Batcher {
     ) -> std::io::Result<Batcher> {
         let (max_batch, max_queue) = limits;
         assert!(max_batch >= 1 && max_queue >= max_batch, "the server checks its limits");
-        metrics.epoch(published.epoch);
+        metrics.published(&published);
         metrics.snapshot_base(published.base);
         let shared = Arc::new(Shared {
             intake: Mutex::new(Intake {

@@ -202,7 +202,7 @@ impl Scanner {
         }
         let published = Arc::new(shared.published().at(epochs));
         *shared.published.write().unwrap_or_else(std::sync::PoisonError::into_inner) = published.clone();
-        shared.metrics.epoch(published.epoch);
+        shared.metrics.published(&published);
         let history = epochs.history();
         shared.metrics.history(history.kept(), history.bytes());
         let forgotten = epochs.forgotten_for_bytes();
@@ -240,7 +240,7 @@ impl Scanner {
         }
         loader.commit(&loaded)?;
         let LoadedSnapshot { table, engine, epochs, .. } = loaded;
-        let published = Published::new(&table, engine.name(), Some(&epochs), shared.max_batch);
+        let published = Arc::new(Published::new(&table, engine.name(), Some(&epochs), shared.max_batch));
         // The old engine and its table are dropped here; a new engine and a
         // new log are sound again.
         let forgotten_for_bytes = epochs.forgotten_for_bytes();
@@ -249,7 +249,7 @@ impl Scanner {
 
         let mut intake = shared.lock();
         intake.base = base;
-        *shared.published.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(published);
+        *shared.published.write().unwrap_or_else(std::sync::PoisonError::into_inner) = published.clone();
         let arrived = intake.arrived.drain(..).map(|arrival| (arrival.pending, arrival.queries.len()));
         let stale: Vec<(Pending, usize)> = scheduler.take_all().into_iter().chain(arrived).collect();
         let unscanned: usize = stale.iter().map(|(_, queries)| queries).sum();
@@ -257,7 +257,7 @@ impl Scanner {
         shared.metrics.queue_depth(intake.queued_queries);
         drop(intake);
         shared.metrics.lookups("snapshot_changed", unscanned);
-        shared.metrics.epoch(base);
+        shared.metrics.published(&published);
         shared.metrics.snapshot_base(base);
         for (pending, _) in stale {
             let _ = pending.reply.send(Err(PassError::SnapshotChanged));

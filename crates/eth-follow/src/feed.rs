@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::Metrics;
-use crate::changes::{TableChanges, table_changes, touched};
-use crate::node::{Block, Node, hex32};
+use crate::changes::{TableChanges, Touched, table_changes, touched};
+use crate::node::{Block, Node, StateAt, hex32};
 
 /// How the follower follows.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +46,15 @@ impl Block {
     fn reference(&self) -> BlockRef {
         BlockRef { number: self.number, hash: self.hash }
     }
+}
+
+/// Where the time of a block went, before it was sent.
+#[derive(Clone, Copy, Debug)]
+struct Timings {
+    /// The node's traces of its transactions.
+    trace: Duration,
+    /// Reading the values it touched.
+    read: Duration,
 }
 
 /// The longest wait between tries while the node or a server is unreachable.
@@ -213,10 +222,11 @@ impl Follower {
         }
         let epoch = newest + 1;
         let started = Instant::now();
-        let changes = self.changes(&block).await?;
-        let read = started.elapsed();
+        let (changes, timings) = self.changes(&block).await?;
+        let sending = Instant::now();
         let pairs: Vec<(usize, usize)> = self.pairs().collect();
         self.send(&pairs, epoch, &block, &changes).await?;
+        let sent = sending.elapsed();
         self.metrics.block_applied(started.elapsed());
         self.metrics.position(block.number, head);
         tracing::info!(
@@ -225,7 +235,9 @@ impl Follower {
             accounts = changes.accounts.len(),
             slots = changes.storage.len(),
             code_chunks = changes.code.len(),
-            read_ms = read.as_millis() as u64,
+            trace_ms = timings.trace.as_millis() as u64,
+            read_ms = timings.read.as_millis() as u64,
+            send_ms = sent.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "block applied"
         );
@@ -417,27 +429,43 @@ impl Follower {
                 tables = pairs.len(),
                 "bringing tables that are behind up"
             );
-            let changes = self.changes(&block).await?;
+            let (changes, _) = self.changes(&block).await?;
             self.send(&pairs, epoch, &block, &changes).await?;
         }
         Ok(())
     }
 
     /// What `block` changes in the three tables, read from the node.
-    async fn changes(&self, block: &Block) -> Result<TableChanges, Error> {
+    /// The values are read by the block's number, which every node answers
+    /// fast, and then the node's block of that number is checked to be
+    /// still this one; if it is not (the chain moved meanwhile, or this is
+    /// a block off the node's chain), they are read again by its hash.
+    async fn changes(&self, block: &Block) -> Result<(TableChanges, Timings), Error> {
+        let started = Instant::now();
         let txs = self.node.trace(&block.hash).await?;
+        let traced = started.elapsed();
         let touched = touched(block, &txs);
+        let mut changes = self.read_changes(&touched, StateAt::Number(block.number)).await?;
+        let canonical = self.node.block_by_number(block.number).await?;
+        if canonical.is_none_or(|canonical| canonical.hash != block.hash) {
+            changes = self.read_changes(&touched, StateAt::Hash(block.hash)).await?;
+        }
+        Ok((changes, Timings { trace: traced, read: started.elapsed() - traced }))
+    }
+
+    /// The tables' changes for what a block touched, from the values at `at`.
+    async fn read_changes(&self, touched: &Touched, at: StateAt) -> Result<TableChanges, Error> {
         let accounts: Vec<[u8; 20]> = touched.accounts.keys().copied().collect();
         let unknown_code: Vec<[u8; 20]> =
             touched.accounts.iter().filter(|(_, code)| code.is_none()).map(|(address, _)| *address).collect();
         let slots: Vec<([u8; 20], [u8; 32])> = touched.slots.iter().copied().collect();
         let (funds, codes, words) = tokio::try_join!(
-            self.node.funds(&block.hash, &accounts),
-            self.node.codes(&block.hash, &unknown_code),
-            self.node.words(&block.hash, &slots),
+            self.node.funds(at, &accounts),
+            self.node.codes(at, &unknown_code),
+            self.node.words(at, &slots),
         )?;
         let codes = unknown_code.into_iter().zip(codes).collect();
-        table_changes(&touched, &funds, &codes, &words)
+        table_changes(touched, &funds, &codes, &words)
     }
 
     /// Sends the block's batches, as epoch `epoch`, to the tables `pairs`.

@@ -63,6 +63,26 @@ pub struct AccountDiff {
     pub storage: BTreeMap<[u8; 32], [u8; 32]>,
 }
 
+/// The block whose state to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateAt {
+    /// The node's block of this number: fast on every node, but it may be
+    /// another block than meant if the chain moves meanwhile (check after).
+    Number(u64),
+    /// The block of this hash (EIP-1898): what is meant, but slow on some
+    /// nodes (anvil replays the state).
+    Hash([u8; 32]),
+}
+
+impl StateAt {
+    fn param(self) -> Value {
+        match self {
+            StateAt::Number(number) => json!(format!("0x{number:x}")),
+            StateAt::Hash(hash) => json!({"blockHash": hex32(&hash)}),
+        }
+    }
+}
+
 /// The balance and nonce of an account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Funds {
@@ -182,10 +202,9 @@ impl Node {
             .collect()
     }
 
-    /// The balance and nonce of each of `addresses` as of the block of
-    /// hash `block`.
-    pub async fn funds(&self, block: &[u8; 32], addresses: &[[u8; 20]]) -> Result<Vec<Funds>, Error> {
-        let at = json!({"blockHash": hex32(block)});
+    /// The balance and nonce of each of `addresses` as of `at`.
+    pub async fn funds(&self, at: StateAt, addresses: &[[u8; 20]]) -> Result<Vec<Funds>, Error> {
+        let at = at.param();
         let calls: Vec<(&str, Value)> = addresses
             .iter()
             .flat_map(|address| {
@@ -205,13 +224,9 @@ impl Node {
             .collect()
     }
 
-    /// The storage words of `slots` as of the block of hash `block`.
-    pub async fn words(
-        &self,
-        block: &[u8; 32],
-        slots: &[([u8; 20], [u8; 32])],
-    ) -> Result<Vec<[u8; 32]>, Error> {
-        let at = json!({"blockHash": hex32(block)});
+    /// The storage words of `slots` as of `at`.
+    pub async fn words(&self, at: StateAt, slots: &[([u8; 20], [u8; 32])]) -> Result<Vec<[u8; 32]>, Error> {
+        let at = at.param();
         let calls: Vec<(&str, Value)> = slots
             .iter()
             .map(|(address, slot)| {
@@ -221,9 +236,9 @@ impl Node {
         self.batch(&calls).await?.iter().map(|word_value| word(word_value, "eth_getStorageAt")).collect()
     }
 
-    /// The code of each of `addresses` as of the block of hash `block`.
-    pub async fn codes(&self, block: &[u8; 32], addresses: &[[u8; 20]]) -> Result<Vec<Vec<u8>>, Error> {
-        let at = json!({"blockHash": hex32(block)});
+    /// The code of each of `addresses` as of `at`.
+    pub async fn codes(&self, at: StateAt, addresses: &[[u8; 20]]) -> Result<Vec<Vec<u8>>, Error> {
+        let at = at.param();
         let calls: Vec<(&str, Value)> = addresses
             .iter()
             .map(|address| ("eth_getCode", json!([format!("0x{}", hex::encode(address)), at])))

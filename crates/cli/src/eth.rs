@@ -119,8 +119,10 @@ struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
     /// Room for the chain to grow, as a percentage of the records of each
-    /// table: a followed chain adds accounts, slots and code, and a table
-    /// without a free row for a new key refuses the block (409 table_full).
+    /// table (and at least 16,384 accounts, 65,536 storage words and 1,024
+    /// code chunks): a followed chain adds accounts, slots and code, and a
+    /// table without a free row for a new key refuses the block (409
+    /// table_full).
     /// Each table's free rows are published (/v1/meta free_rows) and
     /// exported (morphogen_free_rows).
     #[arg(long, value_name = "PERCENT", default_value_t = 25)]

@@ -60,6 +60,7 @@ pub fn build_command(args: &BuildArgs) -> anyhow::Result<()> {
         choices: args.choices,
         seed: args.seed,
         headroom_percent: 0,
+        min_capacity: 0,
     };
     let bar = Bar::new();
     let table = match (&args.input, args.synthetic) {

@@ -11,8 +11,8 @@ use morphogen_table::{BuildOptions, Progress, build};
 /// Builds the tables of `accounts` at `chain` into `dir` (created if
 /// missing): `accounts.mgdb`, `storage.mgdb`, `code.mgdb` and the manifest
 /// `eth.json`, which `morphogen serve --tables` reads. Each table has room
-/// for `headroom_percent` percent more records than it holds (the chain
-/// grows as it is followed). Deterministic: the same state gives
+/// for `headroom_percent` percent more records than it holds, and for its
+/// shape's `min_records` at least (the chain grows as it is followed). Deterministic: the same state gives
 /// byte-identical files.
 pub fn write_tables(
     accounts: &[Account],
@@ -28,8 +28,14 @@ pub fn write_tables(
     let mut counts = [0u64; 3];
     for (((name, records), shape), count) in TABLE_NAMES.iter().zip(sets).zip(TABLE_SHAPES).zip(&mut counts) {
         let value_size = Some(shape.value_size as u32);
-        let options =
-            BuildOptions { page_size: shape.page_size, value_size, choices: 2, seed: None, headroom_percent };
+        let options = BuildOptions {
+            page_size: shape.page_size,
+            value_size,
+            choices: 2,
+            seed: None,
+            headroom_percent,
+            min_capacity: shape.min_records,
+        };
         let table = build(&records[..], &options, progress)
             .map_err(|e| written(&format!("building the {name} table"), &e))?;
         let path = dir.join(format!("{name}.mgdb"));

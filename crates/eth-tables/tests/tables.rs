@@ -57,6 +57,7 @@ fn build_tables(records: &TableRecords) -> Tables {
             choices: 2,
             seed: None,
             headroom_percent: 0,
+            min_capacity: 0,
         };
         build(records, &options, &NoProgress).unwrap()
     };

@@ -660,6 +660,7 @@ mod tests {
             choices: 2,
             seed: None,
             headroom_percent: 0,
+            min_capacity: 0,
         };
         let table = morphogen_table::build(&records[..], &options, &morphogen_table::NoProgress).unwrap();
         let engine = CpuEngine::new(table);

@@ -24,8 +24,14 @@ fn records(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 fn small_table() -> Table {
-    let options =
-        BuildOptions { page_size: 512, value_size: Some(16), choices: 3, seed: None, headroom_percent: 0 };
+    let options = BuildOptions {
+        page_size: 512,
+        value_size: Some(16),
+        choices: 3,
+        seed: None,
+        headroom_percent: 0,
+        min_capacity: 0,
+    };
     build(&records(2_000)[..], &options, &NoProgress).unwrap()
 }
 
@@ -77,6 +83,7 @@ async fn client_refuses_servers_of_different_tables() {
                 choices: 3,
                 seed: None,
                 headroom_percent: 0,
+                min_capacity: 0,
             },
             &NoProgress,
         )

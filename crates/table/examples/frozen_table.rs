@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         choices: 2,
         seed: Some([7; 16]),
         headroom_percent: 0,
+        min_capacity: 0,
     };
     let table = build(&CsvFile::new(&data.join("two-pages.csv")), &options, &NoProgress)?;
     table.write(&data.join("two-pages.mgdb"))?;

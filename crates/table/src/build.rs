@@ -56,11 +56,21 @@ pub struct BuildOptions {
     /// the table is sized for that many more (0: as small as placement
     /// allows, a few percent of free rows).
     pub headroom_percent: u32,
+    /// The fewest records the table is sized for, whatever the headroom:
+    /// room for a table that starts empty or nearly so.
+    pub min_capacity: u64,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { page_size: 4096, value_size: None, choices: 2, seed: None, headroom_percent: 0 }
+        BuildOptions {
+            page_size: 4096,
+            value_size: None,
+            choices: 2,
+            seed: None,
+            headroom_percent: 0,
+            min_capacity: 0,
+        }
     }
 }
 
@@ -106,7 +116,8 @@ pub fn build<S: RecordSource + ?Sized>(
 
     let probe = Layout::new(options.page_size, value_size, options.choices, 1, seed)?;
     let rows_per_table = f64::from(probe.rows_per_page()) * f64::from(options.choices) * TARGET_LOAD;
-    let sized_for = digests.len() as f64 * (1.0 + f64::from(options.headroom_percent) / 100.0);
+    let with_headroom = digests.len() as f64 * (1.0 + f64::from(options.headroom_percent) / 100.0);
+    let sized_for = with_headroom.max(options.min_capacity as f64);
     let mut pages_per_table = ((sized_for / rows_per_table).ceil() as u64).max(1);
     let mut attempt: u128 = 0;
     let (layout, mut pages) = loop {

@@ -99,14 +99,7 @@ fn queries(queries: usize, choices: usize, domain: u64) -> Vec<Vec<Key>> {
 fn table() -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..300u32).map(|i| (i.to_le_bytes().to_vec(), (i * 3).to_le_bytes().to_vec())).collect();
-    let options = BuildOptions {
-        page_size: 512,
-        value_size: Some(8),
-        choices: 2,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size: 512, value_size: Some(8), choices: 2, ..Default::default() };
     build(&records[..], &options, &NoProgress).unwrap()
 }
 

@@ -51,14 +51,8 @@ struct Tables {
 fn build_tables(records: &TableRecords) -> Tables {
     let table = |records: &[(Vec<u8>, Vec<u8>)], shape: TableShape| {
         let value_size = Some(shape.value_size as u32);
-        let options = BuildOptions {
-            page_size: shape.page_size,
-            value_size,
-            choices: 2,
-            seed: None,
-            headroom_percent: 0,
-            min_capacity: 0,
-        };
+        let options =
+            BuildOptions { page_size: shape.page_size, value_size, choices: 2, ..Default::default() };
         build(records, &options, &NoProgress).unwrap()
     };
     let [accounts, storage, code] = TABLE_SHAPES;

@@ -658,9 +658,7 @@ mod tests {
             page_size: 4096,
             value_size: Some(8),
             choices: 2,
-            seed: None,
-            headroom_percent: 0,
-            min_capacity: 0,
+            ..Default::default()
         };
         let table = morphogen_table::build(&records[..], &options, &morphogen_table::NoProgress).unwrap();
         let engine = CpuEngine::new(table);

@@ -200,14 +200,7 @@ async fn updates(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: Bo
 /// that the answer always says whether the batch was applied.
 async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result<UpdateReply, ApiError> {
     let deadline = tokio::time::Instant::now() + state.request_timeout;
-    let not_applied = || {
-        state.metrics.deadline_exceeded();
-        ApiError::client(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "deadline_exceeded",
-            "the batch was not applied within the request timeout, and it will not be: send it again",
-        )
-    };
+    let not_applied = || deadline_passed(state);
     ApiError::require_json(headers)?;
     if state.swaps.loading() {
         return Err(swap_in_progress());
@@ -293,6 +286,16 @@ async fn revert(
     }
 }
 
+/// 503 `deadline_exceeded`: the change was not applied, and will not be.
+fn deadline_passed(state: &State) -> ApiError {
+    state.metrics.deadline_exceeded();
+    ApiError::client(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "deadline_exceeded",
+        "the batch was not applied within the request timeout, and it will not be: send it again",
+    )
+}
+
 /// Queues `update` for the scan thread and waits for its outcome until
 /// `deadline`: a change still queued then is withdrawn (503
 /// `deadline_exceeded`, not applied), one the scan thread has begun is
@@ -302,14 +305,7 @@ async fn submit(
     update: Update,
     deadline: tokio::time::Instant,
 ) -> Result<UpdateReply, ApiError> {
-    let not_applied = || {
-        state.metrics.deadline_exceeded();
-        ApiError::client(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "deadline_exceeded",
-            "the batch was not applied within the request timeout, and it will not be: send it again",
-        )
-    };
+    let not_applied = || deadline_passed(state);
     let (mut outcome, ticket) = state.batcher.update(update);
     let outcome = match tokio::time::timeout_at(deadline, &mut outcome).await {
         Ok(outcome) => outcome,

@@ -25,14 +25,7 @@ const TOKEN: &str = "a test admin token of some length";
 fn table() -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..500).map(|i| (format!("key-{i}").into_bytes(), format!("value-{i}").into_bytes())).collect();
-    let options = BuildOptions {
-        page_size: 512,
-        value_size: Some(16),
-        choices: 2,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 2, ..Default::default() };
     build(&records[..], &options, &NoProgress).unwrap()
 }
 
@@ -410,14 +403,7 @@ fn rejects_an_engine_over_another_table() {
     let table = table();
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..50).map(|i: u32| (i.to_le_bytes().to_vec(), vec![1; 4])).collect();
-    let options = BuildOptions {
-        page_size: 1024,
-        value_size: Some(4),
-        choices: 3,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size: 1024, value_size: Some(4), choices: 3, ..Default::default() };
     let other = build(&records[..], &options, &NoProgress).unwrap();
     let served = ServedTable::new(DEFAULT_TABLE, TableInfo::of(&table), Box::new(CpuEngine::new(other)));
     let error = Server::new(vec![served], Config::default()).err().expect("refused");

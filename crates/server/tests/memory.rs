@@ -23,14 +23,7 @@ async fn an_unauthenticated_admin_body_is_refused_unread() {
     let dir = tempfile::tempdir().unwrap();
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..500).map(|i| (format!("key-{i}").into_bytes(), vec![7; 8])).collect();
-    let options = BuildOptions {
-        page_size: 512,
-        value_size: Some(16),
-        choices: 2,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 2, ..Default::default() };
     let mut table = build(&records[..], &options, &NoProgress).unwrap();
     let (epochs, _) = Epochs::open(&mut table, &dir.path().join("table.log"), 16).unwrap();
     let info = TableInfo::of(&table);

@@ -24,14 +24,7 @@ fn records(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 fn small_table() -> Table {
-    let options = BuildOptions {
-        page_size: 512,
-        value_size: Some(16),
-        choices: 3,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 3, ..Default::default() };
     build(&records(2_000)[..], &options, &NoProgress).unwrap()
 }
 
@@ -77,14 +70,7 @@ async fn client_refuses_servers_of_different_tables() {
     let other = Arc::new(
         build(
             &records(100)[..],
-            &BuildOptions {
-                page_size: 512,
-                value_size: Some(16),
-                choices: 3,
-                seed: None,
-                headroom_percent: 0,
-                min_capacity: 0,
-            },
+            &BuildOptions { page_size: 512, value_size: Some(16), choices: 3, ..Default::default() },
             &NoProgress,
         )
         .unwrap(),

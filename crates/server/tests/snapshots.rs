@@ -35,14 +35,7 @@ const TOKEN: &str = "test admin token";
 fn write_table(path: &Path, count: usize, prefix: &str, page_size: u32, choices: u8) -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..count).map(|i| (format!("key-{i}").into_bytes(), format!("{prefix}-{i}").into_bytes())).collect();
-    let options = BuildOptions {
-        page_size,
-        value_size: Some(16),
-        choices,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size, value_size: Some(16), choices, ..Default::default() };
     let table = build(&records[..], &options, &NoProgress).unwrap();
     table.write(path).unwrap();
     table

@@ -16,14 +16,7 @@ use tokio::sync::oneshot;
 fn table(prefix: &str, n: usize, page_size: u32) -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..n).map(|i| (format!("key-{i}").into_bytes(), format!("{prefix}-{i}").into_bytes())).collect();
-    let options = BuildOptions {
-        page_size,
-        value_size: Some(16),
-        choices: 2,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size, value_size: Some(16), choices: 2, ..Default::default() };
     build(&records[..], &options, &NoProgress).unwrap()
 }
 

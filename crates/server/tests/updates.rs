@@ -29,14 +29,7 @@ const TOKEN: &str = "test admin token";
 fn table() -> Table {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..2_000).map(|i| (format!("key-{i}").into_bytes(), format!("value-{i}").into_bytes())).collect();
-    let options = BuildOptions {
-        page_size: 512,
-        value_size: Some(16),
-        choices: 3,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size: 512, value_size: Some(16), choices: 3, ..Default::default() };
     build(&records[..], &options, &NoProgress).unwrap()
 }
 

@@ -88,14 +88,7 @@ impl Harness {
     fn with_parts(max_batch: usize, max_queue: usize, parts: usize) -> Harness {
         let records: Vec<(Vec<u8>, Vec<u8>)> =
             (0..300u32).map(|i| (i.to_le_bytes().to_vec(), (i * 7).to_le_bytes().to_vec())).collect();
-        let options = BuildOptions {
-            page_size: 512,
-            value_size: Some(8),
-            choices: 2,
-            seed: None,
-            headroom_percent: 0,
-            min_capacity: 0,
-        };
+        let options = BuildOptions { page_size: 512, value_size: Some(8), choices: 2, ..Default::default() };
         let table = build(&records[..], &options, &NoProgress).unwrap();
         let (entered_tx, entered) = mpsc::channel();
         let (gate, gate_rx) = mpsc::channel();
@@ -336,14 +329,7 @@ impl SnapshotLoader for Committer {
 fn loaded(dir: &std::path::Path, epoch: u64) -> (Table, LoadedSnapshot) {
     let records: Vec<(Vec<u8>, Vec<u8>)> =
         (0..1000u32).map(|i| (i.to_le_bytes().to_vec(), i.to_be_bytes().to_vec())).collect();
-    let options = BuildOptions {
-        page_size: 1024,
-        value_size: Some(8),
-        choices: 3,
-        seed: None,
-        headroom_percent: 0,
-        min_capacity: 0,
-    };
+    let options = BuildOptions { page_size: 1024, value_size: Some(8), choices: 3, ..Default::default() };
     let table = build(&records[..], &options, &NoProgress).unwrap();
     let epochs = Epochs::create(&table, &dir.join("new.log"), epoch, 16).unwrap();
     let engine = Box::new(ReferenceEngine::new(table.clone()));

@@ -40,7 +40,7 @@ pub struct ServeArgs {
     /// (relative to the manifest); its other fields are published as they
     /// are at /v1/tables. `morphogen eth build` writes one (eth.json). Each
     /// table's update log is beside its file (`<file>.log`).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["db", "pages", "snapshot_dir", "log"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["db", "pages", "log"])]
     tables: Option<PathBuf>,
     /// Address and port to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -106,7 +106,9 @@ pub struct ServeArgs {
     /// routes. The server records the snapshot it serves in
     /// DIR/current.json and, once a swap has happened, serves that one at
     /// start-up instead of --db. Each file's update log is beside it
-    /// (`<file>.log`).
+    /// (`<file>.log`). With --tables, each table has the directory
+    /// DIR/{name} (made if missing), swapped table by table
+    /// (`morphogen snapshot --table NAME`).
     #[arg(long, value_name = "DIR")]
     snapshot_dir: Option<PathBuf>,
     /// Serve the admin routes on this address only, instead of beside the
@@ -261,7 +263,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let bar = Bar::new();
     let (tables, about) = match (&args.tables, args.pages) {
-        (Some(manifest), _) => morphogen_server::open_manifest(manifest, &options, &bar)?,
+        (Some(manifest), _) => {
+            morphogen_server::open_manifest(manifest, args.snapshot_dir.as_deref(), &options, &bar)?
+        }
         (None, Some(pages)) => (vec![synthetic_table(pages, args)?], serde_json::Map::new()),
         (None, None) => {
             let (db, log) = (args.db.as_deref(), args.log.as_deref());

@@ -94,12 +94,25 @@ pub fn open_single(
     options: &OpenOptions,
     progress: &dyn Progress,
 ) -> Result<ServedTable, Error> {
+    open_named(crate::DEFAULT_TABLE, dir, db, log, options, progress)
+}
+
+/// The table `name`: the snapshot last swapped into `dir` if there is one,
+/// and otherwise `db`; with `dir`, it takes swaps to the other files there.
+fn open_named(
+    name: &str,
+    dir: Option<SnapshotDir>,
+    db: Option<&Path>,
+    log: Option<&Path>,
+    options: &OpenOptions,
+    progress: &dyn Progress,
+) -> Result<ServedTable, Error> {
     let start = start(dir.as_ref(), db, log)?.ok_or_else(|| {
         Error::Config(
             "no snapshot has been swapped in yet: give the table file to start on (--db)".to_string(),
         )
     })?;
-    let served = open_table(crate::DEFAULT_TABLE, &start, options, progress)?;
+    let served = open_table(name, &start, options, progress)?;
     let snapshots = dir.map(|dir| {
         let swap_options = OpenOptions { engine: Choice::Kind(served.engine.kind()), ..*options };
         let open_engine = Box::new(move |table| {
@@ -130,9 +143,13 @@ struct Manifest {
 
 /// The tables the JSON manifest at `path` names (its `"tables"` object maps
 /// each name to its table file, relative to the manifest), each with the
-/// update log beside its file, and the manifest's other fields.
+/// update log beside its file, and the manifest's other fields. With
+/// `snapshots`, table `name` has the snapshot directory `snapshots/name`
+/// (made if missing): it starts on the snapshot last swapped in there, if
+/// any, and takes swaps to the files there.
 pub fn open_manifest(
     path: &Path,
+    snapshots: Option<&Path>,
     options: &OpenOptions,
     progress: &dyn Progress,
 ) -> Result<(Vec<ServedTable>, serde_json::Map<String, serde_json::Value>), Error> {
@@ -161,12 +178,21 @@ pub fn open_manifest(
     let mut served = Vec::with_capacity(manifest.tables.len());
     for (name, file) in &manifest.tables {
         let table = beside.join(file);
-        let start = Start { log: log_path(&table), table, pointer: None };
-        let opened = open_table(name, &start, options, progress).map_err(|error| Error::Open {
+        let in_table = |error: Error| Error::Open {
             what: format!("table {name} of {}", path.display()),
             source: error.into(),
-        })?;
-        served.push(opened);
+        };
+        let dir = match snapshots {
+            Some(root) => {
+                let dir = root.join(name);
+                std::fs::create_dir_all(&dir).map_err(|error| {
+                    in_table(Error::Open { what: format!("making {}", dir.display()), source: error.into() })
+                })?;
+                Some(SnapshotDir::new(&dir).map_err(|error| in_table(Error::Config(error.to_string())))?)
+            }
+            None => None,
+        };
+        served.push(open_named(name, dir, Some(&table), None, options, progress).map_err(in_table)?);
     }
     Ok((served, manifest.about))
 }

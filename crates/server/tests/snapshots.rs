@@ -22,7 +22,7 @@ use morphogen_protocol::{
 use morphogen_scan::{CpuEngine, Engine, EngineKind};
 use morphogen_server::{
     Config, DEFAULT_TABLE, FileSnapshots, LoadedSnapshot, OpenOptions, ServedTable, Server, SnapshotLoader,
-    Start, open_single, open_table,
+    Start, open_manifest, open_single, open_table, start as start_file,
 };
 use morphogen_table::{BuildOptions, NoProgress, Table, build};
 use rand::rngs::StdRng;
@@ -359,4 +359,55 @@ async fn swaps_are_sequenced_refuse_what_would_race_them_and_fail_without_harm()
             "{outcome}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tables_of_a_manifest_swap_one_by_one_from_a_directory_each() {
+    let dir = tempfile::tempdir().unwrap();
+    write_table(&dir.path().join("fruit.mgdb"), 200, "apple", 512, 2);
+    write_table(&dir.path().join("veg.mgdb"), 200, "leek", 512, 2);
+    let manifest = dir.path().join("tables.json");
+    let tables = serde_json::json!({"tables": {"fruit": "fruit.mgdb", "veg": "veg.mgdb"}});
+    std::fs::write(&manifest, tables.to_string()).unwrap();
+    let snapshots = dir.path().join("snapshots");
+    let options = OpenOptions {
+        engine: Choice::Kind(EngineKind::Cpu),
+        max_batch: 8,
+        bounds: Bounds::window(64),
+        tail: Tail::Refuse,
+        updates: true,
+    };
+    let (served, _) = open_manifest(&manifest, Some(&snapshots), &options, &NoProgress).unwrap();
+    assert!(served.iter().all(|table| table.snapshots.is_some()), "each table takes swaps");
+    // The fruit table's directory was made; a new fruit table goes in it.
+    write_table(&snapshots.join("fruit").join("fruit-2.mgdb"), 300, "pear", 1024, 3);
+    let config = Config { max_batch: 8, admin_token: Some(TOKEN.to_string()), ..Config::default() };
+    let (url, _stop) = spawn(Server::new(served, config).unwrap()).await;
+    let settings = morphogen_client::Settings::default();
+    let fruit = Admin::for_table(&url, "fruit", TOKEN, &settings).unwrap();
+    let request = SnapshotRequest { file: "fruit-2.mgdb".to_string(), sequence: 1 };
+    fruit.swap(&request).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fruit.status().await.unwrap().snapshot_swap.unwrap().state == SwapState::Loading {
+        assert!(Instant::now() < deadline, "the swap ends");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let swapped = fruit.status().await.unwrap();
+    assert_eq!(swapped.snapshot_swap.unwrap().state, SwapState::Swapped);
+    assert_eq!((swapped.meta.epoch, swapped.meta.records), (1, 300));
+    let veg = Admin::for_table(&url, "veg", TOKEN, &settings).unwrap().status().await.unwrap();
+    assert_eq!((veg.meta.epoch, veg.meta.records), (0, 200), "the other table is as it was");
+    // A file of another table's directory is not this table's.
+    let wrong = SnapshotRequest { file: "fruit-2.mgdb".to_string(), sequence: 1 };
+    let veg_admin = Admin::for_table(&url, "veg", TOKEN, &settings).unwrap();
+    veg_admin.swap(&wrong).await.unwrap();
+    while veg_admin.status().await.unwrap().snapshot_swap.unwrap().state == SwapState::Loading {
+        assert!(Instant::now() < deadline, "the swap ends");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(veg_admin.status().await.unwrap().snapshot_swap.unwrap().state, SwapState::Failed);
+    // Started again, the fruit table starts on the file swapped in.
+    let fruit_dir = SnapshotDir::new(&snapshots.join("fruit")).unwrap();
+    let start = start_file(Some(&fruit_dir), Some(&dir.path().join("fruit.mgdb")), None).unwrap().unwrap();
+    assert_eq!(start.table.file_name().unwrap(), "fruit-2.mgdb");
 }

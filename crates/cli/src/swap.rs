@@ -39,6 +39,11 @@ pub struct SnapshotArgs {
     /// be the same on every server.
     #[arg(long, value_name = "N")]
     sequence: Option<u64>,
+    /// The label of the new snapshot's first epoch: any JSON, as an update
+    /// batch's (for Ethereum tables, the block the new table holds, as
+    /// `eth follow` labels blocks).
+    #[arg(long, value_name = "JSON", value_parser = parse_label)]
+    label: Option<serde_json::Value>,
     /// Seconds to wait for the servers to load the file and swap.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     timeout: u64,
@@ -47,6 +52,10 @@ pub struct SnapshotArgs {
     /// Print JSON: each server's status after the swap.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_label(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// How often the servers' status is read while they load.
@@ -99,7 +108,7 @@ async fn swap_all(admins: &[Arc<Admin>], args: &SnapshotArgs) -> anyhow::Result<
         Some(sequence) => sequence,
         None => next_sequence(admins).await?,
     };
-    let request = SnapshotRequest { file: args.file.clone(), sequence };
+    let request = SnapshotRequest { file: args.file.clone(), label: args.label.clone(), sequence };
     let started = Instant::now();
     for admin in admins {
         admin.swap(&request).await.with_context(|| format!("asking {} to swap", admin.url()))?;

@@ -173,7 +173,7 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
                 .await
                 .unwrap();
             if kill != Kill::BeforeTheSwap {
-                let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 2 };
+                let request = SnapshotRequest { file: "new.mgdb".to_string(), label: None, sequence: 2 };
                 admin.swap(&request).await.unwrap();
             }
             if kill == Kill::OnceSwapped {
@@ -208,7 +208,7 @@ fn a_server_killed_during_a_snapshot_swap_restarts_on_a_consistent_table() {
                     assert_eq!(status.digest, old_digest, "round {round}");
                     seen_old += 1;
                     // The interrupted swap can simply be asked for again.
-                    let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 2 };
+                    let request = SnapshotRequest { file: "new.mgdb".to_string(), label: None, sequence: 2 };
                     admin.swap(&request).await.unwrap();
                     wait_until_swapped(&admin, round).await;
                 }

@@ -39,7 +39,7 @@ pub use log::{LOG_HEADER_LEN, Tail, TornTail};
 pub use plan::Change;
 pub use snapshots::{POINTER_FILE, Pointer, SnapshotDir, log_path};
 
-use crate::log::{UpdateLog, decode_batch, encode_batch};
+use crate::log::{UpdateLog, decode_base_label, decode_batch, encode_base_label, encode_batch};
 use crate::plan::{Placement, place};
 
 /// Epochs of diffs kept unless configured otherwise.
@@ -154,6 +154,8 @@ struct Chain {
     batch_pages: usize,
     /// Epochs the history's byte bound forgot before the window did.
     forgotten_for_bytes: u64,
+    /// The label of the snapshot's first epoch, if it was swapped in with one.
+    base_label: Option<Vec<u8>>,
 }
 
 impl Chain {
@@ -257,8 +259,17 @@ impl Epochs {
         let mut chain: Option<Chain> = None;
         let mut batches = 0;
         let mut replay = |base: u64, offset: u64, payload: &[u8]| -> Result<(), Error> {
+            let first = chain.is_none();
             let chain = chain.get_or_insert_with(|| Chain::at_snapshot(table, base, &bounds));
             let corrupt = |problem: String| Error::LogCorrupt { path: log_path.into(), offset, problem };
+            // Only the first record may be the first epoch's label.
+            if let Some(label) = decode_base_label(payload).map_err(|problem| corrupt(problem.to_string()))? {
+                if !first {
+                    return Err(corrupt("a first epoch's label after the first record".to_string()));
+                }
+                chain.base_label = Some(label);
+                return Ok(());
+            }
             let batch = decode_batch(payload).map_err(|problem| corrupt(problem.to_string()))?;
             let plan = chain
                 .plan(table, batch, payload.to_vec(), false)
@@ -283,9 +294,40 @@ impl Epochs {
 
     /// Like [`Epochs::create`], within `bounds`.
     pub fn create_with(table: &Table, log_path: &Path, base: u64, bounds: Bounds) -> Result<Epochs, Error> {
+        Epochs::create_labelled(table, log_path, base, bounds, None)
+    }
+
+    /// Like [`Epochs::create_with`], the first epoch labelled `label` (at
+    /// most [`MAX_LABEL_LEN`] bytes): logged first, and published as the
+    /// epoch's label ([`Epochs::label`]).
+    pub fn create_labelled(
+        table: &Table,
+        log_path: &Path,
+        base: u64,
+        bounds: Bounds,
+        label: Option<Vec<u8>>,
+    ) -> Result<Epochs, Error> {
         check(&bounds)?;
-        let log = UpdateLog::create(log_path, &table.digest(), base)?;
-        Ok(Epochs { chain: Chain::at_snapshot(table, base, &bounds), log, base })
+        if let Some(label) = &label
+            && label.len() > MAX_LABEL_LEN
+        {
+            return Err(Error::LabelTooLong { len: label.len() });
+        }
+        let mut log = UpdateLog::create(log_path, &table.digest(), base)?;
+        if let Some(label) = &label {
+            log.append(&encode_base_label(label))?;
+        }
+        let chain = Chain { base_label: label, ..Chain::at_snapshot(table, base, &bounds) };
+        Ok(Epochs { chain, log, base })
+    }
+
+    /// The label of epoch `epoch`, if it is the snapshot's first or in the
+    /// history, and has one.
+    pub fn label(&self, epoch: u64) -> Option<Vec<u8>> {
+        if epoch == self.base {
+            return self.chain.base_label.clone();
+        }
+        self.history().epoch(epoch).and_then(|diff| diff.label.clone())
     }
 
     /// Places `batch` into `table`, which must be the table as of the
@@ -393,6 +435,7 @@ impl Chain {
             history: History::bounded(base, bounds.window, bounds.history_bytes),
             batch_pages: usize::try_from(bounds.batch_bytes / page_size).unwrap_or(usize::MAX),
             forgotten_for_bytes: 0,
+            base_label: None,
         }
     }
 }

@@ -16,7 +16,9 @@
 //! A batch's payload is `1u8 | sequence: u64 | changes: u32`, then per
 //! change `key digest: 16 | 1u8 and value_len: u32 and the value, or 0u8`.
 //! A labelled batch's is `2u8 | sequence: u64 | label_len: u32 | label`,
-//! then the same `changes: u32` and changes.
+//! then the same `changes: u32` and changes. A log of a snapshot swapped in
+//! with a label starts with the record `3u8 | label_len: u32 | label`: the
+//! label of its first epoch.
 //!
 //! A crash while appending leaves at most one unfinished record at the end:
 //! fewer bytes than a record header, a record running past the end of the
@@ -48,6 +50,31 @@ const MAX_PAYLOAD: u32 = 1 << 30;
 const KIND_BATCH: u8 = 1;
 /// First byte of a labelled batch's payload.
 const KIND_LABELLED_BATCH: u8 = 2;
+/// First byte of the record of the first epoch's label.
+const KIND_BASE_LABEL: u8 = 3;
+
+/// The payload of the record of the first epoch's label.
+pub(crate) fn encode_base_label(label: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + label.len());
+    out.push(KIND_BASE_LABEL);
+    out.extend_from_slice(&(label.len() as u32).to_le_bytes());
+    out.extend_from_slice(label);
+    out
+}
+
+/// The first epoch's label, if `payload` is its record.
+pub(crate) fn decode_base_label(payload: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
+    let mut rest = payload;
+    if take(&mut rest, 1)? != [KIND_BASE_LABEL] {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes"));
+    let label = take(&mut rest, len as usize)?.to_vec();
+    if !rest.is_empty() {
+        return Err("a label record has bytes after its label");
+    }
+    Ok(Some(label))
+}
 
 /// What opening a log does with each record: `(base epoch, offset, payload)`.
 pub(crate) type Replay<'a> = dyn FnMut(u64, u64, &[u8]) -> Result<(), Error> + 'a;

@@ -221,6 +221,10 @@ pub struct RevertRequest {
 pub struct SnapshotRequest {
     /// The file's name in the server's snapshot directory.
     pub file: String,
+    /// The label of the new snapshot's first epoch, as an update batch's
+    /// (for a chain, the block the new table holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<serde_json::Value>,
     /// One more than the last batch applied: the epoch the new snapshot
     /// starts at.
     pub sequence: u64,

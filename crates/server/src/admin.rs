@@ -152,7 +152,8 @@ async fn snapshot(
 fn start_swap(state: &Arc<State>, headers: &HeaderMap, body: &[u8]) -> Result<SwapStatus, ApiError> {
     ApiError::require_json(headers)?;
     let request: SnapshotRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad_json(&e))?;
-    state.swaps.start(request, state.clone()).map_err(|refused| match refused {
+    let label = label_bytes(request.label.as_ref())?;
+    state.swaps.start(request, label, state.clone()).map_err(|refused| match refused {
         SwapRefused::Disabled => ApiError::client(
             StatusCode::CONFLICT,
             "snapshots_disabled",

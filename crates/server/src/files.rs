@@ -311,7 +311,7 @@ impl FileSnapshots {
 }
 
 impl SnapshotLoader for FileSnapshots {
-    fn load(&self, file: &str, epoch: u64) -> Result<LoadedSnapshot, String> {
+    fn load(&self, file: &str, epoch: u64, label: Option<Vec<u8>>) -> Result<LoadedSnapshot, String> {
         let path = self.dir.file(file).map_err(|error| error.to_string())?;
         let canonical =
             path.canonicalize().map_err(|error| format!("resolving {}: {error}", path.display()))?;
@@ -321,7 +321,7 @@ impl SnapshotLoader for FileSnapshots {
         let table = Table::open(&path, Verify::Digest, &NoProgress)
             .map_err(|error| format!("opening {}: {error}", path.display()))?;
         let log = log_path(&path);
-        let epochs = Epochs::create_with(&table, &log, epoch, self.bounds)
+        let epochs = Epochs::create_labelled(&table, &log, epoch, self.bounds, label)
             .map_err(|error| format!("creating the update log {}: {error}", log.display()))?;
         let info = TableInfo::of(&table);
         let engine = (self.open_engine)(table)?;

@@ -27,6 +27,8 @@ pub(crate) struct Published {
     pub(crate) max_batch: usize,
     /// The label of the batch that made the current epoch.
     pub(crate) label: Option<serde_json::Value>,
+    /// The label of the snapshot's first epoch, if it was swapped in with one.
+    pub(crate) base_label: Option<serde_json::Value>,
 }
 
 impl Published {
@@ -47,6 +49,7 @@ impl Published {
             engine,
             max_batch,
             label: None,
+            base_label: epochs.and_then(|epochs| label_json(epochs.label(epochs.base()).as_deref())),
         };
         match epochs {
             Some(epochs) => Published { base: epochs.base(), ..snapshot.at(epochs) },
@@ -58,7 +61,7 @@ impl Published {
     pub(crate) fn at(&self, epochs: &Epochs) -> Published {
         let table = TableInfo { digest: epochs.digest(), records: epochs.records(), ..self.table.clone() };
         let epoch = epochs.epoch();
-        let label = epochs.history().epoch(epoch).and_then(|diff| label_json(diff.label.as_deref()));
+        let label = label_json(epochs.label(epoch).as_deref());
         Published { table, epoch, label, ..self.clone() }
     }
 
@@ -100,7 +103,7 @@ impl Published {
         let entries = (first..=self.epoch).take(most).filter_map(|epoch| {
             if epoch == self.base {
                 let digest = hex::encode(self.snapshot_digest);
-                return Some(EpochEntry { epoch, digest, label: None });
+                return Some(EpochEntry { epoch, digest, label: self.base_label.clone() });
             }
             let diff = self.history.as_ref()?.epoch(epoch)?;
             Some(EpochEntry {

@@ -27,10 +27,10 @@ pub trait SnapshotLoader: Send + Sync + std::fmt::Debug {
     /// Loads and verifies the snapshot the file `file` names and readies it
     /// to answer from epoch `epoch`: an engine over it (of the kind the
     /// server uses) and its epochs with a fresh update log starting at
-    /// `epoch`. Runs on a thread of its own while the old snapshot keeps
+    /// `epoch`, whose label is `label` (`Epochs::create_labelled`). Runs on a thread of its own while the old snapshot keeps
     /// answering. The error is for the operator: it is logged and shown in
     /// the admin status.
-    fn load(&self, file: &str, epoch: u64) -> Result<LoadedSnapshot, String>;
+    fn load(&self, file: &str, epoch: u64, label: Option<Vec<u8>>) -> Result<LoadedSnapshot, String>;
 
     /// Records durably that `loaded` is the snapshot served from now on, so
     /// that a restart serves it. Called on the scan thread just before the
@@ -103,6 +103,7 @@ impl Swaps {
     pub(crate) fn start(
         &self,
         request: SnapshotRequest,
+        label: Option<Vec<u8>>,
         state: Arc<crate::State>,
     ) -> Result<SwapStatus, SwapRefused> {
         let loader = self.loader.clone().ok_or(SwapRefused::Disabled)?;
@@ -124,7 +125,7 @@ impl Swaps {
         tracing::info!(file = %status.file, sequence = status.sequence, "loading a snapshot to swap to");
         let (file, sequence) = (status.file.clone(), status.sequence);
         tokio::spawn(async move {
-            let outcome = load_and_swap(&state, loader, file, sequence).await;
+            let outcome = load_and_swap(&state, loader, file, sequence, label).await;
             state.swaps.finish(outcome, &state.metrics);
         });
         Ok(status)
@@ -155,10 +156,11 @@ async fn load_and_swap(
     loader: Arc<dyn SnapshotLoader>,
     file: String,
     sequence: u64,
+    label: Option<Vec<u8>>,
 ) -> Result<(), String> {
     let started = Instant::now();
     let loading = loader.clone();
-    let loaded = tokio::task::spawn_blocking(move || loading.load(&file, sequence))
+    let loaded = tokio::task::spawn_blocking(move || loading.load(&file, sequence, label))
         .await
         .map_err(|e| format!("the loading thread failed: {e}"))??;
     if loaded.epochs.base() != sequence {

@@ -50,9 +50,9 @@ struct Gated {
 }
 
 impl SnapshotLoader for Gated {
-    fn load(&self, file: &str, epoch: u64) -> Result<LoadedSnapshot, String> {
+    fn load(&self, file: &str, epoch: u64, label: Option<Vec<u8>>) -> Result<LoadedSnapshot, String> {
         self.gate.lock().unwrap().recv().map_err(|_| "the test went away".to_string())?;
-        self.files.load(file, epoch)
+        self.files.load(file, epoch, label)
     }
 
     fn commit(&self, loaded: &LoadedSnapshot) -> Result<(), String> {
@@ -198,7 +198,7 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
         }));
     }
     wait_for_each(&progress, 0).await;
-    let request = SnapshotRequest { file: "new.mgdb".to_string(), sequence: 1 };
+    let request = SnapshotRequest { file: "new.mgdb".to_string(), label: None, sequence: 1 };
     for server in [&a, &b] {
         let status = server.admin.swap(&request).await.unwrap();
         assert_eq!(status.state, SwapState::Loading);
@@ -385,7 +385,9 @@ async fn the_tables_of_a_manifest_swap_one_by_one_from_a_directory_each() {
     let (url, _stop) = spawn(Server::new(served, config).unwrap()).await;
     let settings = morphogen_client::Settings::default();
     let fruit = Admin::for_table(&url, "fruit", TOKEN, &settings).unwrap();
-    let request = SnapshotRequest { file: "fruit-2.mgdb".to_string(), sequence: 1 };
+    let label = serde_json::json!({"number": 7, "grown": true});
+    let request =
+        SnapshotRequest { file: "fruit-2.mgdb".to_string(), label: Some(label.clone()), sequence: 1 };
     fruit.swap(&request).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while fruit.status().await.unwrap().snapshot_swap.unwrap().state == SwapState::Loading {
@@ -395,10 +397,24 @@ async fn the_tables_of_a_manifest_swap_one_by_one_from_a_directory_each() {
     let swapped = fruit.status().await.unwrap();
     assert_eq!(swapped.snapshot_swap.unwrap().state, SwapState::Swapped);
     assert_eq!((swapped.meta.epoch, swapped.meta.records), (1, 300));
+    // The new snapshot's first epoch has the swap's label, also after a
+    // restart (it is the first record of the new log).
+    assert_eq!(swapped.meta.label, Some(label.clone()));
+    assert_eq!(fruit.epochs(0).await.unwrap().epochs[0].label, Some(label.clone()));
+    let mut reopened = morphogen_table::Table::open(
+        &snapshots.join("fruit").join("fruit-2.mgdb"),
+        morphogen_table::Verify::Digest,
+        &NoProgress,
+    )
+    .unwrap();
+    let log = log_path(&snapshots.join("fruit").join("fruit-2.mgdb"));
+    let (epochs, replayed) = morphogen_epochs::Epochs::open(&mut reopened, &log, 64).unwrap();
+    assert_eq!((replayed.batches, epochs.base()), (0, 1));
+    assert_eq!(epochs.label(1), Some(serde_json::to_vec(&label).unwrap()));
     let veg = Admin::for_table(&url, "veg", TOKEN, &settings).unwrap().status().await.unwrap();
     assert_eq!((veg.meta.epoch, veg.meta.records), (0, 200), "the other table is as it was");
     // A file of another table's directory is not this table's.
-    let wrong = SnapshotRequest { file: "fruit-2.mgdb".to_string(), sequence: 1 };
+    let wrong = SnapshotRequest { file: "fruit-2.mgdb".to_string(), label: None, sequence: 1 };
     let veg_admin = Admin::for_table(&url, "veg", TOKEN, &settings).unwrap();
     veg_admin.swap(&wrong).await.unwrap();
     while veg_admin.status().await.unwrap().snapshot_swap.unwrap().state == SwapState::Loading {

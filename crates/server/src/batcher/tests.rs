@@ -317,7 +317,7 @@ struct Committer {
 }
 
 impl SnapshotLoader for Committer {
-    fn load(&self, _: &str, _: u64) -> Result<LoadedSnapshot, String> {
+    fn load(&self, _: &str, _: u64, _: Option<Vec<u8>>) -> Result<LoadedSnapshot, String> {
         unreachable!("the tests hand the batcher loaded snapshots")
     }
     fn commit(&self, _: &LoadedSnapshot) -> Result<(), String> {

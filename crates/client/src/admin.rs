@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use morphogen_protocol::{
-    AdminStatus, Catalog, EpochList, RevertRequest, SnapshotRequest, SwapStatus, UpdateReply, UpdateRequest,
+    AdminStatus, Catalog, EpochEntry, EpochList, RevertRequest, SnapshotRequest, SwapStatus, UpdateReply,
+    UpdateRequest,
 };
 use reqwest::Url;
 
 use crate::connection::{
-    MAX_JSON_BODY, parse_url, success_body, table_routes, transport_error, warn_if_plain,
+    MAX_JSON_BODY, every_epoch, parse_url, success_body, table_routes, transport_error, warn_if_plain,
 };
 use crate::http::http_client;
 use crate::{Error, Settings};
@@ -72,14 +73,16 @@ impl Admin {
     }
 
     /// The epochs the table can answer as of, from `from` (or its oldest)
-    /// on, with their digests and labels: at most
-    /// [`morphogen_protocol::MAX_EPOCHS_LISTED`] a call.
-    pub async fn epochs(&self, from: u64) -> Result<EpochList, Error> {
-        let mut url = self.routes.join("epochs").expect("a fixed relative path");
-        url.set_query(Some(&format!("from={from}")));
-        let request = self.http.get(url).bearer_auth(&self.token);
-        let bytes = self.send(request).await?;
-        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable epoch list: {e}")))
+    /// on, with their digests and labels, page after page.
+    pub async fn epochs(&self, from: u64) -> Result<Vec<EpochEntry>, Error> {
+        every_epoch(from, |from| async move {
+            let mut url = self.routes.join("epochs").expect("a fixed relative path");
+            url.set_query(Some(&format!("from={from}")));
+            let bytes = self.send(self.http.get(url).bearer_auth(&self.token)).await?;
+            serde_json::from_slice::<EpochList>(&bytes)
+                .map_err(|e| self.protocol(format!("unreadable epoch list: {e}")))
+        })
+        .await
     }
 
     /// What the server says about its tables (`GET /admin/v1/tables`, as

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use morphogen_layout::Layout;
 use morphogen_protocol::{
-    CONTENT_TYPE, Catalog, EpochList, ErrorBody, HEADER_LEN, Meta, PROTOCOL_VERSION, Response, is_table_name,
+    CONTENT_TYPE, Catalog, EpochEntry, EpochList, ErrorBody, HEADER_LEN, Meta, PROTOCOL_VERSION, Response,
+    is_table_name,
 };
 use rand::RngExt;
 use reqwest::Url;
@@ -77,15 +78,18 @@ impl Connection {
         fetch_meta(&self.http, &self.url, &self.routes, deadline).await
     }
 
-    /// One page of the epochs the server can answer as of, from `from` on
-    /// (`GET …/epochs`), with their digests and labels.
-    pub async fn fetch_epochs(&self, from: u64, deadline: Instant) -> Result<EpochList, Error> {
-        let path = format!("epochs?from={from}");
-        let bytes = fetch(&self.http, &self.url, &self.routes, &path, MAX_JSON_BODY, deadline).await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
-            server: self.url.to_string(),
-            message: format!("unreadable epoch list: {e}"),
+    /// The epochs the server can answer as of, from `from` on (`GET
+    /// …/epochs`, page after page), with their digests and labels.
+    pub async fn fetch_epochs(&self, from: u64, deadline: Instant) -> Result<Vec<EpochEntry>, Error> {
+        every_epoch(from, |from| async move {
+            let path = format!("epochs?from={from}");
+            let bytes = fetch(&self.http, &self.url, &self.routes, &path, MAX_JSON_BODY, deadline).await?;
+            serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+                server: self.url.to_string(),
+                message: format!("unreadable epoch list: {e}"),
+            })
         })
+        .await
     }
 
     /// The layout of the server's table when it was connected to.
@@ -241,6 +245,27 @@ async fn fetch(
     let timeout = deadline.saturating_duration_since(Instant::now());
     let response = http.get(url).timeout(timeout).send().await.map_err(|e| transport_error(server, e))?;
     success_body(server, response, limit).await
+}
+
+/// Every epoch a server lists from `from` on: the pages `fetch` gets, one
+/// after the other, until the server's current epoch.
+pub(crate) async fn every_epoch<F, Fut>(from: u64, mut fetch: F) -> Result<Vec<EpochEntry>, Error>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<EpochList, Error>>,
+{
+    let mut entries = Vec::new();
+    let mut from = from;
+    loop {
+        let list = fetch(from).await?;
+        let Some(last) = list.epochs.last().map(|entry| entry.epoch) else { break };
+        entries.extend(list.epochs);
+        if last >= list.current {
+            break;
+        }
+        from = last + 1;
+    }
+    Ok(entries)
 }
 
 async fn fetch_meta(

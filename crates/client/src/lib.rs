@@ -31,7 +31,7 @@ use connection::{FIRST_BACKOFF, MAX_BACKOFF, layout_of, parse_url, warn_if_plain
 use http::http_client;
 use morphogen_dpf::{Key, generate};
 use morphogen_layout::{KeyDigest, Layout, MAX_KEY_LEN};
-use morphogen_protocol::{Epoch, EpochEntry, MAX_EPOCHS_LISTED, Meta, Request};
+use morphogen_protocol::{Epoch, EpochEntry, Meta, Request};
 use rand::RngExt;
 use view::{View, check_two_servers};
 
@@ -158,6 +158,11 @@ impl Client {
         self.get_many_as_of(keys, None).await
     }
 
+    /// Like [`Client::get`], as of epoch `epoch` (see [`Client::get_many_at`]).
+    pub async fn get_at(&self, key: &[u8], epoch: u64) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.get_many_at(&[key], epoch).await?.pop().flatten())
+    }
+
     /// Like [`Client::get_many`], as of epoch `epoch`: both servers must be
     /// able to answer as of it (410 `epoch_unavailable` otherwise, which is
     /// returned, not retried).
@@ -195,32 +200,20 @@ impl Client {
     /// [`Error::Mismatch`].
     pub async fn epochs(&self, from: u64) -> Result<Vec<EpochEntry>, Error> {
         let deadline = Instant::now() + self.servers[0].timeout;
+        let (a, b) = tokio::try_join!(
+            self.servers[0].fetch_epochs(from, deadline),
+            self.servers[1].fetch_epochs(from, deadline)
+        )?;
+        let theirs: std::collections::BTreeMap<u64, &EpochEntry> =
+            b.iter().map(|entry| (entry.epoch, entry)).collect();
         let mut entries = Vec::new();
-        let mut from = from;
-        loop {
-            let (a, b) = tokio::try_join!(
-                self.servers[0].fetch_epochs(from, deadline),
-                self.servers[1].fetch_epochs(from, deadline)
-            )?;
-            let theirs: std::collections::BTreeMap<u64, &EpochEntry> =
-                b.epochs.iter().map(|entry| (entry.epoch, entry)).collect();
-            for entry in &a.epochs {
-                if let Some(other) = theirs.get(&entry.epoch) {
-                    if other.digest != entry.digest || other.label != entry.label {
-                        return Err(Error::Mismatch("digest of an epoch both hold"));
-                    }
-                    entries.push(entry.clone());
+        for entry in a {
+            if let Some(other) = theirs.get(&entry.epoch) {
+                if other.digest != entry.digest || other.label != entry.label {
+                    return Err(Error::Mismatch("digest of an epoch both hold"));
                 }
+                entries.push(entry);
             }
-            let last = match (a.epochs.last(), b.epochs.last()) {
-                (Some(x), Some(y)) => x.epoch.min(y.epoch),
-                _ => break,
-            };
-            let full = a.epochs.len() == MAX_EPOCHS_LISTED || b.epochs.len() == MAX_EPOCHS_LISTED;
-            if !full || last >= a.current.min(b.current) {
-                break;
-            }
-            from = last + 1;
         }
         Ok(entries)
     }

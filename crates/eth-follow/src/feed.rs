@@ -255,13 +255,15 @@ impl Follower {
         let base = self.base_block().await.ok();
         let chain = followed_chain(&labels, base);
         let mut ancestor = None;
-        for (epoch, block) in &chain {
-            if self.node.block_by_number(block.number).await?.is_some_and(|node| node.hash == block.hash) {
-                ancestor = Some((*epoch, *block));
+        for &(epoch, block) in &chain {
+            if let Some(node) =
+                self.node.block_by_number(block.number).await?.filter(|node| node.hash == block.hash)
+            {
+                ancestor = Some((epoch, node));
                 break;
             }
         }
-        let Some((to, block)) = ancestor else {
+        let Some((to, node_block)) = ancestor else {
             return Err(Error::Chain(format!(
                 "the node's chain shares no block the tables hold (they hold {} epochs back to block {}): \
                  rebuild the tables from the node's state",
@@ -269,10 +271,7 @@ impl Follower {
                 chain.last().map_or(held.number, |(_, block)| block.number)
             )));
         };
-        let node_block =
-            self.node.block_by_hash(&block.hash).await?.ok_or_else(|| {
-                Error::Chain(format!("the node does not know block {} any more", block.number))
-            })?;
+        let block = node_block.reference();
         let mut label = node_block.label();
         label[REVERT_TO] = json!(to);
         let epoch = newest + 1;
@@ -313,19 +312,7 @@ impl Follower {
 
     /// Every epoch table `t` of server `s` lists from `from` on.
     async fn all_epochs(&self, s: usize, t: usize, from: u64) -> Result<Vec<EpochEntry>, Error> {
-        let mut entries = Vec::new();
-        let mut from = from;
-        loop {
-            let list =
-                self.servers[s].tables[t].epochs(from).await.map_err(|e| self.server_error(s, t, e))?;
-            let Some(last) = list.epochs.last().map(|entry| entry.epoch) else { break };
-            entries.extend(list.epochs);
-            if last >= list.current {
-                break;
-            }
-            from = last + 1;
-        }
-        Ok(entries)
+        self.servers[s].tables[t].epochs(from).await.map_err(|e| self.server_error(s, t, e))
     }
 
     /// The block the tables were built at, from their manifest.

@@ -83,12 +83,8 @@ pub fn block(value: Option<&Value>) -> Result<At, RpcError> {
 
 /// A block hash: `0x` and 64 hex digits.
 fn hash(text: &str) -> Result<[u8; 32], RpcError> {
-    let mut hash = [0u8; 32];
-    let digits = text.strip_prefix("0x").filter(|d| d.len() == 64);
-    match digits.map(|d| hex::decode_to_slice(d, &mut hash)) {
-        Some(Ok(())) => Ok(hash),
-        _ => Err(RpcError::params("blockHash: expected 0x and 64 hex digits")),
-    }
+    morphogen_eth::parse_hash(text)
+        .ok_or_else(|| RpcError::params("blockHash: expected 0x and 64 hex digits"))
 }
 
 fn unavailable(what: &str) -> RpcError {

@@ -179,7 +179,7 @@ impl StateReader {
         // The chain the labels follow, abandoned blocks left out; and the
         // tables' first epoch, unlabelled, holds the block they were built
         // at (whose hash the manifest does not say).
-        let mut chain: Vec<(Held, Option<[u8; 32]>)> = followed_chain(&labels, None)
+        let mut chain: Blocks = followed_chain(&labels, None)
             .into_iter()
             .map(|(epoch, block)| (Held { number: block.number, epoch }, Some(block.hash)))
             .collect();
@@ -190,8 +190,7 @@ impl StateReader {
             chain.push((Held { number: built, epoch: 0 }, None));
         }
         chain.reverse();
-        let blocks: Blocks = chain;
-        let blocks = Arc::new(blocks);
+        let blocks = Arc::new(chain);
         *self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((latest, blocks.clone()));
         Ok(blocks)
@@ -200,7 +199,7 @@ impl StateReader {
     /// The account at `address` as of `at`; one that does not exist reads
     /// as a node reads it: zero balance, zero nonce, no code.
     pub async fn account_at(&self, address: &[u8; 20], at: Held) -> Result<AccountValue, Error> {
-        match self.accounts.get_many_at(&[address], at.epoch).await?.pop().flatten() {
+        match self.accounts.get_at(address, at.epoch).await? {
             Some(value) => AccountValue::decode(&value).map_err(|_| Error::Malformed("account".to_string())),
             None => Ok(AccountValue { balance: [0; 32], nonce: 0, code_hash: EMPTY_CODE_HASH }),
         }
@@ -208,7 +207,7 @@ impl StateReader {
 
     /// The word in `slot` of `address` as of `at` (zero if never written).
     pub async fn storage_at(&self, address: &[u8; 20], slot: &[u8; 32], at: Held) -> Result<[u8; 32], Error> {
-        match self.storage.get_many_at(&[storage_key(address, slot)], at.epoch).await?.pop().flatten() {
+        match self.storage.get_at(&storage_key(address, slot), at.epoch).await? {
             Some(value) => value
                 .get(..32)
                 .and_then(|word| word.try_into().ok())

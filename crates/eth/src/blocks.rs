@@ -28,11 +28,16 @@ impl BlockRef {
     }
 }
 
-/// A 32-byte hash: `0x` and 64 hex digits.
-fn hash(value: &Value) -> Option<[u8; 32]> {
+/// A 32-byte hash written `0x` and 64 hex digits, as JSON-RPC writes them.
+pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(value.as_str()?.strip_prefix("0x")?, &mut out).ok()?;
+    hex::decode_to_slice(text.strip_prefix("0x")?, &mut out).ok()?;
     Some(out)
+}
+
+/// A JSON string that is a hash ([`parse_hash`]).
+fn hash(value: &Value) -> Option<[u8; 32]> {
+    parse_hash(value.as_str()?)
 }
 
 /// The epochs of the chain the tables follow, newest first, from `epochs`

@@ -114,15 +114,11 @@ fn open_named(
     })?;
     let served = open_table(name, &start, options, progress)?;
     let snapshots = dir.map(|dir| {
-        let swap_options = OpenOptions { engine: Choice::Kind(served.engine.kind()), ..*options };
+        // Of the kind serving now: a swap must not move a server from its GPU to its CPU.
+        let (engine, max_batch) = (Choice::Kind(served.engine.kind()), options.max_batch);
         let open_engine = Box::new(move |table| {
-            morphogen_engines::open(
-                swap_options.engine,
-                TableSource::Host(table),
-                swap_options.max_batch,
-                &NoProgress,
-            )
-            .map_err(|error| format!("opening the scan engine: {error}"))
+            morphogen_engines::open(engine, TableSource::Host(table), max_batch, &NoProgress)
+                .map_err(|error| format!("opening the scan engine: {error}"))
         });
         Arc::new(FileSnapshots::new(dir, open_engine, options.bounds, Some(&start.table)))
             as Arc<dyn SnapshotLoader>

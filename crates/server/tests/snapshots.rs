@@ -400,7 +400,7 @@ async fn the_tables_of_a_manifest_swap_one_by_one_from_a_directory_each() {
     // The new snapshot's first epoch has the swap's label, also after a
     // restart (it is the first record of the new log).
     assert_eq!(swapped.meta.label, Some(label.clone()));
-    assert_eq!(fruit.epochs(0).await.unwrap().epochs[0].label, Some(label.clone()));
+    assert_eq!(fruit.epochs(0).await.unwrap()[0].label, Some(label.clone()));
     let mut reopened = morphogen_table::Table::open(
         &snapshots.join("fruit").join("fruit-2.mgdb"),
         morphogen_table::Verify::Digest,

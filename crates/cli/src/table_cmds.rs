@@ -61,6 +61,7 @@ pub fn build_command(args: &BuildArgs) -> anyhow::Result<()> {
         seed: args.seed,
         headroom_percent: 0,
         min_capacity: 0,
+        pages_per_table: None,
     };
     let bar = Bar::new();
     let table = match (&args.input, args.synthetic) {

@@ -24,6 +24,7 @@
 //! ([`Epochs::create`]), so epoch numbers never repeat across snapshots, and
 //! a [`SnapshotDir`] records durably which snapshot is served.
 
+mod grow;
 mod history;
 mod log;
 mod plan;
@@ -32,8 +33,9 @@ mod snapshots;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use morphogen_table::{Layout, PageWrite, Table};
+use morphogen_table::{KeyDigest, Layout, PageWrite, Table};
 
+pub use grow::{Grown, grown_table};
 pub use history::{EpochDiff, History, RowDiff, Unavailable, rewind};
 pub use log::{LOG_HEADER_LEN, Tail, TornTail};
 pub use plan::Change;
@@ -259,30 +261,35 @@ impl Epochs {
         let mut chain: Option<Chain> = None;
         let mut batches = 0;
         let mut replay = |base: u64, offset: u64, payload: &[u8]| -> Result<(), Error> {
-            let first = chain.is_none();
-            let chain = chain.get_or_insert_with(|| Chain::at_snapshot(table, base, &bounds));
-            let corrupt = |problem: String| Error::LogCorrupt { path: log_path.into(), offset, problem };
-            // Only the first record may be the first epoch's label.
-            if let Some(label) = decode_base_label(payload).map_err(|problem| corrupt(problem.to_string()))? {
-                if !first {
-                    return Err(corrupt("a first epoch's label after the first record".to_string()));
-                }
-                chain.base_label = Some(label);
-                return Ok(());
+            let record = Record { log_path, base, offset, payload };
+            if replay_record(&mut chain, table, &bounds, record)?.is_some() {
+                batches += 1;
             }
-            let batch = decode_batch(payload).map_err(|problem| corrupt(problem.to_string()))?;
-            let plan = chain
-                .plan(table, batch, payload.to_vec(), false)
-                .map_err(|error| corrupt(format!("its batch cannot be applied to the table: {error}")))?;
-            let writes = chain.advance(plan);
-            table.apply(&writes)?;
-            table.set_records(chain.records);
-            batches += 1;
             Ok(())
         };
         let (log, base, torn) = UpdateLog::open(log_path, &snapshot, 0, tail, &mut replay)?;
         let chain = chain.unwrap_or_else(|| Chain::at_snapshot(table, base, &bounds));
         Ok((Epochs { chain, log, base }, Replayed { batches, torn }))
+    }
+
+    /// Replays the update log at `log_path` into `table` (a copy of the
+    /// snapshot it belongs to) without changing the log, while a server may
+    /// be serving from it: what a larger table of the snapshot's newest
+    /// epoch is built from. Returns that epoch and the key of every change
+    /// the log holds, in log order, repeats included.
+    pub fn replay_read_only(table: &mut Table, log_path: &Path) -> Result<(u64, Vec<KeyDigest>), Error> {
+        let snapshot = table.digest();
+        let bounds = Bounds::window(1);
+        let mut chain: Option<Chain> = None;
+        let mut keys = Vec::new();
+        let base = UpdateLog::read(log_path, &snapshot, &mut |base, offset, payload| {
+            let record = Record { log_path, base, offset, payload };
+            if let Some(changed) = replay_record(&mut chain, table, &bounds, record)? {
+                keys.extend(changed);
+            }
+            Ok(())
+        })?;
+        Ok((chain.map_or(base, |chain| chain.epoch), keys))
     }
 
     /// Starts the epochs of `table` at epoch `base` with a new, empty update
@@ -422,6 +429,46 @@ impl Epochs {
     pub fn log_broken(&self) -> bool {
         self.log.is_broken()
     }
+}
+
+/// A record of an update log, where it was read.
+struct Record<'a> {
+    log_path: &'a Path,
+    base: u64,
+    offset: u64,
+    payload: &'a [u8],
+}
+
+/// Applies one record of a log to `table` and `chain` (made at the first
+/// record): the first epoch's label, or a batch. Returns the keys a batch
+/// changed, `None` for a label.
+fn replay_record(
+    chain: &mut Option<Chain>,
+    table: &mut Table,
+    bounds: &Bounds,
+    record: Record<'_>,
+) -> Result<Option<Vec<KeyDigest>>, Error> {
+    let first = chain.is_none();
+    let chain = chain.get_or_insert_with(|| Chain::at_snapshot(table, record.base, bounds));
+    let corrupt =
+        |problem: String| Error::LogCorrupt { path: record.log_path.into(), offset: record.offset, problem };
+    // Only the first record may be the first epoch's label.
+    if let Some(label) = decode_base_label(record.payload).map_err(|problem| corrupt(problem.to_string()))? {
+        if !first {
+            return Err(corrupt("a first epoch's label after the first record".to_string()));
+        }
+        chain.base_label = Some(label);
+        return Ok(None);
+    }
+    let batch = decode_batch(record.payload).map_err(|problem| corrupt(problem.to_string()))?;
+    let keys = batch.changes.iter().map(|change| change.key).collect();
+    let plan = chain
+        .plan(table, batch, record.payload.to_vec(), false)
+        .map_err(|error| corrupt(format!("its batch cannot be applied to the table: {error}")))?;
+    let writes = chain.advance(plan);
+    table.apply(&writes)?;
+    table.set_records(chain.records);
+    Ok(Some(keys))
 }
 
 impl Chain {

@@ -126,53 +126,7 @@ impl UpdateLog {
             return Ok((UpdateLog::create(path, snapshot, base_epoch)?, base_epoch, None));
         }
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| io("open", &e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, &mut file);
-        let mut header = [0u8; LOG_HEADER_LEN];
-        reader.read_exact(&mut header).map_err(|e| io("read", &e))?;
-        let base = check_header(&header, snapshot)
-            .map_err(|problem| Error::LogHeader { path: path.into(), problem })?;
-
-        let mut offset = LOG_HEADER_LEN as u64;
-        let mut torn = None;
-        while offset < existing {
-            match next_record(&mut reader, offset, existing).map_err(|e| io("read", &e))? {
-                Record::Whole(payload) => {
-                    replay(base, offset, &payload)?;
-                    offset += (RECORD_HEADER_LEN + payload.len()) as u64;
-                }
-                Record::Torn => {
-                    torn = Some(TornTail { offset, bytes: existing - offset });
-                    break;
-                }
-                Record::DamagedLast if tail == Tail::Truncate => {
-                    tracing::warn!(
-                        path = %path.display(),
-                        offset,
-                        "dropping the damaged last record of the update log, as told; if it was acknowledged, \
-                         its batch is lost here and must be sent again"
-                    );
-                    torn = Some(TornTail { offset, bytes: existing - offset });
-                    break;
-                }
-                Record::DamagedLast => {
-                    return Err(Error::LogCorrupt {
-                        path: path.into(),
-                        offset,
-                        problem: "the last record is whole but its checksum does not match; start with the \
-                                  damaged last record dropped (serve --truncate-damaged-log) to go on without it"
-                            .to_string(),
-                    });
-                }
-                Record::Corrupt(problem) => {
-                    return Err(Error::LogCorrupt {
-                        path: path.into(),
-                        offset,
-                        problem: problem.to_string(),
-                    });
-                }
-            }
-        }
-        drop(reader);
+        let (base, offset, torn) = read_records(&mut file, path, snapshot, existing, tail, replay)?;
         if let Some(tail) = torn {
             tracing::warn!(
                 path = %path.display(),
@@ -187,6 +141,20 @@ impl UpdateLog {
         file.seek(SeekFrom::Start(offset)).map_err(|e| io("seek in", &e))?;
         let log = UpdateLog { file, path: path.into(), len: offset, broken: false };
         Ok((log, base, torn))
+    }
+
+    /// Reads the log at `path` of the table `snapshot` without changing
+    /// it, handing each record to `replay` as [`UpdateLog::open`] does; an
+    /// unfinished last record (an append under way) is left out. Returns
+    /// the log's base epoch.
+    pub(crate) fn read(path: &Path, snapshot: &[u8; 32], replay: &mut Replay<'_>) -> Result<u64, Error> {
+        let mut file = File::open(path).map_err(|e| Error::io("open", path, &e))?;
+        let existing = file.metadata().map_err(|e| Error::io("read", path, &e))?.len();
+        if existing < LOG_HEADER_LEN as u64 {
+            return Err(Error::LogHeader { path: path.into(), problem: "the log has no header".to_string() });
+        }
+        let (base, _, _) = read_records(&mut file, path, snapshot, existing, Tail::Refuse, replay)?;
+        Ok(base)
     }
 
     /// A new log with only its header, synced, its directory entry too.
@@ -299,6 +267,63 @@ pub enum Tail {
     Refuse,
     /// Drop the record and cut the file back, as for a torn write.
     Truncate,
+}
+
+/// Reads the header and the records of the log `file` (at `path`,
+/// `existing` bytes long, at least a header) and hands each whole record to
+/// `replay`. Returns the base epoch, the offset after the last whole
+/// record, and the unfinished tail found there, if any.
+fn read_records(
+    file: &mut File,
+    path: &Path,
+    snapshot: &[u8; 32],
+    existing: u64,
+    tail: Tail,
+    replay: &mut Replay<'_>,
+) -> Result<(u64, u64, Option<TornTail>), Error> {
+    let io = |action, e: &std::io::Error| Error::io(action, path, e);
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; LOG_HEADER_LEN];
+    reader.read_exact(&mut header).map_err(|e| io("read", &e))?;
+    let base =
+        check_header(&header, snapshot).map_err(|problem| Error::LogHeader { path: path.into(), problem })?;
+    let mut offset = LOG_HEADER_LEN as u64;
+    let mut torn = None;
+    while offset < existing {
+        match next_record(&mut reader, offset, existing).map_err(|e| io("read", &e))? {
+            Record::Whole(payload) => {
+                replay(base, offset, &payload)?;
+                offset += (RECORD_HEADER_LEN + payload.len()) as u64;
+            }
+            Record::Torn => {
+                torn = Some(TornTail { offset, bytes: existing - offset });
+                break;
+            }
+            Record::DamagedLast if tail == Tail::Truncate => {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset,
+                    "dropping the damaged last record of the update log, as told; if it was acknowledged, \
+                     its batch is lost here and must be sent again"
+                );
+                torn = Some(TornTail { offset, bytes: existing - offset });
+                break;
+            }
+            Record::DamagedLast => {
+                return Err(Error::LogCorrupt {
+                    path: path.into(),
+                    offset,
+                    problem: "the last record is whole but its checksum does not match; start with the \
+                              damaged last record dropped (serve --truncate-damaged-log) to go on without it"
+                        .to_string(),
+                });
+            }
+            Record::Corrupt(problem) => {
+                return Err(Error::LogCorrupt { path: path.into(), offset, problem: problem.to_string() });
+            }
+        }
+    }
+    Ok((base, offset, torn))
 }
 
 /// Reads the record at `offset` of a log `end` bytes long.

@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::Path;
 
 use morphogen_dpf::{Key, generate};
-use morphogen_epochs::{Batch, Change, DEFAULT_WINDOW, Epochs, Error, Unavailable, rewind};
+use morphogen_epochs::{Batch, Change, DEFAULT_WINDOW, Epochs, Error, Unavailable, grown_table, rewind};
 use morphogen_scan::{Query, reference_pass};
-use morphogen_table::{BuildOptions, NoProgress, Table, build};
+use morphogen_table::{BuildOptions, KeyDigest, NoProgress, Table, build};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -527,4 +527,62 @@ fn a_revert_takes_every_record_back_to_its_epoch_and_is_the_same_batch_when_sent
         update(&mut windowed, &mut short, changes).unwrap();
     }
     assert!(matches!(windowed.revert_batch(1, 5, None), Err(Error::RevertTooOld { to: 1, oldest: 2 })));
+}
+
+#[test]
+fn a_full_table_grows_into_a_larger_one_with_the_batch_that_did_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..200).map(|i| (format!("key{i}").into_bytes(), format!("value{i}").into_bytes())).collect();
+    let base_keys: Vec<KeyDigest> = records.iter().map(|(key, _)| KeyDigest::of(key)).collect();
+    let mut table = table(200);
+    let original = table.clone();
+    let log = dir.path().join("table.log");
+    let mut epochs = open(&mut table, dir.path());
+    update(&mut epochs, &mut table, vec![Change::set(b"key1", b"changed"), Change::delete(b"key2")]).unwrap();
+    update(&mut epochs, &mut table, vec![Change::set(b"added", b"later"), Change::delete(b"key3")]).unwrap();
+
+    // What a server replays from a copy of its snapshot while it serves.
+    let mut copy = original.clone();
+    let (epoch, changed) = Epochs::replay_read_only(&mut copy, &log).unwrap();
+    assert_eq!(epoch, 2);
+    assert_eq!(copy.pages(), table.pages());
+    assert_eq!(changed.len(), 4);
+    assert_eq!(epochs.log_len(), std::fs::metadata(&log).unwrap().len(), "the log is unchanged");
+
+    // A batch that does not fit.
+    let full: Vec<Change> = (0..table.layout().capacity())
+        .map(|i| Change::set(format!("new{i}").as_bytes(), b"v"))
+        .chain([Change::delete(b"key4"), Change::set(b"key5", b"set in the batch")])
+        .collect();
+    assert!(matches!(
+        epochs.plan(&table, Batch { sequence: 3, changes: full.clone(), label: None }),
+        Err(Error::TableFull { .. })
+    ));
+    let keys: Vec<KeyDigest> = base_keys.iter().copied().chain(changed.iter().copied()).collect();
+    let pages = table.layout().pages_per_table() * 4;
+    let grown = grown_table(&copy, keys.clone(), &full, pages, &NoProgress).unwrap();
+    assert!(grown.table.layout().pages_per_table() >= pages);
+    let value =
+        |table: &Table, key: &[u8]| table.get(key).map(|v| v.iter().rev().skip_while(|&&b| b == 0).count());
+    assert_eq!(&grown.table.get(b"key1").unwrap()[..7], b"changed");
+    assert_eq!(&grown.table.get(b"key5").unwrap()[..16], b"set in the batch");
+    assert_eq!(&grown.table.get(b"added").unwrap()[..5], b"later");
+    assert_eq!(&grown.table.get(b"key6").unwrap()[..6], b"value6");
+    for gone in [&b"key2"[..], b"key3", b"key4", b"never"] {
+        assert_eq!(value(&grown.table, gone), None);
+    }
+    for i in 0..table.layout().capacity() {
+        assert_eq!(&grown.table.get(format!("new{i}").as_bytes()).unwrap()[..1], b"v");
+    }
+    let expected_records = 200 - 3 + 1 + table.layout().capacity();
+    assert_eq!(grown.table.records(), expected_records);
+    assert_eq!(grown.keys.len() as u64, expected_records);
+    assert!(grown.keys.windows(2).all(|pair| pair[0] < pair[1]));
+    // Another server, the same inputs in another order: the same bytes.
+    let mut shuffled = keys;
+    shuffled.reverse();
+    let again = grown_table(&copy, shuffled, &full, pages, &NoProgress).unwrap();
+    assert_eq!(again.table.pages(), grown.table.pages());
+    assert_eq!(again.table.digest(), grown.table.digest());
 }

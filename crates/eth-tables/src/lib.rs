@@ -35,6 +35,7 @@ pub fn write_tables(
             seed: None,
             headroom_percent,
             min_capacity: shape.min_records,
+            pages_per_table: None,
         };
         let table = build(&records[..], &options, progress)
             .map_err(|e| written(&format!("building the {name} table"), &e))?;

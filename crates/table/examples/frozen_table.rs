@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: Some([7; 16]),
         headroom_percent: 0,
         min_capacity: 0,
+        pages_per_table: None,
     };
     let table = build(&CsvFile::new(&data.join("two-pages.csv")), &options, &NoProgress)?;
     table.write(&data.join("two-pages.mgdb"))?;

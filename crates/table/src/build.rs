@@ -40,6 +40,58 @@ impl RecordSource for [(Vec<u8>, Vec<u8>)] {
     }
 }
 
+/// One input record whose key is already digested: all a table keeps of
+/// a key, so a table can be rebuilt from its own rows and key list.
+#[derive(Clone, Copy, Debug)]
+pub struct DigestedRecord<'a> {
+    /// Where the record came from (its 1-based position), for errors.
+    pub line: u64,
+    /// The key's digest.
+    pub key: KeyDigest,
+    /// The value, at most the table's value size; stored zero-padded.
+    pub value: &'a [u8],
+}
+
+/// Records with digested keys that the builder can read more than once, in
+/// the same order each time.
+pub trait DigestedSource {
+    /// Feeds every record to `sink`, stopping at the first error.
+    fn for_each_digested(
+        &self,
+        sink: &mut dyn FnMut(DigestedRecord<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error>;
+}
+
+/// Digested records held in memory; record `i` has line `i + 1`.
+impl DigestedSource for [(KeyDigest, &[u8])] {
+    fn for_each_digested(
+        &self,
+        sink: &mut dyn FnMut(DigestedRecord<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for (i, (key, value)) in self.iter().enumerate() {
+            sink(DigestedRecord { line: i as u64 + 1, key: *key, value })?;
+        }
+        Ok(())
+    }
+}
+
+/// A [`RecordSource`] read as a [`DigestedSource`]: each key checked and digested.
+struct Digesting<'a, S: ?Sized>(&'a S);
+
+impl<S: RecordSource + ?Sized> DigestedSource for Digesting<'_, S> {
+    fn for_each_digested(
+        &self,
+        sink: &mut dyn FnMut(DigestedRecord<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.0.for_each_record(&mut |record| {
+            if record.key.is_empty() || record.key.len() > MAX_KEY_LEN {
+                return Err(Error::KeyLength { line: record.line, len: record.key.len() });
+            }
+            sink(DigestedRecord { line: record.line, key: KeyDigest::of(record.key), value: record.value })
+        })
+    }
+}
+
 /// Parameters of a build.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
@@ -59,6 +111,10 @@ pub struct BuildOptions {
     /// The fewest records the table is sized for, whatever the headroom:
     /// room for a table that starts empty or nearly so.
     pub min_capacity: u64,
+    /// Pages of each sub-table to start from, instead of the size the
+    /// records, headroom and minimum call for (placement may still need
+    /// more): how a table is grown to a size two servers agree on.
+    pub pages_per_table: Option<u64>,
 }
 
 impl Default for BuildOptions {
@@ -70,6 +126,7 @@ impl Default for BuildOptions {
             seed: None,
             headroom_percent: 0,
             min_capacity: 0,
+            pages_per_table: None,
         }
     }
 }
@@ -98,6 +155,16 @@ pub fn build<S: RecordSource + ?Sized>(
     options: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<Table, Error> {
+    build_digested(&Digesting(source), options, progress)
+}
+
+/// Builds a table from records whose keys are digested already. The same
+/// records give the same table as [`build`] from their keys.
+pub fn build_digested<S: DigestedSource + ?Sized>(
+    source: &S,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Table, Error> {
     // Parameters that do not depend on the input are checked before reading it.
     Layout::new(options.page_size, options.value_size.unwrap_or(1), options.choices, 1, [0; 16])?;
 
@@ -118,7 +185,8 @@ pub fn build<S: RecordSource + ?Sized>(
     let rows_per_table = f64::from(probe.rows_per_page()) * f64::from(options.choices) * TARGET_LOAD;
     let with_headroom = digests.len() as f64 * (1.0 + f64::from(options.headroom_percent) / 100.0);
     let sized_for = with_headroom.max(options.min_capacity as f64);
-    let mut pages_per_table = ((sized_for / rows_per_table).ceil() as u64).max(1);
+    let mut pages_per_table =
+        options.pages_per_table.unwrap_or_else(|| ((sized_for / rows_per_table).ceil() as u64).max(1));
     let mut attempt: u128 = 0;
     let (layout, mut pages) = loop {
         if pages_per_table > MAX_PAGES_PER_TABLE {
@@ -144,7 +212,7 @@ pub fn build<S: RecordSource + ?Sized>(
 }
 
 /// Checks every record; returns (digest, line) per record and the longest value.
-fn first_pass<S: RecordSource + ?Sized>(
+fn first_pass<S: DigestedSource + ?Sized>(
     source: &S,
     value_size: Option<u32>,
     progress: &dyn Progress,
@@ -152,10 +220,7 @@ fn first_pass<S: RecordSource + ?Sized>(
     progress.start("reading records", 0);
     let mut keys = Vec::new();
     let mut longest_value = 0;
-    source.for_each_record(&mut |record| {
-        if record.key.is_empty() || record.key.len() > MAX_KEY_LEN {
-            return Err(Error::KeyLength { line: record.line, len: record.key.len() });
-        }
+    source.for_each_digested(&mut |record| {
         if let Some(size) = value_size
             && record.value.len() > size as usize
         {
@@ -165,7 +230,7 @@ fn first_pass<S: RecordSource + ?Sized>(
             return Err(Error::TooManyRecords(keys.len() as u64 + 1));
         }
         longest_value = longest_value.max(record.value.len());
-        keys.push((KeyDigest::of(record.key), record.line));
+        keys.push((record.key, record.line));
         tick(progress, keys.len() as u64);
         Ok(())
     })?;
@@ -255,7 +320,7 @@ fn place(layout: &Layout, digests: &[KeyDigest], progress: &dyn Progress) -> Opt
 }
 
 /// Writes every record's value into the row that carries its tag.
-fn second_pass<S: RecordSource + ?Sized>(
+fn second_pass<S: DigestedSource + ?Sized>(
     source: &S,
     layout: &Layout,
     pages: &mut [u8],
@@ -265,8 +330,8 @@ fn second_pass<S: RecordSource + ?Sized>(
     progress.start("writing values", expected);
     let row_size = layout.row_size() as usize;
     let mut seen = 0u64;
-    source.for_each_record(&mut |record| {
-        let digest = KeyDigest::of(record.key);
+    source.for_each_digested(&mut |record| {
+        let digest = record.key;
         let tag = layout.tag(&digest);
         // The client's search (`Layout::rows`), turned into a byte offset to write at.
         let row = layout.locate(&digest).as_slice().iter().enumerate().find_map(|(sub_table, &page)| {

@@ -51,29 +51,10 @@ impl Table {
     /// Writes the table to `path` atomically: to a temporary file beside it,
     /// synced, then renamed over `path`. On error nothing is left behind.
     pub fn write(&self, path: &Path) -> Result<(), Error> {
-        let name = path.file_name().ok_or_else(|| io_error("write", path, "not a file name"))?;
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-        let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| Error::io("create", &tmp, &e))?;
-            file.write_all(&self.header()).map_err(|e| Error::io("write", &tmp, &e))?;
-            file.write_all(self.pages()).map_err(|e| Error::io("write", &tmp, &e))?;
-            file.sync_all().map_err(|e| Error::io("sync", &tmp, &e))?;
-            fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, &e))?;
-            // Make the rename itself durable.
-            File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync", &dir, &e))
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+        write_atomically(path, &mut |file, tmp| {
+            file.write_all(&self.header()).map_err(|e| Error::io("write", tmp, &e))?;
+            file.write_all(self.pages()).map_err(|e| Error::io("write", tmp, &e))
+        })
     }
 
     /// Opens a `.mgdb` file by memory map, checking the header and the file
@@ -190,6 +171,37 @@ impl HeaderError {
         };
         Error::InvalidHeader { path: path.into(), problem }
     }
+}
+
+/// Writes a file at `path` atomically: `fill` writes it as a temporary
+/// file beside `path` (named second), which is synced, then renamed over
+/// `path`, the directory synced too. On error nothing is left behind.
+pub(crate) fn write_atomically(
+    path: &Path,
+    fill: &mut dyn FnMut(&mut File, &Path) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let name = path.file_name().ok_or_else(|| io_error("write", path, "not a file name"))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, &e))?;
+        fill(&mut file, &tmp)?;
+        file.sync_all().map_err(|e| Error::io("sync", &tmp, &e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, &e))?;
+        // Make the rename itself durable.
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync", &dir, &e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn io_error(action: &'static str, path: &Path, message: &str) -> Error {

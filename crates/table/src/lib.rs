@@ -9,14 +9,18 @@
 
 mod build;
 mod file;
+mod keys;
 mod sources;
 mod synthetic;
 mod table;
 
 use std::path::{Path, PathBuf};
 
-pub use build::{BuildOptions, Record, RecordSource, TARGET_LOAD, build};
+pub use build::{
+    BuildOptions, DigestedRecord, DigestedSource, Record, RecordSource, TARGET_LOAD, build, build_digested,
+};
 pub use file::{FORMAT_VERSION, HEADER_LEN, MAGIC, Verify};
+pub use keys::{KEYS_MAGIC, keys_path, read_keys, write_keys};
 pub use morphogen_layout::{
     CHOICES, Candidates, KeyDigest, Layout, MAX_KEY_LEN, MAX_PAGES_PER_TABLE, PAGE_SIZES, TAG_LEN,
 };

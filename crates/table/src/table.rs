@@ -208,10 +208,14 @@ impl Table {
     /// Looks `key` up directly, as a client would after retrieving its pages
     /// privately: the value of the candidate row whose tag matches.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let digest = KeyDigest::of(key);
-        let candidates = self.layout.locate(&digest);
+        self.find(&KeyDigest::of(key))
+    }
+
+    /// The value of the key whose digest is `digest`, found as [`Table::get`] finds it.
+    pub fn find(&self, digest: &KeyDigest) -> Option<&[u8]> {
+        let candidates = self.layout.locate(digest);
         candidates.as_slice().iter().enumerate().find_map(|(sub_table, &page)| {
-            self.layout.find(self.page(sub_table as u8, page), &digest).expect("pages have the page size")
+            self.layout.find(self.page(sub_table as u8, page), digest).expect("pages have the page size")
         })
     }
 }

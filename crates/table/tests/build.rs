@@ -2,7 +2,7 @@
 //! found, the same bytes whatever the input order, and clear errors.
 
 use morphogen_layout::Error as LayoutError;
-use morphogen_table::{BuildOptions, Error, KeyDigest, NoProgress, Table, build};
+use morphogen_table::{BuildOptions, Error, KeyDigest, NoProgress, Table, build, build_digested};
 use proptest::prelude::*;
 
 type Records = Vec<(Vec<u8>, Vec<u8>)>;
@@ -217,4 +217,24 @@ fn headroom_leaves_room_for_that_many_more_records() {
     for (key, _) in &input {
         assert!(roomy.get(key).is_some());
     }
+}
+
+#[test]
+fn a_table_rebuilt_from_its_digests_is_the_table_built_from_its_keys() {
+    let input = records(2_000, 24);
+    let from_keys = build(&input[..], &options(512, 2), &NoProgress).unwrap();
+    // In another order: the builder sorts by digest.
+    let digested: Vec<(KeyDigest, &[u8])> =
+        input.iter().rev().map(|(key, value)| (KeyDigest::of(key), value.as_slice())).collect();
+    let from_digests = build_digested(&digested[..], &options(512, 2), &NoProgress).unwrap();
+    assert_eq!(from_digests.pages(), from_keys.pages());
+    assert_eq!(from_digests.layout(), from_keys.layout());
+
+    // Given a size to start from, it takes that size (there is room) and
+    // every record is where a client looks.
+    let pages = from_keys.layout().pages_per_table() * 2;
+    let larger = BuildOptions { pages_per_table: Some(pages), ..options(512, 2) };
+    let grown = build_digested(&digested[..], &larger, &NoProgress).unwrap();
+    assert_eq!(grown.layout().pages_per_table(), pages);
+    assert_lookups_right(&grown, &input);
 }

@@ -19,6 +19,7 @@ fn the_frozen_csv_builds_into_the_frozen_file_byte_for_byte() {
         seed: Some([7; 16]),
         headroom_percent: 0,
         min_capacity: 0,
+        pages_per_table: None,
     };
     let table = build(&CsvFile::new(&data("two-pages.csv")), &options, &NoProgress).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -242,8 +242,47 @@ fn word(value: &Value) -> [u8; 32] {
     out
 }
 
+/// Builds the tables (`eth build`, with `options`) into `dir/state` from
+/// the node's state at block 0, which holds the system contracts it adds
+/// to the genesis alloc; returns that directory.
+fn build_tables(
+    runtime: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    anvil: &Anvil,
+    dir: &Path,
+    options: &[&str],
+) -> PathBuf {
+    let state = runtime.block_on(dump(http, &anvil.url));
+    let built_from = json!({"config": {"chainId": CHAIN_ID}, "number": "0x0", "alloc": state});
+    let built_from_path = dir.join("state-0.json");
+    std::fs::write(&built_from_path, built_from.to_string()).unwrap();
+    let output = dir.join("state");
+    let mut args = vec!["eth", "build", "--genesis", built_from_path.to_str().unwrap()];
+    args.extend(["--output", output.to_str().unwrap()]);
+    args.extend(options);
+    let built = morphogen(&args);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    output
+}
+
+/// A server's own copy of the tables in `built`, as on its own disk, in
+/// `own`; returns its manifest.
+fn copy_tables(built: &Path, own: &Path) -> String {
+    std::fs::create_dir(own).unwrap();
+    for entry in std::fs::read_dir(built).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, own.join(path.file_name().unwrap())).unwrap();
+    }
+    own.join("eth.json").to_str().unwrap().to_string()
+}
+
+/// One test of this file at a time: each runs a node, two servers and a
+/// follower, and waits on them with deadlines.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_tables_follow_a_node_block_by_block() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let alloc: serde_json::Map<String, Value> =
         (0..FUNDED).map(|i| (address(i), json!({"balance": "0x3635c9adc5dea00000"}))).collect();
@@ -254,37 +293,10 @@ fn the_tables_follow_a_node_block_by_block() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::new();
 
-    // The tables are built from the node's state at block 0, which holds
-    // the system contracts it adds to the genesis alloc.
-    let state = runtime.block_on(dump(&http, &anvil.url));
-    let built_from = json!({"config": {"chainId": CHAIN_ID}, "number": "0x0", "alloc": state});
-    let built_from_path = dir.path().join("state-0.json");
-    std::fs::write(&built_from_path, built_from.to_string()).unwrap();
-    let output = dir.path().join("state");
-    let args = [
-        "eth",
-        "build",
-        "--genesis",
-        built_from_path.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    let built = morphogen(&args);
-    assert!(built.status.success(), "{}", text(&built.stderr));
-
+    let output = build_tables(&runtime, &http, &anvil, dir.path(), &[]);
     let token = dir.path().join("admin.token");
     std::fs::write(&token, TOKEN).unwrap();
-    let manifest = output.join("eth.json");
-    // Each server has its own copy of the tables, as on its own disk.
-    let copy_for = |name: &str| {
-        let own = dir.path().join(name);
-        std::fs::create_dir(&own).unwrap();
-        for entry in std::fs::read_dir(&output).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, own.join(path.file_name().unwrap())).unwrap();
-        }
-        own.join(manifest.file_name().unwrap()).to_str().unwrap().to_string()
-    };
+    let copy_for = |name: &str| copy_tables(&output, &dir.path().join(name));
     let (manifest_a, manifest_b) = (copy_for("a"), copy_for("b"));
     let options = |manifest: &str| {
         ["--tables", manifest, "--engine", "cpu", "--admin-token-file", token.to_str().unwrap()]
@@ -498,4 +510,163 @@ fn the_tables_follow_a_node_block_by_block() {
     assert_eq!(listed_a, listed_b, "the same digests and labels at every epoch, reverts included");
     drop(b);
     drop(a);
+}
+
+/// Accounts of the growth test's genesis that hold one wei each: with the
+/// senders and system contracts, a little more than the accounts table's
+/// smallest size, so that a table built without headroom is nearly full.
+const FILLERS: usize = 16_560;
+
+fn filler(i: usize) -> String {
+    format!("0x{:040x}", 0x2000_0000 + i)
+}
+
+/// Checks each of `addresses` read through the tables against the node.
+async fn compare_accounts(http: &reqwest::Client, node: &str, reader: &StateReader, addresses: &[String]) {
+    for address in addresses {
+        let bytes: [u8; 20] = hex::decode(&address[2..]).unwrap().try_into().unwrap();
+        let account = reader.account(&bytes).await.unwrap();
+        let balance = rpc(http, node, "eth_getBalance", json!([address, "latest"])).await;
+        let nonce = rpc(http, node, "eth_getTransactionCount", json!([address, "latest"])).await;
+        let nonce = u64::from_str_radix(&nonce.as_str().unwrap()[2..], 16).unwrap();
+        assert_eq!((account.balance, account.nonce), (word(&balance), nonce), "account {address}");
+    }
+}
+
+#[test]
+fn a_table_a_block_does_not_fit_grows_on_both_servers_and_lookups_go_on() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    const SENDERS: usize = 40;
+    const NEW_PER_BLOCK: usize = 150;
+    const BLOCKS: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc: serde_json::Map<String, Value> =
+        (0..SENDERS).map(|i| (address(i), json!({"balance": "0x3635c9adc5dea00000"}))).collect();
+    alloc.extend((0..FILLERS).map(|i| (filler(i), json!({"balance": "0x1"}))));
+    let genesis = json!({"config": {"chainId": CHAIN_ID}, "gasLimit": "0x1c9c380", "difficulty": "0x0", "alloc": alloc});
+    let genesis_path = dir.path().join("genesis.json");
+    std::fs::write(&genesis_path, genesis.to_string()).unwrap();
+    let anvil = Anvil::start(&genesis_path);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let output = build_tables(&runtime, &http, &anvil, dir.path(), &["--headroom", "0"]);
+
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let serve = |name: &str| {
+        let manifest = copy_tables(&output, &dir.path().join(name));
+        let snapshots = dir.path().join(format!("{name}-snapshots"));
+        std::fs::create_dir(&snapshots).unwrap();
+        serve_with(&[
+            "--tables",
+            &manifest,
+            "--snapshot-dir",
+            snapshots.to_str().unwrap(),
+            "--engine",
+            "cpu",
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ])
+    };
+    let (a, b) = (serve("a"), serve("b"));
+    let meta = |url: &str, table: &str| -> Value {
+        runtime.block_on(async {
+            let body = http.get(format!("{url}/v1/tables/{table}/meta")).send().await.unwrap();
+            serde_json::from_slice(&body.bytes().await.unwrap()).unwrap()
+        })
+    };
+    let before = meta(&a.url, "accounts");
+    let free = before["free_rows"].as_u64().unwrap();
+    assert!(free < NEW_PER_BLOCK as u64 * BLOCKS, "the table starts nearly full: {free} free rows");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_morphogen"));
+    command.args(["eth", "follow", "--node", &anvil.url, "--admin", &a.url, "--admin", &b.url]);
+    command.args(["--token-file", token.to_str().unwrap(), "--poll-interval", "0.02"]);
+    command.args(["--metrics-listen", "127.0.0.1:0"]);
+    let follower = Serving::start_until(command, "following");
+
+    let settings = morphogen_client::Settings { meta_refresh: Duration::ZERO, ..Default::default() };
+    let reader =
+        std::sync::Arc::new(runtime.block_on(StateReader::connect(&a.url, &b.url, &settings)).unwrap());
+    // Lookups all along, also while a table grows and both servers swap to it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looker = {
+        let (reader, stop) = (reader.clone(), stop.clone());
+        runtime.spawn(async move {
+            let (mut done, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let funded: [u8; 20] =
+                    hex::decode(&filler(done as usize % FILLERS)[2..]).unwrap().try_into().unwrap();
+                match reader.account(&funded).await {
+                    Ok(account) if account.balance[31] == 1 => done += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (done, failed)
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(29);
+    let mut created = Vec::new();
+    runtime.block_on(async {
+        rpc(&http, &anvil.url, "anvil_autoImpersonateAccount", json!([true])).await;
+        for block in 1..=BLOCKS {
+            for i in 0..NEW_PER_BLOCK {
+                let to = format!("0x{:040x}", 0x5000_0000u64 + rng.random_range(0..u32::MAX as u64));
+                let tx = json!({"from": address(i % SENDERS), "to": to, "value": "0x3b9aca00"});
+                rpc(&http, &anvil.url, "eth_sendTransaction", json!([tx])).await;
+                created.push(to);
+            }
+            rpc(&http, &anvil.url, "evm_mine", json!([])).await;
+            wait_for_epoch(&http, [&a.url, &b.url], block, &follower).await;
+            let mut sample: Vec<String> = (0..SENDERS).map(address).collect();
+            sample.extend(created.iter().cloned());
+            sample.extend((0..50).map(|_| filler(rng.random_range(0..FILLERS))));
+            compare_accounts(&http, &anvil.url, &reader, &sample).await;
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (looked_up, failed) = runtime.block_on(looker).unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} lookups failed: {:?}",
+        failed.len(),
+        looked_up,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(looked_up > 100, "{looked_up} lookups");
+
+    // The accounts table grew, alike on both servers, and says so.
+    let log = follower.log.lock().unwrap().clone();
+    assert!(log.contains("the block does not fit the table: growing it"), "{log}");
+    assert_eq!(log.matches("the table grew").count(), 2, "once on each server: {log}");
+    let (grown_a, grown_b) = (meta(&a.url, "accounts"), meta(&b.url, "accounts"));
+    let pages = |meta: &Value| meta["sub_tables"][0].as_u64().unwrap();
+    assert!(pages(&grown_a) >= 2 * pages(&before), "{grown_a}");
+    assert_eq!(grown_a["digest"], grown_b["digest"]);
+    assert_eq!(grown_a["epoch"], json!(BLOCKS));
+    assert!(grown_a["free_rows"].as_u64().unwrap() > free, "{grown_a}");
+    let metrics = runtime.block_on(scrape(&http, &follower));
+    let line = "morphogen_follow_tables_grown_total{table=\"accounts\"} 2";
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    // Every table of both servers holds the same block at every epoch.
+    for table in TABLE_NAMES {
+        let epochs = |url: &str| {
+            runtime.block_on(async {
+                let body = http.get(format!("{url}/v1/tables/{table}/epochs")).send().await.unwrap();
+                serde_json::from_slice::<Value>(&body.bytes().await.unwrap()).unwrap()["epochs"].clone()
+            })
+        };
+        let listed = epochs(&a.url);
+        assert_eq!(listed, epochs(&b.url), "{table}: the same digests and labels at every epoch");
+        let last = listed.as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["label"]["number"], json!(BLOCKS), "{table}: {last}");
+    }
+    // eth rpc reads the grown table as the node does.
+    let endpoint = eth_rpc(&a.url, &b.url);
+    runtime.block_on(async {
+        for address in created.iter().step_by(7) {
+            let expected = rpc(&http, &anvil.url, "eth_getBalance", json!([address, "latest"])).await;
+            let got = rpc(&http, &endpoint.url, "eth_getBalance", json!([address, "latest"])).await;
+            assert_eq!(got, expected, "{address}");
+        }
+    });
 }

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use morphogen_protocol::{
-    AdminStatus, Catalog, EpochEntry, EpochList, RevertRequest, SnapshotRequest, SwapStatus, UpdateReply,
-    UpdateRequest,
+    AdminStatus, Catalog, EpochEntry, EpochList, GrowRequest, RevertRequest, SnapshotRequest, SwapStatus,
+    UpdateReply, UpdateRequest,
 };
 use reqwest::Url;
 
@@ -115,6 +115,17 @@ impl Admin {
     /// with [`Admin::status`].
     pub async fn swap(&self, request: &SnapshotRequest) -> Result<SwapStatus, Error> {
         let url = self.routes.join("snapshot").expect("a fixed relative path");
+        let request = self.http.post(url).bearer_auth(&self.token).json(request);
+        let bytes = self.send(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable swap status: {e}")))
+    }
+
+    /// Applies a batch that does not fit the table (409 `table_full`) by
+    /// growing it: the server builds a larger table of its records with the
+    /// batch applied and swaps to it as the batch's epoch; answered at
+    /// once, while it builds. Follow it with [`Admin::status`].
+    pub async fn grow(&self, request: &GrowRequest) -> Result<SwapStatus, Error> {
+        let url = self.routes.join("grow").expect("a fixed relative path");
         let request = self.http.post(url).bearer_auth(&self.token).json(request);
         let bytes = self.send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("unreadable swap status: {e}")))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::try_join_all;
 use morphogen_client::Admin;
 use morphogen_eth::{BlockRef, REVERT_TO, TABLE_NAMES, followed_chain};
-use morphogen_protocol::{ChangeBody, EpochEntry, RevertRequest, UpdateRequest};
+use morphogen_protocol::{ChangeBody, EpochEntry, GrowRequest, RevertRequest, SwapState, UpdateRequest};
 use serde_json::{Value, json};
 
 use crate::Error;
@@ -56,6 +56,9 @@ struct Timings {
     /// Reading the values it touched.
     read: Duration,
 }
+
+/// How often a table being grown is asked whether it is done.
+const GROW_POLL: Duration = Duration::from_millis(100);
 
 /// The longest wait between tries while the node or a server is unreachable.
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -456,6 +459,7 @@ impl Follower {
     }
 
     /// Sends the block's batches, as epoch `epoch`, to the tables `pairs`.
+    /// A batch that does not fit its table grows the table ([`Follower::grow`]).
     async fn send(
         &self,
         pairs: &[(usize, usize)],
@@ -469,12 +473,84 @@ impl Follower {
             let request =
                 UpdateRequest { sequence: epoch, changes: per_table[t].clone(), label: Some(label.clone()) };
             async move {
-                self.servers[s].tables[t].update(&request).await.map_err(|e| self.server_error(s, t, e))?;
-                Ok::<_, Error>(())
+                match self.servers[s].tables[t].update(&request).await {
+                    Ok(_) => Ok(()),
+                    Err(morphogen_client::Error::Server { status: 409, code, .. })
+                        if code == "table_full" =>
+                    {
+                        self.grow(s, t, request).await
+                    }
+                    Err(error) => Err(self.server_error(s, t, error)),
+                }
             }
         }))
         .await?;
         Ok(())
+    }
+
+    /// Applies `batch`, which does not fit table `t` of server `s`, by
+    /// growing the table to twice its pages: the server builds the larger
+    /// table of its records with the batch applied and swaps to it as the
+    /// batch's epoch, with the batch's label, while the old table answers.
+    /// Every server of the table comes here with the same table and batch,
+    /// so they grow it alike. Waits until the swap is done.
+    async fn grow(&self, s: usize, t: usize, batch: UpdateRequest) -> Result<(), Error> {
+        let admin = &self.servers[s].tables[t];
+        let sequence = batch.sequence;
+        let status = admin.status().await.map_err(|e| self.server_error(s, t, e))?;
+        let pages_per_table = status.meta.sub_tables.first().copied().unwrap_or(1).saturating_mul(2);
+        tracing::warn!(
+            table = TABLE_NAMES[t],
+            server = %self.servers[s].url,
+            epoch = sequence,
+            records = status.meta.records,
+            pages_per_table,
+            "the block does not fit the table: growing it to twice its pages"
+        );
+        let started = Instant::now();
+        let changes = batch.changes.len();
+        match admin.grow(&GrowRequest { pages_per_table, batch }).await {
+            Ok(_) => {}
+            // One under way already: a follower before this one asked for it.
+            Err(morphogen_client::Error::Server { status: 409, code, .. }) if code == "swap_in_progress" => {}
+            Err(error) => return Err(self.server_error(s, t, error)),
+        }
+        loop {
+            tokio::time::sleep(GROW_POLL).await;
+            let status = admin.status().await.map_err(|e| self.server_error(s, t, e))?;
+            if status.meta.epoch >= sequence {
+                self.metrics.grown(TABLE_NAMES[t]);
+                tracing::info!(
+                    table = TABLE_NAMES[t],
+                    server = %self.servers[s].url,
+                    epoch = status.meta.epoch,
+                    records = status.meta.records,
+                    free_rows = status.meta.free_rows,
+                    changes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "the table grew"
+                );
+                return Ok(());
+            }
+            match status.snapshot_swap {
+                Some(swap) if swap.sequence == sequence && swap.state == SwapState::Loading => {}
+                Some(swap) if swap.sequence == sequence && swap.state == SwapState::Failed => {
+                    return Err(Error::Chain(format!(
+                        "server {}, table {}: growing the table failed: {}",
+                        self.servers[s].url,
+                        TABLE_NAMES[t],
+                        swap.error.unwrap_or_default()
+                    )));
+                }
+                // The server restarted and forgot it: the next step sends the block again.
+                _ => {
+                    return Err(Error::Interrupted(format!(
+                        "server {} stopped growing table {} (restarted?)",
+                        self.servers[s].url, TABLE_NAMES[t]
+                    )));
+                }
+            }
+        }
     }
 
     fn server_error(&self, server: usize, table: usize, error: morphogen_client::Error) -> Error {

@@ -61,6 +61,10 @@ pub enum Error {
         /// What the server said.
         source: morphogen_client::Error,
     },
+    /// Work a server was doing for the follower stopped (it restarted):
+    /// the next step does it again.
+    #[error("{0}")]
+    Interrupted(String),
     /// A bug of the follower.
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,12 +75,14 @@ impl Error {
     /// not be reached, or a server was briefly unable to answer (503).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Node { .. } => true,
-            Error::Server { source, .. } => matches!(
-                source,
+            Error::Node { .. } | Error::Interrupted(_) => true,
+            Error::Server { source, .. } => match source {
                 morphogen_client::Error::Unreachable { .. }
-                    | morphogen_client::Error::Server { status: 503, .. }
-            ),
+                | morphogen_client::Error::Server { status: 503, .. } => true,
+                // A table being grown (or swapped) takes batches again once it is done.
+                morphogen_client::Error::Server { status: 409, code, .. } => code == "swap_in_progress",
+                _ => false,
+            },
             _ => false,
         }
     }

@@ -53,6 +53,10 @@ impl Metrics {
             metrics::describe_counter!("morphogen_follow_blocks_total", "Blocks applied.");
             metrics::describe_counter!("morphogen_follow_reorgs_total", "Reorganisations taken back.");
             metrics::describe_counter!(
+                "morphogen_follow_tables_grown_total",
+                "Tables grown because a block did not fit, by table (once per server)."
+            );
+            metrics::describe_counter!(
                 "morphogen_follow_retries_total",
                 "Steps tried again because the node or a server could not be reached."
             );
@@ -91,6 +95,10 @@ impl Metrics {
     }
 
     /// A step is tried again.
+    pub(crate) fn grown(&self, table: &'static str) {
+        self.with(|| counter!("morphogen_follow_tables_grown_total", "table" => table).increment(1));
+    }
+
     pub(crate) fn retry(&self) {
         self.with(|| counter!("morphogen_follow_retries_total").increment(1));
     }

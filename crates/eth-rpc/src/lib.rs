@@ -157,42 +157,37 @@ impl Endpoint {
                 Ok(json!(format!("{:#x}", latest.number)))
             }
             Local::Balance => {
-                let (address, at) = self.address_at_block(call).await?;
-                let account = self.reader.account_at(&address, at).await.map_err(lookup_failed)?;
-                Ok(json!(params::format_quantity(&account.balance)))
+                let (address, at) = address_at_block(call)?;
+                let address = &address;
+                let reader = &self.reader;
+                let account = reader.read_at(at, |at| reader.account_at(address, at));
+                Ok(json!(params::format_quantity(&account.await.map_err(lookup_failed)?.balance)))
             }
             Local::TransactionCount => {
-                let (address, at) = self.address_at_block(call).await?;
-                let account = self.reader.account_at(&address, at).await.map_err(lookup_failed)?;
-                Ok(json!(params::format_quantity(&account.nonce.to_be_bytes())))
+                let (address, at) = address_at_block(call)?;
+                let address = &address;
+                let reader = &self.reader;
+                let account = reader.read_at(at, |at| reader.account_at(address, at));
+                Ok(json!(params::format_quantity(&account.await.map_err(lookup_failed)?.nonce.to_be_bytes())))
             }
             Local::Code => {
-                let (address, at) = self.address_at_block(call).await?;
-                let code = self.reader.code_at(&address, at).await.map_err(lookup_failed)?;
-                Ok(json!(params::format_data(&code)))
+                let (address, at) = address_at_block(call)?;
+                let address = &address;
+                let reader = &self.reader;
+                let code = reader.read_at(at, |at| reader.code_at(address, at));
+                Ok(json!(params::format_data(&code.await.map_err(lookup_failed)?)))
             }
             Local::StorageAt => {
                 let given = params::positional(&call.params, &["address", "slot", "block"], 1)?;
                 let address = params::address(given[0])?;
                 let slot = params::slot(given[1])?;
-                let at = self.held(params::block(given.get(2).copied())?).await?;
-                let word = self.reader.storage_at(&address, &slot, at).await.map_err(lookup_failed)?;
-                Ok(json!(params::format_data(&word)))
+                let at = params::block(given.get(2).copied())?;
+                let (address, slot) = (&address, &slot);
+                let reader = &self.reader;
+                let word = reader.read_at(at, |at| reader.storage_at(address, slot, at));
+                Ok(json!(params::format_data(&word.await.map_err(lookup_failed)?)))
             }
         }
-    }
-
-    /// The address and block of `[address, block]` parameters.
-    async fn address_at_block(&self, call: &Call) -> Result<([u8; 20], Held), RpcError> {
-        let given = params::positional(&call.params, &["address", "block"], 1)?;
-        let address = params::address(given[0])?;
-        let at = self.held(params::block(given.get(1).copied())?).await?;
-        Ok((address, at))
-    }
-
-    /// The block the tables hold that `at` names.
-    async fn held(&self, at: At) -> Result<Held, RpcError> {
-        self.reader.resolve(at).await.map_err(lookup_failed)
     }
 
     /// A method not answered here: to the upstream node, or -32601.
@@ -257,6 +252,12 @@ fn no_params(call: &Call) -> Result<(), RpcError> {
 }
 
 /// -32603 for a failed private lookup; the error names servers, never keys.
+/// The address and block of `[address, block]` parameters.
+fn address_at_block(call: &Call) -> Result<([u8; 20], At), RpcError> {
+    let given = params::positional(&call.params, &["address", "block"], 1)?;
+    Ok((params::address(given[0])?, params::block(given.get(1).copied())?))
+}
+
 fn lookup_failed(error: Error) -> RpcError {
     if let Error::BlockUnavailable(message) = &error {
         return RpcError::new(STATE_UNAVAILABLE, message.clone());

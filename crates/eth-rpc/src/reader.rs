@@ -30,6 +30,9 @@ pub enum Error {
     BlockUnavailable(String),
 }
 
+/// Reads tried again after the epoch resolved went away ([`StateReader::read_at`]).
+const MOVED_RETRIES: u32 = 3;
+
 /// Which block's state to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum At {
@@ -232,18 +235,42 @@ impl StateReader {
         code_from_chunks(&account.code_hash, &chunks).map_err(Error::Malformed)
     }
 
+    /// Reads with `read` as of the block `at` names. If the epoch resolved
+    /// went away before the read reached a server (a table swapped to a
+    /// snapshot that starts later, grown by the follower; the epoch left a
+    /// window), `at` is resolved again and read again: the newest block for
+    /// `latest`, an error naming the blocks held for a block no longer held.
+    pub async fn read_at<T, F, R>(&self, at: At, read: F) -> Result<T, Error>
+    where
+        F: Fn(Held) -> R,
+        R: std::future::Future<Output = Result<T, Error>>,
+    {
+        let mut tries = 0;
+        loop {
+            match read(self.resolve(at).await?).await {
+                Err(Error::Lookup(morphogen_client::Error::Server { status: 410, code, .. }))
+                    if tries < MOVED_RETRIES
+                        && (code == "epoch_unavailable" || code == "snapshot_changed") =>
+                {
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// The account at `address` in the newest block held.
     pub async fn account(&self, address: &[u8; 20]) -> Result<AccountValue, Error> {
-        self.account_at(address, self.resolve(At::Latest).await?).await
+        self.read_at(At::Latest, |at| self.account_at(address, at)).await
     }
 
     /// The word in `slot` of `address` in the newest block held.
     pub async fn storage(&self, address: &[u8; 20], slot: &[u8; 32]) -> Result<[u8; 32], Error> {
-        self.storage_at(address, slot, self.resolve(At::Latest).await?).await
+        self.read_at(At::Latest, |at| self.storage_at(address, slot, at)).await
     }
 
     /// The code of `address` in the newest block held.
     pub async fn code(&self, address: &[u8; 20]) -> Result<Vec<u8>, Error> {
-        self.code_at(address, self.resolve(At::Latest).await?).await
+        self.read_at(At::Latest, |at| self.code_at(address, at)).await
     }
 }

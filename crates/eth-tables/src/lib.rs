@@ -6,10 +6,11 @@ use std::path::Path;
 use morphogen_eth::{
     Account, Chain, Error, MANIFEST_FILE, Manifest, TABLE_NAMES, TABLE_SHAPES, TableRecords,
 };
-use morphogen_table::{BuildOptions, Progress, build};
+use morphogen_table::{BuildOptions, KeyDigest, Progress, build, keys_path, write_keys};
 
 /// Builds the tables of `accounts` at `chain` into `dir` (created if
-/// missing): `accounts.mgdb`, `storage.mgdb`, `code.mgdb` and the manifest
+/// missing): `accounts.mgdb`, `storage.mgdb`, `code.mgdb` (each with its key list,
+/// `accounts.keys` and so on) and the manifest
 /// `eth.json`, which `morphogen serve --tables` reads. Each table has room
 /// for `headroom_percent` percent more records than it holds, and for its
 /// shape's `min_records` at least (the chain grows as it is followed). Deterministic: the same state gives
@@ -41,6 +42,10 @@ pub fn write_tables(
             .map_err(|e| written(&format!("building the {name} table"), &e))?;
         let path = dir.join(format!("{name}.mgdb"));
         table.write(&path).map_err(|e| written(&path.display().to_string(), &e))?;
+        // The key list, so that a server can grow the table when the chain fills it.
+        let keys = keys_path(&path);
+        let mut digests: Vec<KeyDigest> = records.iter().map(|(key, _)| KeyDigest::of(key)).collect();
+        write_keys(&keys, &mut digests).map_err(|e| written(&keys.display().to_string(), &e))?;
         *count = table.records();
         if *count != records.len() as u64 {
             return Err(Error::Write(format!("the {name} table holds {count} of {} records", records.len())));

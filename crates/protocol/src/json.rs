@@ -230,6 +230,21 @@ pub struct SnapshotRequest {
     pub sequence: u64,
 }
 
+/// `POST /admin/v1/grow`: a batch that does not fit (409 `table_full`),
+/// applied by growing: the server builds a larger table of its records at
+/// the current epoch with the batch applied, and swaps to it as the
+/// batch's epoch, like a snapshot swap (202, then the admin status). Two
+/// servers at the same epoch given the same request build the same table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrowRequest {
+    /// Pages of each sub-table of the new table (placement may take a few
+    /// more); every server of a table must be given the same.
+    pub pages_per_table: u64,
+    /// The batch, as `POST /admin/v1/updates` takes it.
+    #[serde(flatten)]
+    pub batch: UpdateRequest,
+}
+
 /// Where a snapshot swap stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

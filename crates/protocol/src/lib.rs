@@ -18,8 +18,9 @@
 mod json;
 
 pub use json::{
-    AdminStatus, Catalog, ChangeBody, ChangeError, EpochEntry, EpochList, ErrorBody, MAX_EPOCHS_LISTED, Meta,
-    RevertRequest, SnapshotRequest, SwapState, SwapStatus, UpdateReply, UpdateRequest, is_table_name,
+    AdminStatus, Catalog, ChangeBody, ChangeError, EpochEntry, EpochList, ErrorBody, GrowRequest,
+    MAX_EPOCHS_LISTED, Meta, RevertRequest, SnapshotRequest, SwapState, SwapStatus, UpdateReply,
+    UpdateRequest, is_table_name,
 };
 use morphogen_dpf::Key;
 

@@ -24,14 +24,14 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use morphogen_epochs::{Batch, Change, MAX_LABEL_LEN};
 use morphogen_protocol::{
-    AdminStatus, Catalog, ChangeBody, ChangeError, RevertRequest, SnapshotRequest, SwapStatus, UpdateReply,
-    UpdateRequest,
+    AdminStatus, Catalog, ChangeBody, ChangeError, GrowRequest, RevertRequest, SnapshotRequest, SwapStatus,
+    UpdateReply, UpdateRequest,
 };
-use morphogen_table::{KeyDigest, MAX_KEY_LEN};
+use morphogen_table::{KeyDigest, MAX_KEY_LEN, MAX_PAGES_PER_TABLE};
 
 use crate::batcher::{Update, UpdateError};
 use crate::limits::Deadline;
-use crate::snapshot::SwapRefused;
+use crate::snapshot::{SwapRefused, SwapTo};
 use crate::{ApiError, State};
 
 /// Largest body of a snapshot request: a file name and a number.
@@ -69,11 +69,11 @@ pub(crate) fn router(
     }
     match only {
         Some(table) => router.merge(table_routes("/admin/v1", table, deadline)),
-        None => {
-            ["status", "updates", "snapshot", "epochs", "revert"].into_iter().fold(router, |router, route| {
+        None => ["status", "updates", "snapshot", "grow", "epochs", "revert"]
+            .into_iter()
+            .fold(router, |router, route| {
                 router.route(&format!("/admin/v1/{route}"), any(crate::routes::several_tables))
-            })
-        }
+            }),
     }
 }
 
@@ -87,8 +87,9 @@ fn table_routes(prefix: &str, state: Arc<State>, deadline: &Arc<Deadline>) -> Ro
         .route(&format!("{prefix}/snapshot"), post(snapshot).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY)));
     // The update route reads its body itself, with a limit sized by the
     // table, and keeps its own deadline (see `apply_updates`).
-    let updates =
-        Router::new().route(&format!("{prefix}/updates"), post(updates).layer(DefaultBodyLimit::disable()));
+    let updates = Router::new()
+        .route(&format!("{prefix}/updates"), post(updates).layer(DefaultBodyLimit::disable()))
+        .route(&format!("{prefix}/grow"), post(grow).layer(DefaultBodyLimit::disable()));
     crate::limits::with_deadline(quick, deadline)
         .merge(updates)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -153,7 +154,14 @@ fn start_swap(state: &Arc<State>, headers: &HeaderMap, body: &[u8]) -> Result<Sw
     ApiError::require_json(headers)?;
     let request: SnapshotRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad_json(&e))?;
     let label = label_bytes(request.label.as_ref())?;
-    state.swaps.start(request, label, state.clone()).map_err(|refused| match refused {
+    state
+        .swaps
+        .start(SwapTo::File(request.file), request.sequence, label, state.clone())
+        .map_err(swap_refused)
+}
+
+fn swap_refused(refused: SwapRefused) -> ApiError {
+    match refused {
         SwapRefused::Disabled => ApiError::client(
             StatusCode::CONFLICT,
             "snapshots_disabled",
@@ -168,7 +176,46 @@ fn start_swap(state: &Arc<State>, headers: &HeaderMap, body: &[u8]) -> Result<Sw
                 format!("a swap takes the next sequence number: this server expects {expected}"),
             )
         },
-    })
+    }
+}
+
+async fn grow(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: Body) -> Response {
+    match start_growing(&state, &headers, body).await {
+        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        Err(error) => {
+            if error.status != StatusCode::UNAUTHORIZED {
+                state.metrics.snapshot_swap(error.code);
+            }
+            tracing::warn!(code = error.code, message = %error.message, "growing refused");
+            error.into_response()
+        }
+    }
+}
+
+/// Reads and checks a grow request (a batch, as the update route takes
+/// it, and a size) and starts the swap to the grown table.
+async fn start_growing(state: &Arc<State>, headers: &HeaderMap, body: Body) -> Result<SwapStatus, ApiError> {
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    ApiError::require_json(headers)?;
+    let body = read_batch_body(state, headers, body, deadline).await?;
+    let max_changes = state.max_batch_changes;
+    let decode = tokio::task::spawn_blocking(move || {
+        let request: GrowRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_json(&e))?;
+        Ok::<_, ApiError>((request.pages_per_table, batch_of(request.batch, max_changes)?))
+    });
+    let (pages_per_table, batch) = tokio::time::timeout_at(deadline, decode)
+        .await
+        .map_err(|_| deadline_passed(state))?
+        .map_err(ApiError::internal)??;
+    if pages_per_table == 0 || pages_per_table > MAX_PAGES_PER_TABLE {
+        return Err(ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "bad_size",
+            format!("pages_per_table must be 1 to {MAX_PAGES_PER_TABLE}"),
+        ));
+    }
+    let to = SwapTo::Grown { pages_per_table, changes: batch.changes };
+    state.swaps.start(to, batch.sequence, batch.label, state.clone()).map_err(swap_refused)
 }
 
 /// 409 `swap_in_progress`: a snapshot is loading; update batches and other
@@ -206,6 +253,36 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
     if state.swaps.loading() {
         return Err(swap_in_progress());
     }
+    let body = read_batch_body(state, headers, body, deadline).await?;
+    let max_changes = state.max_batch_changes;
+    // Parsing and hashing up to a batch's worth of keys: off the async workers.
+    let decode = tokio::task::spawn_blocking(move || decode_batch(&body, max_changes));
+    let batch = tokio::time::timeout_at(deadline, decode)
+        .await
+        .map_err(|_| not_applied())?
+        .map_err(ApiError::internal)??;
+    let count = batch.changes.len();
+    let applied = submit(state, Update::Batch(batch), deadline).await?;
+    tracing::info!(
+        epoch = applied.epoch,
+        changes = count,
+        rows = applied.changed_rows,
+        records = applied.records,
+        already_applied = applied.already_applied,
+        "applied an update batch"
+    );
+    Ok(applied)
+}
+
+/// Reads the body of a batch, refused (413 `body_too_large`) past what a
+/// batch of this server's most changes of this table's values can need:
+/// at its Content-Length, or as soon as it passes the limit.
+async fn read_batch_body(
+    state: &State,
+    headers: &HeaderMap,
+    body: Body,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, ApiError> {
     let max_changes = state.max_batch_changes;
     let value_size = state.batcher.published().table.layout.value_size();
     let limit = max_update_body(max_changes, value_size);
@@ -224,7 +301,7 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
         return Err(too_large());
     }
     let read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit));
-    let body = read.await.map_err(|_| not_applied())?.map_err(|error| {
+    read.await.map_err(|_| deadline_passed(state))?.map_err(|error| {
         if crate::errors::caused_by::<http_body_util::LengthLimitError>(&error) {
             too_large()
         } else {
@@ -234,24 +311,7 @@ async fn apply_updates(state: &State, headers: &HeaderMap, body: Body) -> Result
                 &error,
             )
         }
-    })?;
-    // Parsing and hashing up to a batch's worth of keys: off the async workers.
-    let decode = tokio::task::spawn_blocking(move || decode_batch(&body, max_changes));
-    let batch = tokio::time::timeout_at(deadline, decode)
-        .await
-        .map_err(|_| not_applied())?
-        .map_err(ApiError::internal)??;
-    let count = batch.changes.len();
-    let applied = submit(state, Update::Batch(batch), deadline).await?;
-    tracing::info!(
-        epoch = applied.epoch,
-        changes = count,
-        rows = applied.changed_rows,
-        records = applied.records,
-        already_applied = applied.already_applied,
-        "applied an update batch"
-    );
-    Ok(applied)
+    })
 }
 
 async fn revert(
@@ -345,6 +405,11 @@ async fn submit(
 /// The batch of an update body, of at most `max_changes` changes.
 fn decode_batch(body: &[u8], max_changes: usize) -> Result<Batch, ApiError> {
     let request: UpdateRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad_json(&e))?;
+    batch_of(request, max_changes)
+}
+
+/// The batch `request` sends, of at most `max_changes` changes.
+fn batch_of(request: UpdateRequest, max_changes: usize) -> Result<Batch, ApiError> {
     if request.changes.len() > max_changes {
         return Err(ApiError::client(
             StatusCode::PAYLOAD_TOO_LARGE,

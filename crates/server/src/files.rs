@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use morphogen_engines::{Choice, TableSource};
-use morphogen_epochs::{Bounds, Epochs, POINTER_FILE, Pointer, SnapshotDir, Tail, log_path};
+use morphogen_epochs::{
+    Bounds, Change, Epochs, POINTER_FILE, Pointer, SnapshotDir, Tail, grown_table, log_path,
+};
 use morphogen_scan::Engine;
-use morphogen_table::{NoProgress, Progress, Table, Verify};
+use morphogen_table::{NoProgress, Progress, Table, Verify, keys_path, read_keys, write_keys};
 
 use crate::{Error, LoadedSnapshot, ServedTable, SnapshotLoader, TableInfo};
 
@@ -120,7 +122,7 @@ fn open_named(
             morphogen_engines::open(engine, TableSource::Host(table), max_batch, &NoProgress)
                 .map_err(|error| format!("opening the scan engine: {error}"))
         });
-        Arc::new(FileSnapshots::new(dir, open_engine, options.bounds, Some(&start.table)))
+        Arc::new(FileSnapshots::new(dir, open_engine, options.bounds, Some((&start.table, &start.log))))
             as Arc<dyn SnapshotLoader>
     });
     Ok(ServedTable { snapshots, ..served })
@@ -279,7 +281,15 @@ pub struct FileSnapshots {
     /// What each new snapshot's epochs may hold.
     bounds: Bounds,
     /// The file served now.
-    served: Mutex<Option<PathBuf>>,
+    served: Mutex<Option<Served>>,
+}
+
+/// The table file served now and its update log.
+#[derive(Clone, Debug)]
+struct Served {
+    /// The file, canonical.
+    table: PathBuf,
+    log: PathBuf,
 }
 
 impl std::fmt::Debug for FileSnapshots {
@@ -290,18 +300,20 @@ impl std::fmt::Debug for FileSnapshots {
 
 impl FileSnapshots {
     /// Swaps to files of `dir`, each with epochs within `bounds` and an
-    /// engine from `open_engine`; `served` is the file served now, if any.
+    /// engine from `open_engine`; `served` is the file served now and its
+    /// update log, if any.
     pub fn new(
         dir: SnapshotDir,
         open_engine: Box<OpenEngine>,
         bounds: Bounds,
-        served: Option<&Path>,
+        served: Option<(&Path, &Path)>,
     ) -> FileSnapshots {
-        let served = served.and_then(|path| path.canonicalize().ok());
+        let served = served
+            .and_then(|(table, log)| Some(Served { table: table.canonicalize().ok()?, log: log.into() }));
         FileSnapshots { dir, open_engine, bounds, served: Mutex::new(served) }
     }
 
-    fn served(&self) -> std::sync::MutexGuard<'_, Option<PathBuf>> {
+    fn served(&self) -> std::sync::MutexGuard<'_, Option<Served>> {
         self.served.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -311,7 +323,7 @@ impl SnapshotLoader for FileSnapshots {
         let path = self.dir.file(file).map_err(|error| error.to_string())?;
         let canonical =
             path.canonicalize().map_err(|error| format!("resolving {}: {error}", path.display()))?;
-        if self.served().as_ref() == Some(&canonical) {
+        if self.served().as_ref().is_some_and(|served| served.table == canonical) {
             return Err(format!("{file} is the snapshot served now"));
         }
         let table = Table::open(&path, Verify::Digest, &NoProgress)
@@ -332,7 +344,43 @@ impl SnapshotLoader for FileSnapshots {
         };
         self.dir.set_current(&pointer).map_err(|error| error.to_string())?;
         let path = self.dir.path().join(&loaded.file);
-        *self.served() = path.canonicalize().ok();
+        *self.served() = path.canonicalize().ok().map(|table| Served { log: log_path(&table), table });
+        Ok(())
+    }
+
+    fn grow(&self, epoch: u64, changes: &[Change], pages_per_table: u64, file: &str) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let served = self.served().clone().ok_or("the table file served now is not known")?;
+        let keys_file = keys_path(&served.table);
+        let mut keys = read_keys(&keys_file).map_err(|error| {
+            format!(
+                "{error}: a table grows from the key list beside its file, which `morphogen eth build` \
+                 writes and a grown table has"
+            )
+        })?;
+        // A copy of the snapshot served, brought to its newest epoch.
+        let opened = |error: &dyn std::fmt::Display| format!("opening {}: {error}", served.table.display());
+        let mut table = Table::open(&served.table, Verify::Digest, &NoProgress).map_err(|e| opened(&e))?;
+        let (at, changed) = Epochs::replay_read_only(&mut table, &served.log)
+            .map_err(|error| format!("replaying {}: {error}", served.log.display()))?;
+        if at != epoch {
+            return Err(format!("the update log {} is at epoch {at}, not {epoch}", served.log.display()));
+        }
+        keys.extend(changed);
+        let mut grown = grown_table(&table, keys, changes, pages_per_table, &NoProgress)
+            .map_err(|error| format!("building the larger table: {error}"))?;
+        drop(table);
+        let path = self.dir.path().join(file);
+        let written = |error: &dyn std::fmt::Display| format!("writing {}: {error}", path.display());
+        grown.table.write(&path).map_err(|e| written(&e))?;
+        write_keys(&keys_path(&path), &mut grown.keys).map_err(|e| written(&e))?;
+        tracing::info!(
+            file,
+            records = grown.table.records(),
+            pages_per_table = grown.table.layout().pages_per_table(),
+            seconds = started.elapsed().as_secs_f64(),
+            "built a larger table"
+        );
         Ok(())
     }
 }

@@ -14,8 +14,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use morphogen_epochs::Epochs;
-use morphogen_protocol::{SnapshotRequest, SwapState, SwapStatus};
+use morphogen_epochs::{Change, Epochs};
+use morphogen_protocol::{SwapState, SwapStatus};
 use morphogen_scan::Engine;
 
 use crate::TableInfo;
@@ -31,6 +31,17 @@ pub trait SnapshotLoader: Send + Sync + std::fmt::Debug {
     /// answering. The error is for the operator: it is logged and shown in
     /// the admin status.
     fn load(&self, file: &str, epoch: u64, label: Option<Vec<u8>>) -> Result<LoadedSnapshot, String>;
+
+    /// Writes, as the file `file`, a larger table (`pages_per_table` pages a
+    /// sub-table) of the records the snapshot served now holds at epoch
+    /// `epoch`, with `changes` applied (`morphogen_epochs::grown_table`), to
+    /// be loaded next. Runs on a thread of its own while the old snapshot
+    /// keeps answering; the error is for the operator. A loader that
+    /// cannot grow tables says so.
+    fn grow(&self, epoch: u64, changes: &[Change], pages_per_table: u64, file: &str) -> Result<(), String> {
+        let _ = (epoch, changes, pages_per_table, file);
+        Err("this server's snapshots cannot grow".to_string())
+    }
 
     /// Records durably that `loaded` is the snapshot served from now on, so
     /// that a restart serves it. Called on the scan thread just before the
@@ -67,6 +78,31 @@ pub(crate) struct Swaps {
     latest: Mutex<Option<SwapStatus>>,
 }
 
+/// What a swap swaps to.
+#[derive(Debug)]
+pub(crate) enum SwapTo {
+    /// A table file of the snapshot directory.
+    File(String),
+    /// A larger table of the current records with a batch applied, which
+    /// the loader builds first.
+    Grown {
+        /// Pages of each of its sub-tables.
+        pages_per_table: u64,
+        /// The batch's changes.
+        changes: Vec<Change>,
+    },
+}
+
+impl SwapTo {
+    /// The file swapped to: a grown table's is named by its epoch.
+    fn file(&self, sequence: u64) -> String {
+        match self {
+            SwapTo::File(file) => file.clone(),
+            SwapTo::Grown { .. } => format!("grown-{sequence}.mgdb"),
+        }
+    }
+}
+
 /// Why a swap was not started.
 #[derive(Debug)]
 pub(crate) enum SwapRefused {
@@ -97,12 +133,13 @@ impl Swaps {
         self.lock().as_ref().is_some_and(|status| status.state == SwapState::Loading)
     }
 
-    /// Starts the swap `request` asks for, in the background, if its
-    /// sequence number follows the server's current epoch. Returns its
-    /// status (loading).
+    /// Starts a swap to `to` as epoch `sequence`, in the background, if
+    /// `sequence` follows the server's current epoch. Returns its status
+    /// (loading).
     pub(crate) fn start(
         &self,
-        request: SnapshotRequest,
+        to: SwapTo,
+        sequence: u64,
         label: Option<Vec<u8>>,
         state: Arc<crate::State>,
     ) -> Result<SwapStatus, SwapRefused> {
@@ -112,20 +149,25 @@ impl Swaps {
             return Err(SwapRefused::InProgress);
         }
         let expected = state.batcher.published().epoch.saturating_add(1);
-        if request.sequence != expected {
+        if sequence != expected {
             return Err(SwapRefused::Sequence { expected });
         }
-        let status = SwapStatus {
-            state: SwapState::Loading,
-            file: request.file,
-            sequence: request.sequence,
-            error: None,
-        };
+        let status = SwapStatus { state: SwapState::Loading, file: to.file(sequence), sequence, error: None };
         *latest = Some(status.clone());
-        tracing::info!(file = %status.file, sequence = status.sequence, "loading a snapshot to swap to");
-        let (file, sequence) = (status.file.clone(), status.sequence);
+        match &to {
+            SwapTo::File(_) => {
+                tracing::info!(file = %status.file, sequence, "loading a snapshot to swap to");
+            }
+            SwapTo::Grown { pages_per_table, changes } => tracing::info!(
+                file = %status.file,
+                sequence,
+                pages_per_table,
+                changes = changes.len(),
+                "growing the table: building a larger one of its records with the batch applied"
+            ),
+        }
         tokio::spawn(async move {
-            let outcome = load_and_swap(&state, loader, file, sequence, label).await;
+            let outcome = load_and_swap(&state, loader, to, sequence, label).await;
             state.swaps.finish(outcome, &state.metrics);
         });
         Ok(status)
@@ -154,15 +196,21 @@ impl Swaps {
 async fn load_and_swap(
     state: &crate::State,
     loader: Arc<dyn SnapshotLoader>,
-    file: String,
+    to: SwapTo,
     sequence: u64,
     label: Option<Vec<u8>>,
 ) -> Result<(), String> {
     let started = Instant::now();
     let loading = loader.clone();
-    let loaded = tokio::task::spawn_blocking(move || loading.load(&file, sequence, label))
-        .await
-        .map_err(|e| format!("the loading thread failed: {e}"))??;
+    let file = to.file(sequence);
+    let loaded = tokio::task::spawn_blocking(move || {
+        if let SwapTo::Grown { pages_per_table, changes } = &to {
+            loading.grow(sequence - 1, changes, *pages_per_table, &file)?;
+        }
+        loading.load(&file, sequence, label)
+    })
+    .await
+    .map_err(|e| format!("the loading thread failed: {e}"))??;
     if loaded.epochs.base() != sequence {
         return Err(format!("the loader readied epoch {} instead of {sequence}", loaded.epochs.base()));
     }

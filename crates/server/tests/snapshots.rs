@@ -110,7 +110,7 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
             // The server's loader, held by a gate until the test lets each load go.
             let served = open_single(None, Some(&path), None, &options, &NoProgress).unwrap();
             let open_engine = Box::new(|table: Table| Ok(Box::new(CpuEngine::new(table)) as Box<dyn Engine>));
-            let files = FileSnapshots::new(dir, open_engine, options.bounds, Some(&path));
+            let files = FileSnapshots::new(dir, open_engine, options.bounds, Some((&path, &log_path(&path))));
             let gated = Arc::new(Gated { files, gate: Mutex::new(gate) }) as Arc<dyn SnapshotLoader>;
             ServedTable { snapshots: Some(gated), ..served }
         }

@@ -52,11 +52,12 @@ struct Anvil {
 
 impl Anvil {
     /// Starts anvil on `genesis`, mining only when told to, with no dev
-    /// accounts of its own (the genesis is the whole state).
+    /// accounts of its own (the genesis is the whole state). Its safe block
+    /// is two behind its newest, its finalized block four.
     fn start(genesis: &Path) -> Anvil {
         let mut child = Command::new(anvil_binary())
             .args(["--init", genesis.to_str().unwrap(), "--port", "0", "--no-mining", "--accounts", "0"])
-            .args(["--chain-id", &CHAIN_ID.to_string()])
+            .args(["--chain-id", &CHAIN_ID.to_string(), "--slots-in-an-epoch", "2"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -448,6 +449,16 @@ fn the_tables_follow_a_node_block_by_block() {
         assert_eq!(answer["error"]["code"], json!(-32000), "{answer}");
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(&format!("hold blocks 0 to {BLOCKS}")), "{message}");
+        // `safe` and `finalized` name the blocks the node called so.
+        for tag in ["safe", "finalized"] {
+            let header = rpc(&http, &anvil.url, "eth_getBlockByNumber", json!([tag, false])).await;
+            assert!(header["number"] != json!(format!("{BLOCKS:#x}")), "{tag} is an older block: {header}");
+            for address in state.keys().take(20) {
+                let expected = rpc(&http, &anvil.url, "eth_getBalance", json!([address, tag])).await;
+                let got = rpc(&http, &rpc_endpoint.url, "eth_getBalance", json!([address, tag])).await;
+                assert_eq!(got, expected, "balance of {address} at the {tag} block");
+            }
+        }
 
         // Reorganisations: the node replaces its newest block, then its
         // newest five, then goes back to a snapshot and builds a longer

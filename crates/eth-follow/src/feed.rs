@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use morphogen_client::Admin;
-use morphogen_eth::{BlockRef, REVERT_TO, TABLE_NAMES, followed_chain};
+use morphogen_eth::{BlockRef, FINALIZED, REVERT_TO, SAFE, TABLE_NAMES, followed_chain};
 use morphogen_protocol::{ChangeBody, EpochEntry, GrowRequest, RevertRequest, SwapState, UpdateRequest};
 use serde_json::{Value, json};
 
@@ -225,10 +225,19 @@ impl Follower {
         }
         let epoch = newest + 1;
         let started = Instant::now();
-        let (changes, timings) = self.changes(&block).await?;
+        let ((changes, timings), (safe, finalized)) =
+            tokio::try_join!(self.changes(&block), self.node.safe_and_finalized())?;
+        // The blocks the node calls safe and finalized, as it says now: a
+        // reader of the epoch answers those tags with them.
+        let mut label = block.label();
+        for (tag, number) in [(SAFE, safe), (FINALIZED, finalized)] {
+            if let Some(number) = number.filter(|&number| number <= block.number) {
+                label[tag] = json!(number);
+            }
+        }
         let sending = Instant::now();
         let pairs: Vec<(usize, usize)> = self.pairs().collect();
-        self.send(&pairs, epoch, &block, &changes).await?;
+        self.send(&pairs, epoch, &label, &changes).await?;
         let sent = sending.elapsed();
         self.metrics.block_applied(started.elapsed());
         self.metrics.position(block.number, head);
@@ -420,7 +429,8 @@ impl Follower {
                 "bringing tables that are behind up"
             );
             let (changes, _) = self.changes(&block).await?;
-            self.send(&pairs, epoch, &block, &changes).await?;
+            // The label the tables ahead were given, as it was.
+            self.send(&pairs, epoch, &label, &changes).await?;
         }
         Ok(())
     }
@@ -458,16 +468,16 @@ impl Follower {
         table_changes(touched, &funds, &codes, &words)
     }
 
-    /// Sends the block's batches, as epoch `epoch`, to the tables `pairs`.
-    /// A batch that does not fit its table grows the table ([`Follower::grow`]).
+    /// Sends a block's batches, as epoch `epoch` labelled `label`, to the
+    /// tables `pairs`. A batch that does not fit its table grows the table
+    /// ([`Follower::grow`]).
     async fn send(
         &self,
         pairs: &[(usize, usize)],
         epoch: u64,
-        block: &Block,
+        label: &Value,
         changes: &TableChanges,
     ) -> Result<(), Error> {
-        let label = block.label();
         let per_table: [&Vec<ChangeBody>; 3] = [&changes.accounts, &changes.storage, &changes.code];
         try_join_all(pairs.iter().map(|&(s, t)| {
             let request =

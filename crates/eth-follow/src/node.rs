@@ -173,6 +173,20 @@ impl Node {
         parse_block(&block, "eth_getBlockByNumber")
     }
 
+    /// The numbers of the blocks the node calls `safe` and `finalized`, each
+    /// `None` where it names none (a chain without proof of stake, a node
+    /// that does not track them: it answers with an error or null).
+    pub async fn safe_and_finalized(&self) -> Result<(Option<u64>, Option<u64>), Error> {
+        let number = |tag: &'static str| async move {
+            match self.call("eth_getBlockByNumber", json!([tag, false])).await {
+                Ok(block) => Ok(parse_block(&block, "eth_getBlockByNumber")?.map(|block| block.number)),
+                Err(Error::Rpc { .. }) => Ok(None),
+                Err(error) => Err(error),
+            }
+        };
+        tokio::try_join!(number("safe"), number("finalized"))
+    }
+
     /// The block of hash `hash`, or `None` if the node does not know it.
     pub async fn block_by_hash(&self, hash: &[u8; 32]) -> Result<Option<Block>, Error> {
         let block = self.call("eth_getBlockByHash", json!([hex32(hash), false])).await?;

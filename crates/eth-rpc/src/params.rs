@@ -68,10 +68,8 @@ pub fn block(value: Option<&Value>) -> Result<At, RpcError> {
         Some(Value::String(tag)) if tag == "pending" => Err(unavailable(
             "the block tag \"pending\": these tables hold mined blocks only; ask for \"latest\"",
         )),
-        Some(Value::String(tag)) if tag == "safe" || tag == "finalized" => Err(unavailable(&format!(
-            "the block tag {tag:?}: these tables do not know which block the node calls {tag}; \
-             ask for a block number"
-        ))),
+        Some(Value::String(tag)) if tag == "safe" => Ok(At::Safe),
+        Some(Value::String(tag)) if tag == "finalized" => Ok(At::Finalized),
         Some(Value::Object(object)) => match (object.get("blockNumber"), object.get("blockHash")) {
             (Some(Value::String(text)), None) => Ok(At::Number(quantity(text, "blockNumber")?)),
             (None, Some(Value::String(text))) => Ok(At::Hash(hash(text)?)),
@@ -160,12 +158,9 @@ mod tests {
         assert_eq!(block(Some(&json!({"blockNumber": "0x2a"}))), Ok(At::Number(42)));
         let hash = format!("0x{}", "ab".repeat(32));
         assert_eq!(block(Some(&json!({"blockHash": hash}))), Ok(At::Hash([0xab; 32])));
-        for (never, why) in [
-            ("earliest", "epoch window"),
-            ("pending", "mined blocks only"),
-            ("safe", "calls safe"),
-            ("finalized", "calls finalized"),
-        ] {
+        assert_eq!(block(Some(&json!("safe"))), Ok(At::Safe));
+        assert_eq!(block(Some(&json!("finalized"))), Ok(At::Finalized));
+        for (never, why) in [("earliest", "epoch window"), ("pending", "mined blocks only")] {
             let error = block(Some(&json!(never))).unwrap_err();
             assert_eq!(error.code, STATE_UNAVAILABLE, "{never}");
             assert!(error.message.contains(why), "{}", error.message);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use morphogen_client::{Client, Settings, fetch_catalog};
 use morphogen_eth::{
-    AccountValue, CODE_CHUNKS, EMPTY_CODE_HASH, TABLE_NAMES, code_chunk_key, code_from_chunks,
-    followed_chain, storage_key,
+    AccountValue, CODE_CHUNKS, EMPTY_CODE_HASH, FINALIZED, SAFE, TABLE_NAMES, code_chunk_key,
+    code_from_chunks, followed_chain, storage_key,
 };
 use morphogen_protocol::Catalog;
 use serde::Deserialize;
@@ -42,6 +42,10 @@ pub enum At {
     Number(u64),
     /// The block of this hash (EIP-1898).
     Hash([u8; 32]),
+    /// The block the node called safe, as of the newest block held.
+    Safe,
+    /// The block the node called finalized, as of the newest block held.
+    Finalized,
 }
 
 /// A block the tables hold, and the epoch that holds it.
@@ -75,9 +79,16 @@ pub struct StateReader {
     blocks: std::sync::Mutex<Option<(u64, Arc<Blocks>)>>,
 }
 
-/// The blocks the tables hold, oldest first, each with its hash if its
-/// label names one.
-type Blocks = Vec<(Held, Option<[u8; 32]>)>;
+/// The blocks the tables hold.
+#[derive(Debug)]
+struct Blocks {
+    /// Oldest first, each with its hash if its label names one.
+    chain: Vec<(Held, Option<[u8; 32]>)>,
+    /// The blocks the node called safe and finalized when the newest block
+    /// that says so was applied.
+    safe: Option<u64>,
+    finalized: Option<u64>,
+}
 
 impl StateReader {
     /// Connects to the `accounts`, `storage` and `code` tables of both
@@ -126,34 +137,45 @@ impl StateReader {
         let (accounts, storage, code) =
             tokio::try_join!(self.accounts.epoch(), self.storage.epoch(), self.code.epoch())?;
         let latest = accounts.min(storage).min(code);
-        let blocks = self.blocks(latest).await?;
+        let held = self.blocks(latest).await?;
+        let blocks = &held.chain;
         let newest = blocks.last().map(|(block, _)| *block);
         let oldest = blocks.first().map(|(block, _)| *block);
         let Some((newest, oldest)) = newest.zip(oldest) else {
             return Err(Error::BlockUnavailable("the tables name no block they hold".to_string()));
         };
         let holding = || format!("these tables hold blocks {} to {}", oldest.number, newest.number);
-        match at {
-            At::Latest => Ok(newest),
-            // The newest epoch of that number: the one on the chain followed.
-            At::Number(number) => {
-                blocks.iter().rev().find(|(block, _)| block.number == number).map(|(b, _)| *b).ok_or_else(
-                    || {
-                        let when = if number > newest.number { "not yet held" } else { "no longer held" };
-                        Error::BlockUnavailable(format!("block {number} is {when}: {}", holding()))
-                    },
-                )
-            }
+        let (number, named) = match at {
+            At::Latest => return Ok(newest),
             At::Hash(hash) => {
-                blocks.iter().rev().find(|(_, h)| *h == Some(hash)).map(|(b, _)| *b).ok_or_else(|| {
+                return blocks.iter().rev().find(|(_, h)| *h == Some(hash)).map(|(b, _)| *b).ok_or_else(
+                    || {
+                        Error::BlockUnavailable(format!(
+                            "block 0x{} is not held: {}",
+                            hex::encode(hash),
+                            holding()
+                        ))
+                    },
+                );
+            }
+            At::Number(number) => (number, format!("block {number}")),
+            At::Safe | At::Finalized => {
+                let (tag, number) =
+                    if at == At::Safe { ("safe", held.safe) } else { ("finalized", held.finalized) };
+                let number = number.ok_or_else(|| {
                     Error::BlockUnavailable(format!(
-                        "block 0x{} is not held: {}",
-                        hex::encode(hash),
+                        "the node named no {tag} block as these tables took their blocks: {}",
                         holding()
                     ))
-                })
+                })?;
+                (number, format!("the {tag} block, {number},"))
             }
-        }
+        };
+        // The newest epoch of that number: the one on the chain followed.
+        blocks.iter().rev().find(|(block, _)| block.number == number).map(|(b, _)| *b).ok_or_else(|| {
+            let when = if number > newest.number { "not yet held" } else { "no longer held" };
+            Error::BlockUnavailable(format!("{named} is {when}: {}", holding()))
+        })
     }
 
     /// The blocks held up to epoch `latest`, from the labels both servers
@@ -182,7 +204,16 @@ impl StateReader {
         // The chain the labels follow, abandoned blocks left out; and the
         // tables' first epoch, unlabelled, holds the block they were built
         // at (whose hash the manifest does not say).
-        let mut chain: Blocks = followed_chain(&labels, None)
+        let followed = followed_chain(&labels, None);
+        // The node's safe and finalized blocks, as the newest label that names them says.
+        let tag = |field: &str| {
+            followed.iter().find_map(|(epoch, _)| {
+                let label = labels.iter().find(|(e, _)| e == epoch)?.1?;
+                label.get(field)?.as_u64()
+            })
+        };
+        let (safe, finalized) = (tag(SAFE), tag(FINALIZED));
+        let mut chain: Vec<(Held, Option<[u8; 32]>)> = followed
             .into_iter()
             .map(|(epoch, block)| (Held { number: block.number, epoch }, Some(block.hash)))
             .collect();
@@ -193,7 +224,7 @@ impl StateReader {
             chain.push((Held { number: built, epoch: 0 }, None));
         }
         chain.reverse();
-        let blocks = Arc::new(chain);
+        let blocks = Arc::new(Blocks { chain, safe, finalized });
         *self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((latest, blocks.clone()));
         Ok(blocks)

@@ -19,6 +19,13 @@ pub struct BlockRef {
 /// the block it went back to.
 pub const REVERT_TO: &str = "revert_to";
 
+/// The label field naming the block the node called `safe` when the
+/// follower applied the labelled block (absent where the node named none).
+pub const SAFE: &str = "safe";
+
+/// The label field naming the block the node called `finalized` then.
+pub const FINALIZED: &str = "finalized";
+
 impl BlockRef {
     /// The block a label names (its `number` and `hash`), if it names one.
     pub fn of_label(label: &Value) -> Option<BlockRef> {

@@ -21,7 +21,7 @@ pub mod manifest;
 pub mod records;
 pub mod state;
 
-pub use blocks::{BlockRef, REVERT_TO, followed_chain, parse_hash};
+pub use blocks::{BlockRef, FINALIZED, REVERT_TO, SAFE, followed_chain, parse_hash};
 pub use manifest::{MANIFEST_FILE, Manifest, TABLE_NAMES, TABLE_SHAPES, TableShape};
 pub use records::{
     ACCOUNT_VALUE_LEN, AccountValue, CODE_CHUNK_LEN, CODE_CHUNKS, CODE_VALUE_LEN, EMPTY_CODE_HASH,

@@ -16,15 +16,15 @@ use morphogen_dpf::generate;
 use morphogen_engines::Choice;
 use morphogen_epochs::{Bounds, SnapshotDir, Tail, log_path};
 use morphogen_protocol::{
-    AdminStatus, CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, Request, SnapshotRequest, SwapState,
-    UpdateRequest,
+    AdminStatus, CONTENT_TYPE, ChangeBody, Epoch, ErrorBody, GrowRequest, Request, SnapshotRequest,
+    SwapState, UpdateRequest,
 };
 use morphogen_scan::{CpuEngine, Engine, EngineKind};
 use morphogen_server::{
     Config, DEFAULT_TABLE, FileSnapshots, LoadedSnapshot, OpenOptions, ServedTable, Server, SnapshotLoader,
     Start, open_manifest, open_single, open_table, start as start_file,
 };
-use morphogen_table::{BuildOptions, NoProgress, Table, build};
+use morphogen_table::{BuildOptions, KeyDigest, NoProgress, Table, build, keys_path, write_keys};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::oneshot;
@@ -85,7 +85,7 @@ async fn start(dir: &Path, first: &str, swaps: Swaps) -> Live {
     std::fs::create_dir(&own).unwrap();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "mgdb") {
+        if path.extension().is_some_and(|e| e == "mgdb" || e == "keys") {
             std::fs::copy(&path, own.join(path.file_name().unwrap())).unwrap();
         }
     }
@@ -271,6 +271,89 @@ async fn a_swap_under_continuous_lookups_fails_no_lookup_and_answers_from_the_ne
 
 /// Posts a raw JSON body to an admin route with the admin token; returns
 /// the status and error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_does_not_fit_grows_the_table_alike_on_two_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.mgdb");
+    let table = write_table(&path, 1_000, "v", 512, 2);
+    let mut keys: Vec<KeyDigest> = (0..1_000).map(|i| KeyDigest::of(format!("key-{i}").as_bytes())).collect();
+    write_keys(&keys_path(&path), &mut keys).unwrap();
+    write_table(&dir.path().join("keyless.mgdb"), 1_000, "v", 512, 2);
+    let (a, b) = (
+        start(dir.path(), "full.mgdb", Swaps::Enabled).await,
+        start(dir.path(), "full.mgdb", Swaps::Enabled).await,
+    );
+    let change =
+        |key: &str, value: Option<&str>| ChangeBody { key: hex::encode(key), value: value.map(hex::encode) };
+    let first = UpdateRequest {
+        sequence: 1,
+        changes: vec![
+            change("key-1", Some("changed")),
+            change("key-2", None),
+            change("added", Some("later")),
+        ],
+        label: None,
+    };
+    // More new keys than the table has rows, and changes of keys it holds.
+    let mut changes: Vec<ChangeBody> =
+        (0..table.layout().capacity()).map(|i| change(&format!("new-{i}"), Some("n"))).collect();
+    changes.extend([change("key-3", None), change("key-4", Some("in the batch"))]);
+    let full = UpdateRequest { sequence: 2, changes, label: Some(serde_json::json!({"block": 2})) };
+    for server in [&a, &b] {
+        server.admin.update(&first).await.unwrap();
+        let refused = server.admin.update(&full).await.unwrap_err();
+        assert!(
+            matches!(&refused, morphogen_client::Error::Server { status: 409, code, .. } if code == "table_full"),
+            "{refused}"
+        );
+        let (status, error) = post(
+            &server.url,
+            "/admin/v1/grow",
+            serde_json::json!({"sequence": 2, "pages_per_table": 0, "changes": []}),
+        )
+        .await;
+        assert_eq!((status, error.code.as_str()), (400, "bad_size"));
+        let pages = table.layout().pages_per_table() * 2;
+        let started =
+            server.admin.grow(&GrowRequest { pages_per_table: pages, batch: full.clone() }).await.unwrap();
+        assert_eq!((started.state, started.file.as_str()), (SwapState::Loading, "grown-2.mgdb"));
+        let status = swap_done(server).await;
+        assert_eq!(status.snapshot_swap.unwrap().state, SwapState::Swapped);
+        assert_eq!(status.meta.epoch, 2);
+        assert!(status.meta.sub_tables.iter().all(|&p| p >= pages), "{:?}", status.meta.sub_tables);
+        assert_eq!(status.meta.label, full.label);
+        assert!(server.dir.join("grown-2.keys").exists(), "the grown table can grow again");
+    }
+    let (meta_a, meta_b) = (a.admin.status().await.unwrap().meta, b.admin.status().await.unwrap().meta);
+    assert_eq!(meta_a.digest, meta_b.digest, "both servers grew the same table");
+    let client = Client::new(&a.url, &b.url).await.unwrap();
+    let value = |text: &str| Some(padded(text));
+    assert_eq!(client.get(b"key-1").await.unwrap(), value("changed"));
+    assert_eq!(client.get(b"key-4").await.unwrap(), value("in the batch"));
+    assert_eq!(client.get(b"key-5").await.unwrap(), value("v-5"));
+    assert_eq!(client.get(b"added").await.unwrap(), value("later"));
+    assert_eq!(client.get(b"new-17").await.unwrap(), value("n"));
+    for gone in ["key-2", "key-3", "never"] {
+        assert_eq!(client.get(gone.as_bytes()).await.unwrap(), None, "{gone}");
+    }
+    // Two keys deleted, one added, then the batch's new ones.
+    assert_eq!(meta_a.records, 1_000 - 2 + 1 + table.layout().capacity());
+
+    // A table without a key list cannot grow: the growth fails, saying
+    // why, and the table answers on at its epoch.
+    let keyless = start(dir.path(), "keyless.mgdb", Swaps::Enabled).await;
+    keyless
+        .admin
+        .grow(&GrowRequest { pages_per_table: 64, batch: UpdateRequest { sequence: 1, ..full.clone() } })
+        .await
+        .unwrap();
+    let status = swap_done(&keyless).await;
+    let swap = status.snapshot_swap.unwrap();
+    assert_eq!(swap.state, SwapState::Failed);
+    assert!(swap.error.as_deref().unwrap().contains("key list"), "{swap:?}");
+    assert_eq!(status.meta.epoch, 0);
+}
+
 async fn post(url: &str, route: &str, body: serde_json::Value) -> (u16, ErrorBody) {
     post_admin(url, route, Some(TOKEN), body).await
 }

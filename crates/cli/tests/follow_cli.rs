@@ -51,6 +51,14 @@ struct Anvil {
 }
 
 impl Anvil {
+    /// Starts anvil on a genesis of `alloc`, written into `dir`.
+    fn on_genesis(dir: &Path, alloc: serde_json::Map<String, Value>) -> Anvil {
+        let genesis = json!({"config": {"chainId": CHAIN_ID}, "gasLimit": "0x1c9c380", "difficulty": "0x0", "alloc": alloc});
+        let path = dir.join("genesis.json");
+        std::fs::write(&path, genesis.to_string()).unwrap();
+        Anvil::start(&path)
+    }
+
     /// Starts anvil on `genesis`, mining only when told to, with no dev
     /// accounts of its own (the genesis is the whole state). Its safe block
     /// is two behind its newest, its finalized block four.
@@ -287,10 +295,7 @@ fn the_tables_follow_a_node_block_by_block() {
     let dir = tempfile::tempdir().unwrap();
     let alloc: serde_json::Map<String, Value> =
         (0..FUNDED).map(|i| (address(i), json!({"balance": "0x3635c9adc5dea00000"}))).collect();
-    let genesis = json!({"config": {"chainId": CHAIN_ID}, "gasLimit": "0x1c9c380", "difficulty": "0x0", "alloc": alloc});
-    let genesis_path = dir.path().join("genesis.json");
-    std::fs::write(&genesis_path, genesis.to_string()).unwrap();
-    let anvil = Anvil::start(&genesis_path);
+    let anvil = Anvil::on_genesis(dir.path(), alloc);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::new();
 
@@ -554,10 +559,7 @@ fn a_table_a_block_does_not_fit_grows_on_both_servers_and_lookups_go_on() {
     let mut alloc: serde_json::Map<String, Value> =
         (0..SENDERS).map(|i| (address(i), json!({"balance": "0x3635c9adc5dea00000"}))).collect();
     alloc.extend((0..FILLERS).map(|i| (filler(i), json!({"balance": "0x1"}))));
-    let genesis = json!({"config": {"chainId": CHAIN_ID}, "gasLimit": "0x1c9c380", "difficulty": "0x0", "alloc": alloc});
-    let genesis_path = dir.path().join("genesis.json");
-    std::fs::write(&genesis_path, genesis.to_string()).unwrap();
-    let anvil = Anvil::start(&genesis_path);
+    let anvil = Anvil::on_genesis(dir.path(), alloc);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::new();
     let output = build_tables(&runtime, &http, &anvil, dir.path(), &["--headroom", "0"]);
@@ -598,19 +600,28 @@ fn a_table_a_block_does_not_fit_grows_on_both_servers_and_lookups_go_on() {
     let settings = morphogen_client::Settings { meta_refresh: Duration::ZERO, ..Default::default() };
     let reader =
         std::sync::Arc::new(runtime.block_on(StateReader::connect(&a.url, &b.url, &settings)).unwrap());
-    // Lookups all along, also while a table grows and both servers swap to it.
+    // Lookups all along, also while a table grows and both servers swap to
+    // it: through the library, and through `eth rpc` as a wallet reads.
+    let endpoint = eth_rpc(&a.url, &b.url);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let looker = {
-        let (reader, stop) = (reader.clone(), stop.clone());
+        let (reader, stop, http, url) = (reader.clone(), stop.clone(), http.clone(), endpoint.url.clone());
         runtime.spawn(async move {
             let (mut done, mut failed) = (0u64, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let funded: [u8; 20] =
-                    hex::decode(&filler(done as usize % FILLERS)[2..]).unwrap().try_into().unwrap();
-                match reader.account(&funded).await {
-                    Ok(account) if account.balance[31] == 1 => done += 1,
+                let address = filler(done as usize % FILLERS);
+                let bytes: [u8; 20] = hex::decode(&address[2..]).unwrap().try_into().unwrap();
+                match reader.account(&bytes).await {
+                    Ok(account) if account.balance[31] == 1 => {}
                     other => failed.push(format!("{other:?}")),
                 }
+                let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance", "params": [address, "latest"]});
+                let answer = http.post(&url).header("content-type", "application/json").body(body.to_string()).send();
+                let answer: Value = serde_json::from_slice(&answer.await.unwrap().bytes().await.unwrap()).unwrap();
+                if answer["result"] != json!("0x1") {
+                    failed.push(answer.to_string());
+                }
+                done += 1;
             }
             (done, failed)
         })
@@ -672,7 +683,6 @@ fn a_table_a_block_does_not_fit_grows_on_both_servers_and_lookups_go_on() {
         assert_eq!(last["label"]["number"], json!(BLOCKS), "{table}: {last}");
     }
     // eth rpc reads the grown table as the node does.
-    let endpoint = eth_rpc(&a.url, &b.url);
     runtime.block_on(async {
         for address in created.iter().step_by(7) {
             let expected = rpc(&http, &anvil.url, "eth_getBalance", json!([address, "latest"])).await;

@@ -109,6 +109,13 @@ impl Client {
         self.lock_view().meta.clone()
     }
 
+    /// Reads the servers' metadata again before the next lookup, however
+    /// recently it was read: for a caller that learned the servers moved
+    /// on (another table of theirs swapped, say).
+    pub fn forget_meta(&self) {
+        self.lock_view().stale = true;
+    }
+
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -118,7 +125,7 @@ impl Client {
     /// is asked.
     async fn view(&self, fresh: bool, deadline: Instant) -> Result<View, Error> {
         let view = self.lock_view().clone();
-        if !fresh && view.read_at.elapsed() < self.meta_refresh {
+        if !fresh && !view.stale && view.read_at.elapsed() < self.meta_refresh {
             return Ok(view);
         }
         let mut wait = FIRST_BACKOFF;
@@ -241,6 +248,12 @@ impl Client {
                 {
                     retries += 1;
                     fresh = true;
+                }
+                // The epoch asked for is gone: whatever the caller asks
+                // next is looked up with the servers' metadata read anew.
+                Err(error @ Error::Server { status: 410, .. }) => {
+                    self.forget_meta();
+                    return Err(error);
                 }
                 result => return result,
             }

@@ -15,6 +15,9 @@ pub(crate) struct View {
     pub(crate) meta: Meta,
     pub(crate) layout: Layout,
     pub(crate) read_at: Instant,
+    /// Known to be out of date (a server said its snapshot or epoch moved):
+    /// read again before the next lookup, however recent.
+    pub(crate) stale: bool,
 }
 
 impl View {
@@ -24,7 +27,7 @@ impl View {
         check_same_table(a, b)?;
         let older = if a.epoch <= b.epoch { a } else { b };
         let meta = Meta { max_batch: a.max_batch.min(b.max_batch), ..older.clone() };
-        Ok(View { meta, layout, read_at: Instant::now() })
+        Ok(View { meta, layout, read_at: Instant::now(), stale: false })
     }
 }
 

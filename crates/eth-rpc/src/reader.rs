@@ -283,6 +283,11 @@ impl StateReader {
                     if tries < MOVED_RETRIES
                         && (code == "epoch_unavailable" || code == "snapshot_changed") =>
                 {
+                    // Every table's epoch read anew: the newest block all
+                    // three hold may have moved with the one that refused.
+                    for table in [&self.accounts, &self.storage, &self.code] {
+                        table.forget_meta();
+                    }
                     tries += 1;
                 }
                 result => return result,

@@ -389,14 +389,20 @@ impl Follower {
         let Some(oldest) = behind.iter().map(|(_, epoch)| *epoch).min() else {
             return Ok(());
         };
-        let (&(s, t), _) =
-            standings.iter().find(|(_, standing)| standing.epoch == newest).expect("a table is ahead");
-        let labels: BTreeMap<u64, Option<Value>> = self
-            .all_epochs(s, t, oldest + 1)
-            .await?
-            .into_iter()
-            .map(|entry| (entry.epoch, entry.label))
-            .collect();
+        // The labels of a table ahead that still lists the first epoch
+        // needed (a table grown since lists only its epochs from then on).
+        let mut labels: BTreeMap<u64, Option<Value>> = BTreeMap::new();
+        for (&(s, t), _) in standings.iter().filter(|(_, standing)| standing.epoch == newest) {
+            labels = self
+                .all_epochs(s, t, oldest + 1)
+                .await?
+                .into_iter()
+                .map(|entry| (entry.epoch, entry.label))
+                .collect();
+            if labels.contains_key(&(oldest + 1)) {
+                break;
+            }
+        }
         for epoch in oldest + 1..=newest {
             let label = labels.get(&epoch).cloned().flatten().ok_or_else(|| {
                 Error::Chain(format!(

@@ -138,13 +138,18 @@ async fn snapshot(
     let body = body.map_err(|rejection| {
         ApiError::unreadable_body(rejection.status(), rejection.body_text(), &rejection)
     });
-    match body.and_then(|body| start_swap(&state, &headers, &body)) {
+    swap_started(&state, body.and_then(|body| start_swap(&state, &headers, &body)), "snapshot swap refused")
+}
+
+/// 202 and the status of a swap started, or the refusal, counted and logged as `refused`.
+fn swap_started(state: &State, started: Result<SwapStatus, ApiError>, refused: &'static str) -> Response {
+    match started {
         Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
         Err(error) => {
             if error.status != StatusCode::UNAUTHORIZED {
                 state.metrics.snapshot_swap(error.code);
             }
-            tracing::warn!(code = error.code, message = %error.message, "snapshot swap refused");
+            tracing::warn!(code = error.code, message = %error.message, "{refused}");
             error.into_response()
         }
     }
@@ -180,16 +185,7 @@ fn swap_refused(refused: SwapRefused) -> ApiError {
 }
 
 async fn grow(Shared(state): Shared<Arc<State>>, headers: HeaderMap, body: Body) -> Response {
-    match start_growing(&state, &headers, body).await {
-        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
-        Err(error) => {
-            if error.status != StatusCode::UNAUTHORIZED {
-                state.metrics.snapshot_swap(error.code);
-            }
-            tracing::warn!(code = error.code, message = %error.message, "growing refused");
-            error.into_response()
-        }
-    }
+    swap_started(&state, start_growing(&state, &headers, body).await, "growing refused")
 }
 
 /// Reads and checks a grow request (a batch, as the update route takes
